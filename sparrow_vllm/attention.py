@@ -1,0 +1,115 @@
+"""The draft's one public attention op: text-window attention over the slot-indexed pool.
+
+Backends: "reference" (PyTorch, any device). A Triton backend for CUDA plugs in here
+behind the same signature. The choice is logged once per backend; it can be forced with
+the `backend` argument or the SPARROW_ATTENTION_BACKEND environment variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+
+import torch
+
+from sparrow_vllm.kernels.reference import text_window_attention_reference
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("reference",)
+ENV_BACKEND = "SPARROW_ATTENTION_BACKEND"
+
+
+@cache
+def _log_choice(backend: str, device_type: str, reason: str) -> None:
+    logger.info("Sparrow draft attention: %s backend on %s (%s)", backend, device_type, reason)
+
+
+def select_backend(device: torch.device, backend: str | None = None) -> str:
+    """The backend the op will use on `device`, honouring the argument, then the env var."""
+    requested = backend or os.environ.get(ENV_BACKEND) or None
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(
+                f"Unknown Sparrow attention backend {requested!r}; choose one of {BACKENDS} "
+                f"(argument `backend` or ${ENV_BACKEND})"
+            )
+        _log_choice(requested, device.type, "forced")
+        return requested
+    _log_choice("reference", device.type, "default: the PyTorch reference runs everywhere")
+    return "reference"
+
+
+def _validate(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slot_ids: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    window: int | None,
+) -> None:
+    if q.dim() != 3 or k_new.dim() != 3 or k_new.shape != v_new.shape:
+        raise ValueError(
+            "q must be [T, Hq, D] and k_new / v_new [T, Hkv, D] with equal shapes; got "
+            f"{tuple(q.shape)}, {tuple(k_new.shape)}, {tuple(v_new.shape)}"
+        )
+    if q.shape[0] != k_new.shape[0] or q.shape[2] != k_new.shape[2]:
+        raise ValueError(
+            f"q {tuple(q.shape)} and k_new {tuple(k_new.shape)} must agree on rows and head_dim"
+        )
+    if q.shape[1] % k_new.shape[1]:
+        raise ValueError(
+            f"query heads ({q.shape[1]}) must be a multiple of key/value heads "
+            f"({k_new.shape[1]})"
+        )
+    if k_pool.dim() != 4 or k_pool.shape != v_pool.shape or k_pool.shape[2:] != k_new.shape[1:]:
+        raise ValueError(
+            "k_pool / v_pool must be [S, C, Hkv, D] matching k_new's heads and head_dim; got "
+            f"{tuple(k_pool.shape)}, {tuple(v_pool.shape)}"
+        )
+    if len({q.dtype, k_new.dtype, v_new.dtype, k_pool.dtype, v_pool.dtype}) != 1:
+        raise ValueError("q, k_new, v_new and the pools must share one dtype; cast them first")
+    if len({t.device for t in (q, k_new, v_new, k_pool, v_pool, slot_ids, prefix_lens)}) != 1:
+        raise ValueError("all tensors must be on one device; move them first")
+    batch = slot_ids.shape[0]
+    if cu_seqlens.shape != (batch + 1,) or prefix_lens.shape != (batch,):
+        raise ValueError(
+            f"cu_seqlens must be [B + 1] and prefix_lens [B] for B = {batch} slots; got "
+            f"{tuple(cu_seqlens.shape)} and {tuple(prefix_lens.shape)}"
+        )
+    if window is not None and window < 1:
+        raise ValueError(f"window must be None or >= 1, got {window}")
+
+
+def text_window_attention(
+    # [T, Hq, D] queries of the new rows
+    q: torch.Tensor,
+    # [T, Hkv, D] keys of the new rows
+    k_new: torch.Tensor,
+    # [T, Hkv, D] values of the new rows
+    v_new: torch.Tensor,
+    # [B + 1] int, new rows of request b are cu_seqlens[b]:cu_seqlens[b + 1]
+    cu_seqlens: torch.Tensor,
+    # [S, C, Hkv, D] key pool (absolute row a of a slot lives at a % C)
+    k_pool: torch.Tensor,
+    # [S, C, Hkv, D] value pool
+    v_pool: torch.Tensor,
+    # [B] int, pool slot per request
+    slot_ids: torch.Tensor,
+    # [B] int, rows already in the pool per request
+    prefix_lens: torch.Tensor,
+    window: int | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:  # [T, Hq, D]
+    """Attention of new draft rows over each request's cached text rows and themselves."""
+    _validate(q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    select_backend(q.device, backend)
+    return text_window_attention_reference(
+        q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window, scale
+    )

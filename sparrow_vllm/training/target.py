@@ -1,0 +1,59 @@
+"""An HF transformers target seen from the draft trainer: embedding, LM head, features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TargetFeatures:
+    model: Any
+    tokenizer: Any
+    config: Any
+
+    def _text_model(self) -> Any:
+        model = self.model.model
+        return getattr(model, "language_model", model)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden)
+
+    @torch.no_grad()
+    def features(self, ids: torch.Tensor, aux_layer: int | None) -> torch.Tensor:
+        """[B, n, H] hidden states that feed the draft: the final pre-LM-head state
+        (output of the text model's final norm) or HF's output_hidden_states[aux_layer]."""
+        captured: list[torch.Tensor] = []
+        norm = self._text_model().norm
+        handle = norm.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            out = self.model(input_ids=ids, output_hidden_states=aux_layer is not None)
+        finally:
+            handle.remove()
+        if aux_layer is None:
+            return captured[-1]
+        return out.hidden_states[aux_layer]
+
+
+def load_hf_target(path: str | Path) -> TargetFeatures:
+    """Load a target checkpoint with transformers (CPU, fp32, eval mode)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+    )
+
+    config = AutoConfig.from_pretrained(str(path))
+    is_vlm = getattr(config, "vision_config", None) is not None
+    auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    model = auto.from_pretrained(str(path), dtype=torch.float32).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return TargetFeatures(model=model, tokenizer=AutoTokenizer.from_pretrained(str(path)), config=config)

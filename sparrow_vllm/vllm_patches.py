@@ -1,0 +1,173 @@
+"""Every change sparrow-vllm makes to vLLM 0.32, in one place.
+
+Ledger (what / why / how / what upstream change removes it):
+
+1. EngineArgs.create_speculative_config (vllm/engine/arg_utils.py)
+   why:  SpeculativeConfig.method is a closed Literal; "sparrow" is rejected.
+   how:  for method "sparrow", validate the draft against the target (so a bad draft fails
+         at start-up, before any worker), then build the config as method "eagle". The
+         draft's architecture (SparrowDraftForCausalLM, renamed EagleSparrowDraftForCausalLM
+         by EAGLEConfig) marks it as Sparrow in every process.
+   gone: when vLLM accepts plugin-registered speculative methods.
+
+2. GPUModelRunner.__init__ (vllm/v1/worker/gpu_model_runner.py; the CPU runner subclasses it)
+   why:  the runner builds EagleProposer for method "eagle"; Sparrow needs its own
+         proposer (text-only KV cache) and, for an intermediate feature layer, the
+         target's auxiliary hidden states.
+   how:  after the original __init__, when the draft is Sparrow, replace `drafter` with
+         SparrowProposer and set `use_aux_hidden_state_outputs` from the draft config.
+   gone: with a proposer registry in the model runner.
+
+3. GPUModelRunner._on_request_state_removed
+   why:  the draft cache must free a request's slot when it finishes or is aborted.
+   how:  call the original, then `drafter.on_request_finished(req_id)` for Sparrow.
+   gone: with a drafter hook for finished requests.
+
+Patches are applied when their module is first imported (an import hook), so register()
+itself imports nothing heavy, and applying twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import logging
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SPARROW_METHOD = "sparrow"
+SPARROW_ARCHITECTURES = ("SparrowDraftForCausalLM", "EagleSparrowDraftForCausalLM")
+_MARK = "__sparrow_patched__"
+
+
+def is_sparrow_draft(speculative_config: Any) -> bool:
+    """True when vLLM's (eagle) speculative config carries a Sparrow draft."""
+    draft = getattr(speculative_config, "draft_model_config", None)
+    archs = getattr(draft, "architectures", None) or []
+    return any(a in SPARROW_ARCHITECTURES for a in archs)
+
+
+# ---- 1. configuration boundary -----------------------------------------------------------
+
+
+def _target_supports_aux_hidden_states(target_model_config: Any) -> bool:
+    from vllm.model_executor.models.interfaces import supports_eagle3
+
+    model_cls, _ = target_model_config.registry.resolve_model_cls(
+        target_model_config.architectures, model_config=target_model_config
+    )
+    return supports_eagle3(model_cls)
+
+
+def _patch_arg_utils(module: ModuleType) -> None:
+    engine_args = module.EngineArgs
+    original = engine_args.create_speculative_config
+
+    @functools.wraps(original)
+    def create_speculative_config(self: Any, target_model_config: Any, target_parallel_config: Any):
+        spec = self.speculative_config
+        if spec and spec.get("method") == SPARROW_METHOD:
+            from sparrow_vllm.checkpoint import check_draft_for_target
+
+            if not spec.get("model"):
+                raise ValueError(
+                    'method "sparrow" needs a draft: --speculative-config '
+                    '\'{"method":"sparrow","model":"<draft dir>","num_speculative_tokens":4}\''
+                )
+            check_draft_for_target(
+                spec["model"],
+                target_model_config.hf_config,
+                _target_supports_aux_hidden_states(target_model_config),
+            )
+            self.speculative_config = {**spec, "method": "eagle"}
+            logger.info("Sparrow speculative decoding with draft %s", spec["model"])
+        return original(self, target_model_config, target_parallel_config)
+
+    setattr(create_speculative_config, _MARK, True)
+    engine_args.create_speculative_config = create_speculative_config
+
+
+# ---- 2 and 3. model runner ---------------------------------------------------------------
+
+
+def _patch_model_runner(module: ModuleType) -> None:
+    runner_cls = module.GPUModelRunner
+    original_init = runner_cls.__init__
+    original_removed = runner_cls._on_request_state_removed
+
+    @functools.wraps(original_init)
+    def __init__(self: Any, vllm_config: Any, device: Any) -> None:
+        original_init(self, vllm_config, device)
+        if getattr(self, "drafter", None) is not None and is_sparrow_draft(self.speculative_config):
+            from sparrow_vllm.proposer import SparrowProposer
+
+            self.drafter = SparrowProposer(vllm_config, self.device, self)
+            self.use_aux_hidden_state_outputs = (
+                self.drafter.checkpoint.sparrow.aux_layer_index() is not None
+            )
+
+    @functools.wraps(original_removed)
+    def _on_request_state_removed(self: Any, req_id: str, req_state: Any) -> None:
+        original_removed(self, req_id, req_state)
+        finished = getattr(getattr(self, "drafter", None), "on_request_finished", None)
+        if finished is not None:
+            finished(req_id)
+
+    for fn in (__init__, _on_request_state_removed):
+        setattr(fn, _MARK, True)
+    runner_cls.__init__ = __init__
+    runner_cls._on_request_state_removed = _on_request_state_removed
+
+
+# ---- applying patches on import ----------------------------------------------------------
+
+_PATCHES: dict[str, Callable[[ModuleType], None]] = {
+    "vllm.engine.arg_utils": _patch_arg_utils,
+    "vllm.v1.worker.gpu_model_runner": _patch_model_runner,
+}
+
+
+def _apply(name: str, module: ModuleType) -> None:
+    if getattr(module, _MARK, False):
+        return
+    _PATCHES[name](module)
+    setattr(module, _MARK, True)
+    logger.debug("sparrow-vllm patched %s", name)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs the patch for a module right after the module executes."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in _PATCHES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module: ModuleType) -> None:
+            exec_module(module)
+            _apply(fullname, module)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+def apply_all() -> None:
+    """Patch modules already imported; patch the others when they are imported."""
+    for name in _PATCHES:
+        if name in sys.modules:
+            _apply(name, sys.modules[name])
+    if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
+
+
+def applied() -> dict[str, bool]:
+    """Which patch targets are patched in this process (imported modules only)."""
+    return {name: bool(getattr(sys.modules.get(name), _MARK, False)) for name in _PATCHES}
