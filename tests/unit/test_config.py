@@ -1,0 +1,139 @@
+"""Draft config schema and checkpoint validation: every mismatch names its fix."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparrow_vllm.checkpoint import WEIGHTS_FILE, check_draft_for_target, read_draft_config, save_draft
+from sparrow_vllm.config import SparrowConfigError, build_config_json, parse_config_json
+from sparrow_vllm.draft_factory import new_draft
+from tests.unit.helpers import layer_config, sparrow_config, target_config
+
+
+def test_feature_layer_resolves_to_vllm_aux_index():
+    assert sparrow_config().aux_layer_index() is None
+    assert sparrow_config(feature_layer="penultimate").aux_layer_index() == 3
+    assert sparrow_config(feature_layer=2).aux_layer_index() == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"feature_layer": 9}, "outside 1..4"),
+        ({"feature_layer": 0}, "outside 1..4"),
+        ({"feature_layer": "middle"}, "feature_layer"),
+        ({"window": 0}, "window"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
+def test_bad_sparrow_fields_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        sparrow_config(**overrides)
+
+
+def test_penultimate_needs_two_target_layers():
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        sparrow_config(feature_layer="penultimate", target_num_layers=1)
+
+
+def test_gqa_heads_must_divide():
+    with pytest.raises(ValueError, match="multiple of"):
+        layer_config(num_attention_heads=4, num_key_value_heads=3)
+
+
+def test_config_json_round_trip():
+    raw = build_config_json(layer_config(), sparrow_config(window=16, feature_layer=2))
+    assert raw["architectures"] == ["SparrowDraftForCausalLM"]
+    assert raw["eagle_aux_hidden_state_layer_ids"] == [2]
+    layers, sparrow = parse_config_json(json.loads(json.dumps(raw)), "config.json")
+    assert sparrow.window == 16 and layers.hidden_size == 32
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda raw: raw.update(architectures=["LlamaForCausalLM"]), "SparrowDraftForCausalLM"),
+        (lambda raw: raw.pop("sparrow"), "no 'sparrow' block"),
+        (lambda raw: raw.update(num_hidden_layers=3), "num_hidden_layers=3"),
+        (lambda raw: raw["sparrow"].update(window=-1), "window"),
+    ],
+)
+def test_bad_config_json_names_the_fix(mutate, message):
+    raw = build_config_json(layer_config(), sparrow_config())
+    mutate(raw)
+    with pytest.raises(SparrowConfigError, match=message):
+        parse_config_json(raw, "draft/config.json")
+
+
+@pytest.fixture
+def draft_dir(tmp_path):
+    model = new_draft(target_config(), num_layers=1)
+    return save_draft(tmp_path / "draft", model, command=["test"])
+
+
+def test_saved_checkpoint_matches_its_target(draft_dir):
+    ckpt = check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=False)
+    assert ckpt.sparrow.target_hidden_size == 32
+    assert not ckpt.has_own_embedding and not ckpt.has_own_lm_head
+    raw = json.loads((draft_dir / "config.json").read_text())
+    assert raw["provenance"]["command"] == ["test"]
+    assert "torch" in raw["provenance"]["versions"]
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (target_config(hidden=64), "hidden_size=32 but the target has 64"),
+        (target_config(vocab=100), "vocab_size=64 but the target has 100"),
+        (target_config(layers=6), "target_num_layers=4 but the target has 6"),
+    ],
+)
+def test_mismatched_target_is_rejected(draft_dir, target, message):
+    with pytest.raises(SparrowConfigError, match=message):
+        check_draft_for_target(draft_dir, target, target_supports_aux_hidden_states=True)
+
+
+def test_feature_layer_needs_aux_support(tmp_path):
+    model = new_draft(target_config(), feature_layer="penultimate")
+    path = save_draft(tmp_path / "d", model)
+    with pytest.raises(SparrowConfigError, match="feature_layer='final'"):
+        check_draft_for_target(path, target_config(), target_supports_aux_hidden_states=False)
+    check_draft_for_target(path, target_config(), target_supports_aux_hidden_states=True)
+
+
+def _rewrite_weights(path, change):
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    change(tensors)
+    save_file(tensors, str(path / WEIGHTS_FILE))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.pop("fc.weight"), "missing \\['fc.weight'\\]"),
+        (lambda t: t.update({"layers.5.mlp.up_proj.weight": torch.zeros(2)}), "unexpected"),
+        (lambda t: t.update({"fc.weight": torch.zeros(32, 32)}), "wrong shapes"),
+        (lambda t: t.update({"lm_head.weight": torch.zeros(10, 32)}), "wrong shapes"),
+    ],
+)
+def test_weights_that_do_not_match_config_are_rejected(draft_dir, change, message):
+    _rewrite_weights(draft_dir, change)
+    with pytest.raises(SparrowConfigError, match=message):
+        check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=True)
+
+
+def test_own_lm_head_is_accepted(draft_dir):
+    _rewrite_weights(draft_dir, lambda t: t.update({"lm_head.weight": torch.zeros(64, 32)}))
+    ckpt = check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=True)
+    assert ckpt.has_own_lm_head
+
+
+def test_missing_files_name_the_fix(tmp_path):
+    with pytest.raises(SparrowConfigError, match="init-draft"):
+        read_draft_config(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SparrowConfigError, match="not valid JSON"):
+        read_draft_config(tmp_path)
