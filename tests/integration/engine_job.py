@@ -1,0 +1,146 @@
+"""Run one vLLM engine job in this process and write its results as JSON.
+
+Usage: python engine_job.py JOB.json RESULT.json
+
+The job names the target, the speculative config (or none), engine settings, prompts
+(text, optionally with a synthetic video and/or image), and what to record:
+  outputs        greedy output token ids per prompt, per round
+  metrics        vLLM's spec-decode counters
+  drafts         every [B, K] draft the runner's drafter returned (record_drafts)
+  cached_rows    the Sparrow draft cache after a prefill (inspect_after_prefill)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def synthetic_video(frames: int, size: int, seed: int):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+    meta = {
+        "total_num_frames": frames,
+        "fps": 2.0,
+        "duration": frames / 2.0,
+        "video_backend": "numpy",
+        "frames_indices": list(range(frames)),
+        "do_sample_frames": False,
+    }
+    return data, meta
+
+
+def synthetic_image(size: int, seed: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def build_prompt(spec: dict) -> dict:
+    media, data = [], {}
+    if spec.get("video"):
+        media.append(VIDEO)
+        data["video"] = synthetic_video(**spec["video"])
+    if spec.get("image"):
+        media.append(IMAGE)
+        data["image"] = synthetic_image(**spec["image"])
+    if not media:
+        return {"prompt": spec["text"]}
+    text = f"<|im_start|> user {' '.join(media)} {spec['text']} <|im_end|> <|im_start|> assistant"
+    return {"prompt": text, "multi_modal_data": data}
+
+
+def _install_draft_recorder(worker):
+    drafter = worker.model_runner.drafter
+    drafter.recorded = []
+    propose = drafter.propose
+
+    def recording_propose(*args, **kwargs):
+        drafts = propose(*args, **kwargs)
+        drafter.recorded.append(drafts.tolist())
+        return drafts
+
+    drafter.propose = recording_propose
+    return True
+
+
+def _recorded_drafts(worker):
+    return worker.model_runner.drafter.recorded
+
+
+def _cached_rows(worker):
+    return worker.model_runner.drafter.cached_rows()
+
+
+def spec_metrics(llm) -> dict:
+    out = {}
+    for metric in llm.get_metrics():
+        if metric.name.startswith("vllm:spec_decode"):
+            out[metric.name] = getattr(metric, "values", None) or getattr(metric, "value", None)
+    return out
+
+
+def inspect_after_prefill(llm, prompt: dict, params) -> dict:
+    """Prefill one request with the step API, then read the draft cache."""
+    engine = llm.llm_engine
+    engine.add_request("inspect", prompt, params)
+    for _ in range(100):
+        outputs = engine.step()
+        if any(o.outputs and o.outputs[0].token_ids for o in outputs):
+            break
+    rows = llm.collective_rpc(_cached_rows)[0]
+    engine.abort_request(["inspect"])
+    return rows
+
+
+def main(job_path: str, result_path: str) -> None:
+    from vllm import LLM, SamplingParams
+
+    job = json.loads(open(job_path).read())
+    llm = LLM(
+        model=job["target"],
+        speculative_config=job.get("speculative_config"),
+        dtype="float32",
+        enforce_eager=True,
+        seed=0,
+        disable_log_stats=False,
+        gpu_memory_utilization=0.3,
+        **job.get("engine", {}),
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 24), ignore_eos=True)
+    prompts = [build_prompt(p) for p in job["prompts"]]
+    result: dict = {}
+    if job.get("record_drafts"):
+        llm.collective_rpc(_install_draft_recorder)
+    if job.get("inspect_after_prefill") is not None:
+        spec = job["prompts"][job["inspect_after_prefill"]]
+        result["inspected_prompt_ids"] = llm.get_tokenizer()(build_prompt(spec)["prompt"]).input_ids
+        result["cached_rows"] = inspect_after_prefill(llm, prompts[job["inspect_after_prefill"]], params)
+    result["outputs"] = []
+    for _ in range(job.get("rounds", 1)):
+        generated = llm.generate(prompts, params, use_tqdm=False)
+        result["outputs"].append([list(g.outputs[0].token_ids) for g in generated])
+        result["prompt_lens"] = [len(g.prompt_token_ids) for g in generated]
+    result["metrics"] = spec_metrics(llm)
+    if job.get("record_drafts"):
+        result["drafts"] = llm.collective_rpc(_recorded_drafts)[0]
+    if job.get("speculative_config"):
+        result["cached_rows_after"] = llm.collective_rpc(
+            _cached_rows if job["speculative_config"]["method"] == "sparrow" else _no_rows
+        )[0]
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
+def _no_rows(worker):
+    return {}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
