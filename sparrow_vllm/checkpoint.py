@@ -83,7 +83,7 @@ def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if not weights.is_file():
         raise SparrowConfigError(
             f"{weights} not found; the draft directory needs its weights "
-            "(train one with `sparrow-vllm train` or `sparrow-vllm init-draft`)."
+            "(make one with `sparrow-vllm init-draft`, then train it)."
         )
     with safe_open(str(weights), framework="pt") as f:
         return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
@@ -107,7 +107,7 @@ def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, targ
             "The Sparrow draft does not match the target model: "
             + "; ".join(problems)
             + ". Use a draft made for this target (`sparrow-vllm init-draft --target "
-            "<target dir>` or `sparrow-vllm train`)."
+            "<target dir>`, then train it with `sparrow-vllm self-distill`)."
         )
 
 
@@ -135,7 +135,7 @@ def _check_weights(path: Path, layers: DraftLayerConfig, sparrow: SparrowConfig)
             f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE}: "
             + "; ".join(parts)
             + ". The config and weights come from different drafts; re-save the "
-            "checkpoint with `sparrow-vllm train` / `init-draft`."
+            "checkpoint with `sparrow-vllm init-draft` / `self-distill`."
         )
     return OWN_EMBEDDING in found, OWN_LM_HEAD in found
 

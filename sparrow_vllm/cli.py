@@ -79,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["qwen2", "qwen2_5_vl"], required=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-target-layers", type=int, default=2, help="decoder layers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_toy_target)
 
     p = sub.add_parser("init-draft", help="write a randomly initialised Sparrow draft")
     p.add_argument("--target", required=True, help="target model directory (HF format)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     add_sparrow_arguments(p)
     p.set_defaults(func=_cmd_init_draft)
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=64, help="random prompts to continue")
     p.add_argument("--new-tokens", type=int, default=48, help="greedy tokens per prompt")
     p.add_argument("--steps", type=int, default=400, help="optimizer steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_self_distill)
 
     p = sub.add_parser(

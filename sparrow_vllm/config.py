@@ -186,7 +186,7 @@ def parse_config_json(raw: dict[str, Any], where: str) -> tuple[DraftLayerConfig
         raise SparrowConfigError(
             f"{where}: architectures is {archs!r}, expected [{DRAFT_ARCHITECTURE!r}]. "
             "Point --speculative-config's model at a Sparrow draft made by "
-            "`sparrow-vllm init-draft` or `sparrow-vllm train`."
+            "`sparrow-vllm init-draft` (then train it, e.g. `sparrow-vllm self-distill`)."
         )
     if "sparrow" not in raw:
         raise SparrowConfigError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import run_engine_job, sparrow
+from tests.toy_models import run_engine_job, sparrow
 
 WORDS = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st"]
 PROMPTS = [{"text": " " + " ".join(WORDS[i : i + 3] * (i + 2))} for i in range(6)]

@@ -6,7 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparrow_vllm.checkpoint import WEIGHTS_FILE, check_draft_for_target, read_draft_config, save_draft
+from sparrow_vllm.checkpoint import (
+    WEIGHTS_FILE,
+    check_draft_for_target,
+    read_draft_config,
+    save_draft,
+)
 from sparrow_vllm.config import SparrowConfigError, build_config_json, parse_config_json
 from sparrow_vllm.draft_factory import new_draft
 from tests.unit.helpers import layer_config, sparrow_config, target_config

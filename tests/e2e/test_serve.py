@@ -1,0 +1,85 @@
+"""`vllm serve --speculative-config '{"method":"sparrow",...}'` with the OpenAI client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import requests
+
+
+def _video_data_url(path: Path, frames: int = 8, size: int = 112) -> str:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (size, size))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    writer.release()
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _spec(draft: Path) -> list[str]:
+    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": 3}
+    return ["--speculative-config", json.dumps(spec)]
+
+
+def _counter(metrics_text: str, name: str) -> float:
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path):
+    from openai import OpenAI
+
+    server = start_server(toy_models["vl_target"], _spec(toy_models["vl_draft"]))
+    server.wait_ready()
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video_url", "video_url": {"url": _video_data_url(tmp_path / "v.mp4")}},
+                {"type": "text", "text": "ab cd ef"},
+            ],
+        }
+    ]
+    full = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=16, temperature=0.0,
+        extra_body={"ignore_eos": True},
+    )
+    assert full.usage.completion_tokens == 16
+    assert full.choices[0].message.content
+
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=16, temperature=0.0, stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == full.choices[0].message.content
+
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert _counter(metrics, "vllm:spec_decode_num_drafts_total") > 0
+    assert _counter(metrics, "vllm:spec_decode_num_draft_tokens_total") > 0
+
+
+def test_bad_draft_fails_at_startup_with_the_fix(toy_models, start_server, tmp_path):
+    bad = tmp_path / "bad-draft"
+    shutil.copytree(toy_models["vl_draft"], bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["hidden_size"] = 256
+    config["sparrow"]["target_hidden_size"] = 256
+    (bad / "config.json").write_text(json.dumps(config))
+    server = start_server(toy_models["vl_target"], _spec(bad))
+    code = server.proc.wait(timeout=240)
+    log = server.log.read_text()
+    assert code != 0
+    assert "hidden_size=256 but the target has 128" in log
+    assert "sparrow-vllm init-draft" in log

@@ -1,0 +1,64 @@
+"""Toy targets and briefly trained drafts for the engine tests; engines run in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from sparrow_vllm.checkpoint import save_draft
+from sparrow_vllm.draft_factory import load_target_config, new_draft
+from sparrow_vllm.eagle_export import export_eagle
+from sparrow_vllm.toy_target import build_toy_target
+from sparrow_vllm.training.self_distill import SelfDistillSettings, self_distill
+
+JOB = Path(__file__).with_name("engine_job.py")
+ENGINE_ENV = {
+    "VLLM_TARGET_DEVICE": "cpu",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",  # collective_rpc with test functions
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+DISTILL = SelfDistillSettings(num_prompts=1024, steps=1500, seed=0)
+
+
+def _trained_draft(root: Path, target: Path, name: str, **fields) -> Path:
+    fresh = save_draft(root / f"{name}-init", new_draft(load_target_config(target), **fields))
+    return self_distill(target, fresh, root / name, DISTILL)
+
+
+def build_toy_models(root: Path) -> dict[str, Path]:
+    """Text and Qwen2.5-VL toy targets with briefly self-distilled drafts (~4 min on CPU)."""
+    text = build_toy_target("qwen2", root / "text-target")
+    vl = build_toy_target("qwen2_5_vl", root / "vl-target", seed=1)
+    text_draft = _trained_draft(root, text, "text-draft", fc_bias=False)
+    return {
+        "text_target": text,
+        "text_draft": text_draft,
+        "text_eagle": export_eagle(text_draft, root / "text-eagle"),
+        "vl_target": vl,
+        "vl_draft": _trained_draft(root, vl, "vl-draft", feature_layer="penultimate", window=24),
+    }
+
+
+def run_engine_job(job: dict, tmp_path: Path, timeout: float = 600) -> dict:
+    """Run engine_job.py in a fresh process (one engine at a time) and return its JSON."""
+    workdir = Path(tempfile.mkdtemp(dir=tmp_path))
+    job_file, result_file = workdir / "job.json", workdir / "result.json"
+    job_file.write_text(json.dumps(job, default=str))
+    env = {**os.environ, **ENGINE_ENV}
+    proc = subprocess.run(
+        [sys.executable, str(JOB), str(job_file), str(result_file)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"engine job failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(result_file.read_text())
+
+
+def sparrow(draft: Path, k: int = 3) -> dict:
+    return {"method": "sparrow", "model": str(draft), "num_speculative_tokens": k}

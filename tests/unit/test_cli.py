@@ -1,0 +1,48 @@
+"""The `sparrow-vllm` console script: toy targets and drafts a user can make offline."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sparrow_vllm.checkpoint import check_draft_for_target
+from sparrow_vllm.cli import build_parser, main
+from sparrow_vllm.draft_factory import load_target_config
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("sparrow-vllm") or str(Path(__import__("sys").executable).parent / "sparrow-vllm")
+    out = subprocess.run([exe, "init-draft", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    # help text comes from the SparrowConfig schema
+    text = " ".join(out.stdout.split())
+    assert "--window" in text and "the last W text rows" in text
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen2_5_vl"])
+def test_toy_target_and_init_draft(tmp_path, arch):
+    target, draft = tmp_path / "target", tmp_path / "draft"
+    main(["toy-target", "--arch", arch, "--out", str(target)])
+    main(["init-draft", "--target", str(target), "--out", str(draft), "--layers", "2",
+          "--feature", "penultimate", "--window", "16", "--no-fc-bias"])
+    ckpt = check_draft_for_target(draft, load_target_config(target), target_supports_aux_hidden_states=True)
+    assert ckpt.sparrow.num_layers == 2 and ckpt.sparrow.window == 16
+    assert ckpt.sparrow.aux_layer_index() == 1 and not ckpt.sparrow.fc_bias
+    raw = json.loads((draft / "config.json").read_text())
+    assert raw["provenance"]["command"]
+    if arch == "qwen2_5_vl":
+        assert (target / "video_preprocessor_config.json").exists()
+
+
+def test_bad_feature_value_is_reported(tmp_path, capsys):
+    main(["toy-target", "--arch", "qwen2", "--out", str(tmp_path / "t")])
+    with pytest.raises(ValueError, match="outside 1..2"):
+        main(["init-draft", "--target", str(tmp_path / "t"), "--out", str(tmp_path / "d"), "--feature", "7"])
+
+
+def test_parser_lists_the_tools():
+    text = build_parser().format_help()
+    for tool in ("toy-target", "init-draft", "self-distill", "export-eagle"):
+        assert tool in text
