@@ -116,6 +116,8 @@ class TextAnchoredDrafter:
         self._commit(records, rows, keep_req, is_text[keep], inputs.seq_start, local[keep],
                      input_ids[keep])
 
+        if num_tokens == 0:  # e.g. vLLM's dynamic speculation chose K = 0 this step
+            return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
         # The sample row is the last kept row of each request.
         hidden = out[rows.cu_seqlens[1:] - 1]
         pos = inputs.positions[inputs.sample_idx].long()

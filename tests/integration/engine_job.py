@@ -8,6 +8,7 @@ The job names the target, the speculative config (or none), engine settings, pro
   metrics        vLLM's spec-decode counters
   drafts         every [B, K] draft the runner's drafter returned (record_drafts)
   cached_rows    the Sparrow draft cache after a prefill (inspect_after_prefill)
+  sampled_outputs  one extra round at temperature 0.8 (sampled_round)
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def main(job_path: str, result_path: str) -> None:
         generated = llm.generate(prompts, params, use_tqdm=False)
         result["outputs"].append([list(g.outputs[0].token_ids) for g in generated])
         result["prompt_lens"] = [len(g.prompt_token_ids) for g in generated]
+    if job.get("sampled_round"):
+        sampled = SamplingParams(temperature=0.8, top_p=0.95, seed=1, max_tokens=16, ignore_eos=True)
+        generated = llm.generate(prompts, sampled, use_tqdm=False)
+        result["sampled_outputs"] = [list(g.outputs[0].token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)
     if job.get("record_drafts"):
         result["drafts"] = llm.collective_rpc(_recorded_drafts)[0]

@@ -36,6 +36,7 @@ def sparrow_run(toy_models, tmp_path_factory):
         "engine": HARD_SCHEDULING,
         "prompts": PROMPTS,
         "record_drafts": True,
+        "sampled_round": True,
     }
     return run_engine_job(job, tmp_path_factory.mktemp("sparrow"))
 
@@ -45,6 +46,10 @@ def test_greedy_output_equals_target_alone(baseline, sparrow_run):
     metrics = sparrow_run["metrics"]
     assert metrics["vllm:spec_decode_num_drafts"] > 0
     assert metrics["vllm:spec_decode_num_accepted_tokens"] > 0, metrics
+
+
+def test_sampling_at_temperature_runs_through_the_rejection_sampler(sparrow_run):
+    assert [len(o) for o in sparrow_run["sampled_outputs"]] == [16] * len(PROMPTS)
 
 
 def test_finished_requests_leave_the_draft_cache(sparrow_run):
@@ -62,11 +67,13 @@ def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, t
         "engine": HARD_SCHEDULING,
         "prompts": PROMPTS,
         "record_drafts": True,
+        "sampled_round": True,
     }
     eagle = run_engine_job(job, tmp_path)
     assert len(eagle["drafts"]) == len(sparrow_run["drafts"]) > 0
     assert eagle["drafts"] == sparrow_run["drafts"]
     assert eagle["metrics"] == sparrow_run["metrics"]
+    assert eagle["sampled_outputs"] == sparrow_run["sampled_outputs"]
 
 
 def test_prefix_cache_hits_keep_output_exact(toy_models, baseline, tmp_path):

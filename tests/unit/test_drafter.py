@@ -186,3 +186,11 @@ def test_drafts_have_k_columns_and_chain_is_greedy():
     drafts, _ = _step(drafter, [("a", a, 0, 10, 10)], k=4)
     assert drafts.shape == (1, 4)
     assert drafts.dtype == torch.int64
+
+
+def test_zero_draft_tokens_still_commits_rows():
+    drafter = _drafter(_draft())
+    a = Sequence(20)
+    drafts, _ = drafter.step(_inputs([("a", a, 0, 10, 10)]), 0, lambda h: (h[:, 0].long(), None))
+    assert drafts.shape == (1, 0)
+    assert drafter.cached_rows()["a"]["seq"] == list(range(10))
