@@ -42,7 +42,7 @@ test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
 lint: setup
-	$(VENV)/bin/ruff check sparrow_vllm kernels tests scripts benchmarks
+	$(VENV)/bin/ruff check $(wildcard sparrow_vllm kernels tests scripts benchmarks)
 
 clean:
 	rm -rf $(VENV) artifacts
