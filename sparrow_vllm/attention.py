@@ -1,14 +1,20 @@
 """The draft's one public attention op: text-window attention over the slot-indexed pool.
 
-Backends: "reference" (PyTorch, any device). A Triton backend for CUDA plugs in here
-behind the same signature. The choice is logged once per backend; it can be forced with
-the `backend` argument or the SPARROW_ATTENTION_BACKEND environment variable.
+Backends:
+  "triton"     kernels/text_window_attention.py; the default on CUDA. On CPU it runs only
+               under the Triton interpreter (TRITON_INTERPRET=1), which is how CI tests it.
+  "reference"  kernels/reference.py (PyTorch); the default everywhere else.
+
+The choice is logged once per (backend, device type) and can be forced with the `backend`
+argument or the SPARROW_ATTENTION_BACKEND environment variable. `backend_calls()` counts
+calls per backend, so tests can prove which path ran.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from functools import cache
 
 import torch
@@ -17,8 +23,15 @@ from sparrow_vllm.kernels.reference import text_window_attention_reference
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("reference",)
+BACKENDS = ("triton", "reference")
 ENV_BACKEND = "SPARROW_ATTENTION_BACKEND"
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_calls: Counter[str] = Counter()
+
+
+def backend_calls() -> dict[str, int]:
+    """How many times each backend ran in this process."""
+    return dict(_calls)
 
 
 @cache
@@ -26,19 +39,29 @@ def _log_choice(backend: str, device_type: str, reason: str) -> None:
     logger.info("Sparrow draft attention: %s backend on %s (%s)", backend, device_type, reason)
 
 
+def _triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def select_backend(device: torch.device, backend: str | None = None) -> str:
-    """The backend the op will use on `device`, honouring the argument, then the env var."""
+    """The backend the op uses on `device`, honouring the argument, then the env var."""
     requested = backend or os.environ.get(ENV_BACKEND) or None
-    if requested is not None:
-        if requested not in BACKENDS:
-            raise ValueError(
-                f"Unknown Sparrow attention backend {requested!r}; choose one of {BACKENDS} "
-                f"(argument `backend` or ${ENV_BACKEND})"
-            )
-        _log_choice(requested, device.type, "forced")
-        return requested
-    _log_choice("reference", device.type, "default: the PyTorch reference runs everywhere")
-    return "reference"
+    if requested is None:
+        chosen = "triton" if device.type == "cuda" else "reference"
+        _log_choice(chosen, device.type, "default")
+        return chosen
+    if requested not in BACKENDS:
+        raise ValueError(
+            f"Unknown Sparrow attention backend {requested!r}; choose one of {BACKENDS} "
+            f"(argument `backend` or ${ENV_BACKEND})"
+        )
+    if requested == "triton" and device.type != "cuda" and not _triton_interpreter_on():
+        raise ValueError(
+            f"The Triton backend needs CUDA tensors (got {device.type}); on CPU set "
+            "TRITON_INTERPRET=1 to run it in Triton's interpreter, or use 'reference'"
+        )
+    _log_choice(requested, device.type, "forced")
+    return requested
 
 
 def _validate(
@@ -71,10 +94,22 @@ def _validate(
             "k_pool / v_pool must be [S, C, Hkv, D] matching k_new's heads and head_dim; got "
             f"{tuple(k_pool.shape)}, {tuple(v_pool.shape)}"
         )
-    if len({q.dtype, k_new.dtype, v_new.dtype, k_pool.dtype, v_pool.dtype}) != 1:
-        raise ValueError("q, k_new, v_new and the pools must share one dtype; cast them first")
-    if len({t.device for t in (q, k_new, v_new, k_pool, v_pool, slot_ids, prefix_lens)}) != 1:
+    dtypes = {q.dtype, k_new.dtype, v_new.dtype, k_pool.dtype, v_pool.dtype}
+    if len(dtypes) != 1 or q.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(
+            f"q, k_new, v_new and the pools must share one dtype among {_SUPPORTED_DTYPES}; "
+            f"got {sorted(map(str, dtypes))}: cast them first"
+        )
+    for name, index in (("cu_seqlens", cu_seqlens), ("slot_ids", slot_ids), ("prefix_lens", prefix_lens)):
+        if index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be int32 or int64, got {index.dtype}")
+    if len({t.device for t in (q, k_new, v_new, k_pool, v_pool, cu_seqlens, slot_ids, prefix_lens)}) != 1:
         raise ValueError("all tensors must be on one device; move them first")
+    if any(t.stride(-1) != 1 for t in (q, k_new, v_new, k_pool, v_pool)):
+        raise ValueError("the last (head_dim) dimension of every tensor must be contiguous; "
+                         "call .contiguous() first")
+    if k_new.stride() != v_new.stride() or k_pool.stride() != v_pool.stride():
+        raise ValueError("k and v tensors must share strides (allocate them alike)")
     batch = slot_ids.shape[0]
     if cu_seqlens.shape != (batch + 1,) or prefix_lens.shape != (batch,):
         raise ValueError(
@@ -105,11 +140,26 @@ def text_window_attention(
     window: int | None = None,
     scale: float | None = None,
     backend: str | None = None,
+    max_new_rows: int | None = None,
 ) -> torch.Tensor:  # [T, Hq, D]
-    """Attention of new draft rows over each request's cached text rows and themselves."""
+    """Attention of new draft rows over each request's cached text rows and themselves.
+
+    `max_new_rows` (a host int, any upper bound of the rows per request) lets the Triton
+    path launch without reading `cu_seqlens` back from the device.
+    """
     _validate(q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    select_backend(q.device, backend)
+    chosen = select_backend(q.device, backend)
+    _calls[chosen] += 1
+    if chosen == "triton":
+        from sparrow_vllm.kernels.text_window_attention import text_window_attention_triton
+
+        if max_new_rows is None:
+            max_new_rows = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if len(slot_ids) else 0
+        return text_window_attention_triton(
+            q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window, scale,
+            max_new_rows,
+        )
     return text_window_attention_reference(
         q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window, scale
     )

@@ -46,6 +46,8 @@ class StepInputs:
     seq_start: torch.Tensor
     # [B] int64 valid (not rejected) rows per request
     num_valid: torch.Tensor
+    # host int, the longest query of the step
+    max_query_len: int
 
 
 @dataclass
@@ -58,6 +60,8 @@ class _NewRows:
     slot_ids: torch.Tensor
     # [B] int64, cached rows visible before the new rows
     prefix_lens: torch.Tensor
+    # host int, an upper bound of new rows per request (lets the kernel launch sync-free)
+    max_rows: int
 
 
 class TextAnchoredDrafter:
@@ -75,6 +79,8 @@ class TextAnchoredDrafter:
         self.device = cache.k.device
         self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=self.device)
         self.max_model_len = max_model_len
+        self._last_batch: tuple[str, ...] | None = None
+        self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
 
     def step(
         self, inputs: StepInputs, num_tokens: int, sample: SampleFn
@@ -82,39 +88,49 @@ class TextAnchoredDrafter:
         """Commit this step's verified text rows and draft `num_tokens` tokens per request.
 
         Returns drafts [B, K] and, when `sample` gives them, probabilities [B, K, vocab].
+        A decode step (at most K + 1 rows per request) runs without host synchronisation
+        once the batch's requests are unchanged from the previous step.
         """
         batch = len(inputs.req_ids)
         n_rows = inputs.token_ids.shape[0]
         qsl = inputs.query_start
         qlen = qsl[1:] - qsl[:-1]
-        slots = self._prepare_slots(inputs)
+        slots = self._slots(inputs)
 
         # Row i carries token x_{i+1}; each request's sample row carries its next token.
-        input_ids = torch.empty(n_rows, dtype=torch.int64, device=self.device)
+        input_ids = torch.zeros(n_rows, dtype=torch.int64, device=self.device)
         input_ids[: n_rows - 1] = inputs.token_ids[1:n_rows]
         input_ids[inputs.sample_idx] = inputs.next_token_ids.long()
 
-        row_req = torch.repeat_interleave(torch.arange(batch, device=self.device), qlen)
+        arange_b = torch.arange(batch, device=self.device)
+        row_req = torch.repeat_interleave(arange_b, qlen, output_size=n_rows)
         local = torch.arange(n_rows, device=self.device) - qsl[:-1][row_req]
         is_valid = local < inputs.num_valid[row_req]
         is_text = ~torch.isin(input_ids, self.placeholder_ids)
         is_sample = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
         is_sample[inputs.sample_idx] = True
-        keep = torch.nonzero(is_valid & (is_text | is_sample)).squeeze(1)
-        keep_req = row_req[keep]
+        keep = is_valid & (is_text | is_sample)
+        counts = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        counts.scatter_add_(0, row_req, keep.long())
 
-        rows = _NewRows(
-            _cumsum0(torch.bincount(keep_req, minlength=batch)), slots, self.cache.lengths[slots]
-        )
+        if inputs.max_query_len <= num_tokens + 1:
+            # decode: all rows, kept ones first (grouped by request), no host sync
+            order = torch.argsort((~keep).long() * batch + row_req, stable=True)
+        else:
+            # prefill chunk: only the kept rows (visual rows cost nothing further)
+            order = torch.nonzero(keep).squeeze(1)
+        rows = _NewRows(_cumsum0(counts), slots, self.cache.lengths[slots], inputs.max_query_len)
         records: list[tuple[torch.Tensor, torch.Tensor]] = []
         out = self.model(
-            self.model.embed_input_ids(input_ids[keep]),
-            inputs.hidden_states[keep],
-            inputs.positions[keep].long(),
+            self.model.embed_input_ids(input_ids[order]),
+            inputs.hidden_states[order],
+            inputs.positions[order].long(),
             self._attend_fn(rows, records),
         )
-        self._commit(records, rows, keep_req, is_text[keep], inputs.seq_start, local[keep],
-                     input_ids[keep])
+        commit = (keep & is_text)[order]
+        row_seq = inputs.seq_start[row_req] + local
+        self._commit(records, rows, row_req[order], commit, row_seq[order], input_ids[order])
+        self.cache.next_seq[slots] = inputs.seq_start + inputs.num_valid
 
         if num_tokens == 0:  # e.g. vLLM's dynamic speculation chose K = 0 this step
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
@@ -125,6 +141,12 @@ class TextAnchoredDrafter:
 
     def release(self, req_id: str) -> None:
         self.cache.release(req_id)
+        self._last_batch = None
+
+    def on_requests_resumed(self, req_ids: set[str]) -> None:
+        """Preempted requests are back (to be recomputed): rewind them next step."""
+        if req_ids:
+            self._last_batch = None
 
     def cached_rows(self) -> dict[str, dict[str, list[int]]]:
         """Per live request: target sequence index and input token id of each cached row."""
@@ -138,53 +160,53 @@ class TextAnchoredDrafter:
         """The draft over `num_rows` rows with no cache (warm-up and memory profiling)."""
         zeros = torch.zeros(num_rows, hidden_size, dtype=dtype, device=self.device)
         zero = torch.zeros(1, dtype=torch.int64, device=self.device)
-        rows = _NewRows(torch.tensor([0, num_rows], device=self.device), zero, zero)
+        rows = _NewRows(torch.tensor([0, num_rows], device=self.device), zero, zero, num_rows)
         self.model(zeros, zeros, torch.arange(num_rows, device=self.device),
                    self._attend_fn(rows, None))
 
     # ---- internals ----------------------------------------------------------------------
 
-    def _prepare_slots(self, inputs: StepInputs) -> torch.Tensor:
-        """Host bookkeeping: a slot per request, rewound on recompute; returns [B] slots."""
-        active = set(inputs.req_ids)
+    def _slots(self, inputs: StepInputs) -> torch.Tensor:
+        """[B] pool slots. Host bookkeeping (allocation, rewind after recompute) runs only
+        when the batch's requests differ from the previous step's."""
+        key = tuple(inputs.req_ids)
+        if key == self._last_batch:
+            return self._last_slots
+        active = set(key)
+        next_seq = self.cache.next_seq.tolist()
         starts = inputs.seq_start.tolist()
-        ends = (inputs.seq_start + inputs.num_valid).tolist()
-        slots = []
-        for req_id, start, end in zip(inputs.req_ids, starts, ends, strict=True):
-            slot = self.cache.prepare(req_id, start, active)
-            self.cache.advance(slot, end)
-            slots.append(slot)
-        return torch.tensor(slots, dtype=torch.int64, device=self.device)
+        slots = [self.cache.prepare(r, s, active, next_seq) for r, s in zip(key, starts, strict=True)]
+        self._last_batch = key
+        self._last_slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        return self._last_slots
 
     def _commit(
         self,
         records: list[tuple[torch.Tensor, torch.Tensor]],
         rows: _NewRows,
-        # [R] request of each kept row
-        keep_req: torch.Tensor,
-        # [R] bool, kept row is a text row (committed)
+        # [R] request of each row
+        req: torch.Tensor,
+        # [R] bool, the row is a verified text row (kept rows come first per request)
         commit: torch.Tensor,
-        # [B] target sequence index of each request's first row
-        seq_start: torch.Tensor,
-        # [R] row index within its request's query
-        keep_local: torch.Tensor,
-        # [R] input token of each kept row
-        keep_tokens: torch.Tensor,
+        # [R] target sequence index of each row
+        seq: torch.Tensor,
+        # [R] input token of each row
+        tokens: torch.Tensor,
     ) -> None:
+        """Write committed rows to their ring positions, the others to the trash slot."""
         cache = self.cache
-        idx = torch.nonzero(commit).squeeze(1)
-        req = keep_req[idx]
-        n_commit = torch.bincount(req, minlength=rows.slot_ids.shape[0])
+        n_commit = torch.zeros_like(rows.prefix_lens)
+        n_commit.scatter_add_(0, req, commit.long())
         # absolute row = cached rows + rank among this request's committed rows
-        rank = torch.arange(idx.shape[0], device=self.device) - _cumsum0(n_commit)[:-1][req]
-        slot = rows.slot_ids[req]
-        ring = (rows.prefix_lens[req] + rank) % cache.capacity
+        rank = torch.cumsum(commit.long(), 0) - 1 - _cumsum0(n_commit)[:-1][req]
+        slot = torch.where(commit, rows.slot_ids[req], cache.trash_slot)
+        ring = torch.where(commit, (rows.prefix_lens[req] + rank) % cache.capacity, 0)
         for layer, (k_new, v_new) in enumerate(records):
-            cache.k[layer, slot, ring] = k_new[idx]
-            cache.v[layer, slot, ring] = v_new[idx]
-        cache.row_seq[slot, ring] = seq_start[req] + keep_local[idx]
-        cache.row_token[slot, ring] = keep_tokens[idx]
-        cache.lengths[rows.slot_ids] += n_commit
+            cache.k[layer, slot, ring] = k_new
+            cache.v[layer, slot, ring] = v_new
+        cache.row_seq[slot, ring] = seq
+        cache.row_token[slot, ring] = tokens
+        cache.lengths.scatter_add_(0, rows.slot_ids, n_commit)
 
     def _draft_chain(
         self,
@@ -203,7 +225,7 @@ class TextAnchoredDrafter:
         one_each = torch.arange(batch + 1, device=self.device)
         committed = self.cache.lengths[slots]
         for step in range(1, num_tokens):
-            rows = _NewRows(one_each, slots, committed + (step - 1))
+            rows = _NewRows(one_each, slots, committed + (step - 1), 1)
             records: list[tuple[torch.Tensor, torch.Tensor]] = []
             hidden = self.model(
                 self.model.embed_input_ids(tokens),
@@ -234,7 +256,7 @@ class TextAnchoredDrafter:
                 record.append((k, v))
             return text_window_attention(
                 q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
-                rows.slot_ids, rows.prefix_lens, window=window,
+                rows.slot_ids, rows.prefix_lens, window=window, max_new_rows=rows.max_rows,
             )
 
         return attend

@@ -95,6 +95,10 @@ class SparrowProposer(EagleProposer):
         if self.drafter is not None:
             self.drafter.release(req_id)
 
+    def on_requests_resumed(self, req_ids: set[str]) -> None:
+        if self.drafter is not None:
+            self.drafter.on_requests_resumed(req_ids)
+
     def dummy_run(self, num_tokens: int, *args: Any, **kwargs: Any) -> None:
         """Warm-up / profiling pass: the draft over `num_tokens` rows, no cache."""
         del args, kwargs
@@ -146,6 +150,7 @@ class SparrowProposer(EagleProposer):
             query_start=qsl,
             seq_start=cad.seq_lens[:batch].long() - qlen,
             num_valid=qlen - rejected,
+            max_query_len=int(cad.max_query_len),
         )
         drafts, probs = self.drafter.step(
             inputs,

@@ -2,17 +2,21 @@
 
 Layout (what the attention op and a Triton kernel read):
 
-    k, v      [num_layers, num_slots, capacity, num_kv_heads, head_dim]
-    lengths   [num_slots]            committed text rows per slot (absolute count)
-    row_seq   [num_slots, capacity]  target sequence index of each stored row
-    row_token [num_slots, capacity]  input token id of each stored row (for inspection)
+    k, v      [num_layers, num_slots + 1, capacity, num_kv_heads, head_dim]
+    lengths   [num_slots + 1]            committed text rows per slot (absolute count)
+    next_seq  [num_slots + 1]            target index of the next row each slot expects
+    row_seq   [num_slots + 1, capacity]  target sequence index of each stored row
+    row_token [num_slots + 1, capacity]  input token id of each stored row (inspection)
+
+The last slot is trash: rows that must not be committed are written there, so a decode
+step needs no data-dependent indexing (no host synchronisation).
 
 Absolute row a of a slot lives at ring index a % capacity. With a window W the capacity is
 W + K + 1 (K = speculative tokens), enough for the window plus the scratch rows of one
 draft chain; without a window it holds max_model_len + K + 1 rows. Only verified rows are
 committed; chain rows are written past `lengths` as scratch and overwritten next step.
 
-Slot assignment and the expected next sequence index are bookkept on the host.
+Slot assignment (request id -> slot) is bookkept on the host.
 """
 
 from __future__ import annotations
@@ -36,19 +40,20 @@ class TextKVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
-        shape = (num_layers, num_slots, capacity, num_kv_heads, head_dim)
+        pool = num_slots + 1
+        shape = (num_layers, pool, capacity, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lengths = torch.zeros(num_slots, dtype=torch.int64, device=device)
-        self.row_seq = torch.full((num_slots, capacity), -1, dtype=torch.int64, device=device)
-        self.row_token = torch.full((num_slots, capacity), -1, dtype=torch.int64, device=device)
+        self.lengths = torch.zeros(pool, dtype=torch.int64, device=device)
+        self.next_seq = torch.zeros(pool, dtype=torch.int64, device=device)
+        self.row_seq = torch.full((pool, capacity), -1, dtype=torch.int64, device=device)
+        self.row_token = torch.full((pool, capacity), -1, dtype=torch.int64, device=device)
         self.capacity = capacity
         self.num_slots = num_slots
+        self.trash_slot = num_slots
         self._free = list(range(num_slots - 1, -1, -1))
         # req_id -> slot, least recently used first
         self._slot_of: OrderedDict[str, int] = OrderedDict()
-        # per slot: the target sequence index of the next row the draft expects
-        self._next_seq = [0] * num_slots
 
     @staticmethod
     def nbytes_for(
@@ -56,7 +61,7 @@ class TextKVCache:
         dtype: torch.dtype,
     ) -> int:
         elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * num_layers * num_slots * capacity * num_kv_heads * head_dim * elem
+        return 2 * num_layers * (num_slots + 1) * capacity * num_kv_heads * head_dim * elem
 
     @property
     def live_requests(self) -> list[str]:
@@ -65,19 +70,17 @@ class TextKVCache:
     def slot_of(self, req_id: str) -> int | None:
         return self._slot_of.get(req_id)
 
-    def prepare(self, req_id: str, seq_start: int, active: set[str]) -> int:
-        """The slot of `req_id`, set up for rows starting at target index `seq_start`."""
+    def prepare(self, req_id: str, seq_start: int, active: set[str], next_seq: list[int]) -> int:
+        """The slot of `req_id`, set up for rows starting at target index `seq_start`
+        (`next_seq`: the host copy of `self.next_seq`)."""
         slot = self._slot_of.get(req_id)
         if slot is None:
             slot = self._allocate(req_id, active)
         else:
             self._slot_of.move_to_end(req_id)
-            if seq_start < self._next_seq[slot]:
+            if seq_start < next_seq[slot]:
                 self._rewind(slot, seq_start)
         return slot
-
-    def advance(self, slot: int, next_seq: int) -> None:
-        self._next_seq[slot] = next_seq
 
     def release(self, req_id: str) -> None:
         slot = self._slot_of.pop(req_id, None)
@@ -114,9 +117,9 @@ class TextKVCache:
 
     def _reset(self, slot: int) -> None:
         self.lengths[slot] = 0
+        self.next_seq[slot] = 0
         self.row_seq[slot] = -1
         self.row_token[slot] = -1
-        self._next_seq[slot] = 0
 
     def _rewind(self, slot: int, seq_start: int) -> None:
         """Forget rows at target index >= seq_start (preemption, recompute)."""
@@ -130,4 +133,4 @@ class TextKVCache:
         self.lengths[slot] = keep
         self.row_seq[slot, keep:] = -1
         self.row_token[slot, keep:] = -1
-        self._next_seq[slot] = seq_start
+        self.next_seq[slot] = seq_start

@@ -23,6 +23,14 @@ Ledger (what / why / how / what upstream change removes it):
    how:  call the original, then `drafter.on_request_finished(req_id)` for Sparrow.
    gone: with a drafter hook for finished requests.
 
+4. GPUModelRunner._update_states
+   why:  a preempted request that resumes is recomputed from an earlier position; the
+         draft cache must rewind it, and the drafter skips host bookkeeping on steps whose
+         batch is unchanged, so it must be told.
+   how:  before the original, pass `scheduled_cached_reqs.resumed_req_ids` to
+         `drafter.on_requests_resumed`.
+   gone: with a drafter hook for resumed requests.
+
 Patches are applied when their module is first imported (an import hook), so register()
 itself imports nothing heavy, and applying twice is a no-op.
 """
@@ -99,6 +107,7 @@ def _patch_model_runner(module: ModuleType) -> None:
     runner_cls = module.GPUModelRunner
     original_init = runner_cls.__init__
     original_removed = runner_cls._on_request_state_removed
+    original_update = runner_cls._update_states
 
     @functools.wraps(original_init)
     def __init__(self: Any, vllm_config: Any, device: Any) -> None:
@@ -118,10 +127,18 @@ def _patch_model_runner(module: ModuleType) -> None:
         if finished is not None:
             finished(req_id)
 
-    for fn in (__init__, _on_request_state_removed):
+    @functools.wraps(original_update)
+    def _update_states(self: Any, scheduler_output: Any) -> Any:
+        resumed = getattr(getattr(self, "drafter", None), "on_requests_resumed", None)
+        if resumed is not None:
+            resumed(set(scheduler_output.scheduled_cached_reqs.resumed_req_ids))
+        return original_update(self, scheduler_output)
+
+    for fn in (__init__, _on_request_state_removed, _update_states):
         setattr(fn, _MARK, True)
     runner_cls.__init__ = __init__
     runner_cls._on_request_state_removed = _on_request_state_removed
+    runner_cls._update_states = _update_states
 
 
 # ---- applying patches on import ----------------------------------------------------------

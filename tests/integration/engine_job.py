@@ -128,8 +128,12 @@ def main(job_path: str, result_path: str) -> None:
         generated = llm.generate(prompts, params, use_tqdm=False)
         result["outputs"].append([list(g.outputs[0].token_ids) for g in generated])
         result["prompt_lens"] = [len(g.prompt_token_ids) for g in generated]
+    if job.get("record_drafts"):
+        result["greedy_draft_steps"] = len(llm.collective_rpc(_recorded_drafts)[0])
     if job.get("sampled_round"):
-        sampled = SamplingParams(temperature=0.8, top_p=0.95, seed=1, max_tokens=16, ignore_eos=True)
+        # no per-request seed: vLLM 0.32 on CPU cannot restore a seeded generator after
+        # preemption ("CPU Generator does not use offset"); the engine seed fixes the stream
+        sampled = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=16, ignore_eos=True)
         generated = llm.generate(prompts, sampled, use_tqdm=False)
         result["sampled_outputs"] = [list(g.outputs[0].token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)

@@ -76,6 +76,7 @@ def _inputs(parts):
         query_start=torch.tensor(qs),
         seq_start=torch.tensor(starts),
         num_valid=torch.tensor(valid),
+        max_query_len=max(p[3] for p in parts),
     )
 
 
@@ -165,7 +166,9 @@ def test_recompute_after_preemption_rewinds():
     a = Sequence(40)
     _step(drafter, [("a", a, 0, 20, 20)])
     _step(drafter, [("a", a, 20, 4, 4)])
-    # preempted, then recomputed from row 10 (prefix cache kept rows 0..9)
+    # preempted, then recomputed from row 10 (prefix cache kept rows 0..9); the runner
+    # reports resumed requests before the step
+    drafter.on_requests_resumed({"a"})
     _, hidden = _step(drafter, [("a", a, 10, 16, 16)])
     assert drafter.cached_rows()["a"]["seq"] == list(range(26))
     torch.testing.assert_close(hidden[0], _one_shot(model, a, 26, None), atol=1e-5, rtol=1e-4)
@@ -194,3 +197,31 @@ def test_zero_draft_tokens_still_commits_rows():
     drafts, _ = drafter.step(_inputs([("a", a, 0, 10, 10)]), 0, lambda h: (h[:, 0].long(), None))
     assert drafts.shape == (1, 0)
     assert drafter.cached_rows()["a"]["seq"] == list(range(10))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decode_step_does_not_synchronise():
+    model = _draft().cuda()
+    model.own_embedding, model.own_lm_head = model.own_embedding.cuda(), model.own_lm_head.cuda()
+    cache = TextKVCache(2, 4, 64, 2, 8, torch.float32, "cuda")
+    drafter = TextAnchoredDrafter(model, cache, None, [VISUAL], max_model_len=512)
+    a = Sequence(40)
+
+    def cuda_inputs(parts):
+        inputs = _inputs(parts)
+        for name, value in vars(inputs).items():
+            if isinstance(value, torch.Tensor):
+                setattr(inputs, name, value.cuda())
+        return inputs
+
+    sample = lambda h: (model.compute_logits(h).argmax(-1), None)  # noqa: E731
+    drafter.step(cuda_inputs([("a", a, 0, 10, 10)]), 3, sample)  # prefill: may sync
+    drafter.step(cuda_inputs([("a", a, 10, 4, 2)]), 3, sample)  # first decode: bookkeeping
+    decode = cuda_inputs([("a", a, 12, 4, 3)])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        drafter.step(decode, 3, sample)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
