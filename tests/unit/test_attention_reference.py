@@ -77,3 +77,20 @@ def test_backend_can_be_forced_and_unknown_is_rejected(monkeypatch):
     monkeypatch.setenv("SPARROW_ATTENTION_BACKEND", "nope")
     with pytest.raises(ValueError, match="SPARROW_ATTENTION_BACKEND"):
         select_backend(torch.device("cpu"))
+
+
+def test_non_contiguous_head_dim_and_wrong_device_name_the_fix():
+    q = torch.randn(2, 4, 16)[:, :, ::2]  # head_dim stride 2
+    k = torch.randn(2, 2, 8)
+    pool = torch.zeros(1, 4, 2, 8)
+    args = (torch.tensor([0, 2]), pool, pool, torch.tensor([0]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="contiguous"):
+        text_window_attention(q, k, k, *args)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        text_window_attention(q.contiguous(), k, k, torch.tensor([0.0, 2.0]), pool, pool, torch.tensor([0]), torch.tensor([0]))
+
+
+def test_triton_on_cpu_without_interpreter_names_the_fix(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        select_backend(torch.device("cpu"), "triton")
