@@ -102,16 +102,17 @@ def prepare_models(root: Path) -> tuple[Path, Path]:
     return target, draft
 
 
-def _run_in_subprocess(target: Path, draft: Path | None) -> dict:
-    args = [sys.executable, "-m", "sparrow_vllm.demo", "--engine", str(target)]
+def _run_in_subprocess(target: Path, draft: Path | None, result: Path) -> dict:
+    args = [sys.executable, "-m", "sparrow_vllm.demo", "--engine", str(target),
+            "--result", str(result)]
     if draft is not None:
         args += ["--draft", str(draft)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-5000:])
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"engine run failed ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(result.read_text())
 
 
 def report(base: dict, spec: dict) -> str:
@@ -140,15 +141,17 @@ def main() -> None:
     parser.add_argument("--root", default="artifacts/demo", help="where the demo models live")
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--draft", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine:
-        sys.stdout.write(json.dumps(run_engine(args.engine, args.draft)) + "\n")
+        Path(args.result).write_text(json.dumps(run_engine(args.engine, args.draft)))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    target, draft = prepare_models(Path(args.root))
+    root = Path(args.root)
+    target, draft = prepare_models(root)
     logger.info("running the target alone, then with Sparrow (one vLLM engine at a time)")
-    base = _run_in_subprocess(target, None)
-    spec = _run_in_subprocess(target, draft)
+    base = _run_in_subprocess(target, None, root / "result-target-alone.json")
+    spec = _run_in_subprocess(target, draft, root / "result-sparrow.json")
     logger.info(report(base, spec))
     if base["token_ids"] != spec["token_ids"]:
         raise SystemExit("Sparrow output differs from the target's own output")
