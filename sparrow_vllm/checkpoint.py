@@ -49,7 +49,7 @@ def save_draft(
     extra_tensors: dict[str, torch.Tensor] | None = None,
     command: list[str] | None = None,
 ) -> Path:
-    """Write config.json, model.safetensors and provenance.json; returns the directory."""
+    """Write config.json (with provenance) and model.safetensors; returns the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = build_config_json(model.layer_config, model.sparrow_config)

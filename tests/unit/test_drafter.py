@@ -182,7 +182,7 @@ def test_paused_request_is_evicted_only_when_slots_run_out():
     assert set(drafter.cached_rows()) == {"r1", "r2"}
 
 
-def test_drafts_have_k_columns_and_chain_is_greedy():
+def test_drafts_have_k_columns():
     model = _draft()
     drafter = _drafter(model, k=4)
     a = Sequence(20)
