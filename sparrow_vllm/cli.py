@@ -6,9 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
 
 from sparrow_vllm.config import SparrowConfig
+from sparrow_vllm.training.settings import TrainSettings
 
 logger = logging.getLogger("sparrow_vllm.cli")
 
@@ -18,6 +21,26 @@ _DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "fc_bias")
 
 def _feature(value: str) -> str | int:
     return int(value) if value.lstrip("-").isdigit() else value
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, schema: type[BaseModel]) -> None:
+    """One option per field of a pydantic settings schema, with the field's description."""
+    group = parser.add_argument_group(f"{schema.__name__} (defaults shown)")
+    for name, field in schema.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name, "default": field.default, "help": f"{field.description} [{field.default}]"}
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices:
+            kwargs["choices"] = choices
+        else:
+            kwargs["type"] = type(field.default)
+        group.add_argument(flag, **kwargs)
+
+
+def settings_from(args: argparse.Namespace, schema: type[BaseModel]) -> Any:
+    return schema(**{name: getattr(args, name) for name in schema.model_fields})
 
 
 def add_sparrow_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +94,64 @@ def _cmd_export_eagle(args: argparse.Namespace) -> None:
     logger.info("EAGLE checkpoint for vLLM's built-in `eagle` method written to %s", out)
 
 
+def _bridge_layer(value: str) -> int | None:
+    return None if value == "none" else int(value)
+
+
+def _feature_spec(args: argparse.Namespace, target_dir: str) -> Any:
+    from sparrow_vllm.draft_factory import load_target_config, sparrow_config_for
+    from sparrow_vllm.training.features import FeatureSpec
+    from sparrow_vllm.training.pipeline import default_bridge_layer
+
+    config = load_target_config(target_dir)
+    aux = sparrow_config_for(config, feature_layer=args.feature_layer).aux_layer_index()
+    bridge = default_bridge_layer(config) if args.bridge_layer == "default" else _bridge_layer(args.bridge_layer)
+    return FeatureSpec(feature_layer=aux, bridge_layer=bridge, max_seq_len=args.max_seq_len, video_fps=args.video_fps)
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--media-root", help="directory relative video/image paths resolve against "
+                   "(default: the manifest's directory)")
+    p.add_argument("--num-frames", type=int, help="sample this many frames per video, uniformly")
+    p.add_argument("--max-seq-len", type=int, default=32768,
+                   help="skip (and count) sequences longer than this many tokens")
+    p.add_argument("--video-fps", type=float, default=2.0,
+                   help="frame rate of the sampled frames, for M-RoPE time positions; match "
+                   "what the server sees")
+
+
+def _cmd_extract_features(args: argparse.Namespace) -> None:
+    from sparrow_vllm.training.pipeline import extract_features
+
+    out = extract_features(
+        args.target, args.data, args.out, _feature_spec(args, args.target), media_root=args.media_root,
+        num_frames=args.num_frames, max_frames=args.max_frames, regenerate_tokens=args.regenerate,
+        shard_size=args.shard_size,
+    )
+    logger.info("features written to %s", out)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from sparrow_vllm.training.pipeline import train_draft
+
+    settings = settings_from(args, TrainSettings)
+    fields = {name: getattr(args, name) for name in _DRAFT_FIELDS}
+    spec = _feature_spec(args, args.target) if args.data else None
+    out = train_draft(
+        args.target, args.out, settings, fields, features=args.features, data=args.data, spec=spec,
+        media_root=args.media_root, num_frames=args.num_frames, init_draft=args.init_draft,
+        resume=args.resume, command=sys.argv,
+    )
+    if out is not None:
+        logger.info("trained draft written to %s", out)
+
+
+def _cmd_toy_world(args: argparse.Namespace) -> None:
+    from sparrow_vllm.toy_world import build
+
+    build.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparrow-vllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +189,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft", required=True, help="Sparrow draft directory")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_export_eagle)
+
+    p = sub.add_parser(
+        "extract-features",
+        help="run the target over a dataset and write draft-training features (resumable)",
+        description="Run an HF target over a LLaVA-style JSON/JSONL dataset (video/image "
+        "paths) and write safetensors shards with an index.json: input ids, positions, the "
+        "draft's feature states, layer-m* visual states (IVSB) and the target's greedy next "
+        "tokens. Rerun the same command to resume. Bad rows are counted and skipped.",
+    )
+    p.add_argument("--target", required=True, help="target model directory (HF format)")
+    p.add_argument("--data", required=True, help="manifest: .json list or .jsonl of records")
+    p.add_argument("--out", required=True, help="output directory for shards + index.json")
+    p.add_argument("--feature", dest="feature_layer", type=_feature, default="final",
+                   help=SparrowConfig.model_fields["feature_layer"].description)
+    p.add_argument("--bridge-layer", default="default",
+                   help="target layer m* whose visual states IVSB uses: an index, 'default' "
+                   "(L // 2) or 'none' (no visual states; train with --no-ivsb)")
+    p.add_argument("--regenerate", type=int, metavar="MAX_NEW_TOKENS",
+                   help="replace each answer by the target's own greedy answer first, so the "
+                   "draft learns what the target says (recommended)")
+    p.add_argument("--max-frames", type=int, help="skip (and count) videos longer than this after sampling")
+    p.add_argument("--shard-size", type=int, default=256, help="records per shard")
+    _add_data_arguments(p)
+    p.set_defaults(func=_cmd_extract_features)
+
+    p = sub.add_parser(
+        "train",
+        help="train a Sparrow draft (or a full-visual EAGLE-style baseline) for a target",
+        description="Train a draft on features from extract-features (--features) or online "
+        "from a dataset (--data). Runs on one CPU process or under torchrun on N processes "
+        "(DDP). Writes the draft checkpoint the plugin loads (or, with --visual-rows full, "
+        "the form vLLM's `eagle` method loads) plus trainer_state.pt for --resume.",
+    )
+    p.add_argument("--target", required=True, help="target model directory (HF format)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help="directory written by extract-features")
+    source.add_argument("--data", help="dataset manifest; features are computed online")
+    p.add_argument("--out", required=True, help="output directory (checkpoint and trainer state)")
+    p.add_argument("--init-draft", help="start from this draft checkpoint instead of a random one")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/trainer_state.pt")
+    p.add_argument("--bridge-layer", default="default", help="online mode: as in extract-features")
+    _add_data_arguments(p)
+    add_sparrow_arguments(p)
+    add_settings_arguments(p, TrainSettings)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("toy-world", help="the synthetic video world: data, target, drafts")
+    from sparrow_vllm.toy_world.build import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_toy_world)
     return parser
 
 

@@ -9,24 +9,22 @@ can be exported, and the export drops the Sparrow-only behaviour (text-only rows
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from sparrow_vllm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_draft_config
-from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.config import DraftLayerConfig, SparrowConfig, SparrowConfigError
+from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.provenance import provenance
 
 
-def export_eagle(draft_dir: Path, out_dir: Path) -> Path:
-    layers, sparrow = read_draft_config(draft_dir)
-    tensors = load_file(str(draft_dir / WEIGHTS_FILE))
-    bias = tensors.pop("fc.bias", None)
-    if bias is not None and bool(bias.abs().max() > 0):
-        raise SparrowConfigError(
-            f"{draft_dir} has a non-zero fc.bias; vLLM's EAGLE FC has no bias. Train or "
-            "init the draft with --no-fc-bias to export it."
-        )
-    config = {
+def eagle_config(layers: DraftLayerConfig, sparrow: SparrowConfig) -> dict[str, Any]:
+    """config.json of the draft in vLLM's EAGLE-1 Llama form."""
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": layers.hidden_size,
@@ -47,7 +45,36 @@ def export_eagle(draft_dir: Path, out_dir: Path) -> Path:
         "torch_dtype": "float32",
         "exported_from_sparrow": sparrow.model_dump(),
     }
+
+
+def _eagle_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    tensors = dict(tensors)
+    bias = tensors.pop("fc.bias", None)
+    if bias is not None and bool(bias.abs().max() > 0):
+        raise SparrowConfigError(
+            f"{where} has a non-zero fc.bias; vLLM's EAGLE FC has no bias. Train or "
+            "init the draft with --no-fc-bias to export it."
+        )
+    return tensors
+
+
+def _write(out_dir: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     return out_dir
+
+
+def export_eagle(draft_dir: Path, out_dir: Path) -> Path:
+    """Rewrite a Sparrow draft checkpoint directory in vLLM's `eagle` form."""
+    layers, sparrow = read_draft_config(draft_dir)
+    tensors = _eagle_tensors(load_file(str(draft_dir / WEIGHTS_FILE)), str(draft_dir))
+    return _write(Path(out_dir), eagle_config(layers, sparrow), tensors)
+
+
+def save_eagle_draft(model: SparrowDraftModel, out_dir: str | Path, command: list[str] | None = None) -> Path:
+    """Write a draft network straight to vLLM's `eagle` form, with provenance."""
+    config = eagle_config(model.layer_config, model.sparrow_config)
+    config["provenance"] = provenance(command if command is not None else sys.argv)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    return _write(Path(out_dir), config, _eagle_tensors(tensors, "the trained draft"))

@@ -47,23 +47,31 @@ def _byte_level_alphabet() -> list[str]:
     return sorted(pre_tokenizers.ByteLevel.alphabet())
 
 
-def _write_tokenizer(out: Path) -> dict[str, int]:
-    """A byte-level BPE tokenizer (the kind Qwen2Tokenizer expects) whose words are the
-    676 two-letter words ` aa` .. ` zz`, each one token; other text falls back to bytes."""
+def two_letter_words() -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return [a + b for a in letters for b in letters]
+
+
+def write_tokenizer(out: Path, words: list[str] | None = None) -> dict[str, int]:
+    """A byte-level BPE tokenizer (the kind Qwen2Tokenizer expects) in which each word of
+    `words` (default: the 676 two-letter words ` aa` .. ` zz`) after a space is one token;
+    other text falls back to bytes. Each word is built by a chain of prefix merges."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    letters = "abcdefghijklmnopqrstuvwxyz"
     space = "\u0120"  # how byte-level BPE writes a leading space
     symbols = SPECIAL_TOKENS + _byte_level_alphabet()
+    known = set(symbols)
     merges = []
-    for a in letters:
-        symbols.append(space + a)
-        merges.append((space, a))
-    for a in letters:
-        for b in letters:
-            symbols.append(space + a + b)
-            merges.append((space + a, b))
+    for word in words if words is not None else two_letter_words():
+        prefix = space
+        for char in word:
+            merged = prefix + char
+            if merged not in known:
+                known.add(merged)
+                symbols.append(merged)
+                merges.append((prefix, char))
+            prefix = merged
     vocab = {w: i for i, w in enumerate(symbols)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -134,8 +142,17 @@ def build_toy_target(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     seed: int = 0,
+    words: list[str] | None = None,
+    vision_depth: int = 2,
+    vision_hidden_size: int = 64,
+    init_std: float | None = 0.05,
 ) -> Path:
-    """Write a tiny randomly initialised target with tokenizer (and processor) files."""
+    """Write a tiny randomly initialised target with tokenizer (and processor) files.
+
+    words: the tokenizer's one-token words (default ` aa` .. ` zz`). init_std: std of the
+    normal init of every matrix (larger than HF's default so an untrained target's greedy
+    output depends on its input); None keeps HF's init, for a target that will be trained.
+    """
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -145,7 +162,7 @@ def build_toy_target(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer(out)
+    vocab = write_tokenizer(out, words)
     text = _text_kwargs(vocab, hidden_size, num_layers, num_heads, num_kv_heads)
     torch.manual_seed(seed)
     if arch == "qwen2":
@@ -161,15 +178,15 @@ def build_toy_target(
         config = Qwen2_5_VLConfig(
             text_config={**text, "rope_parameters": rope},
             vision_config={
-                "depth": 2,
-                "hidden_size": 64,
-                "intermediate_size": 128,
+                "depth": vision_depth,
+                "hidden_size": vision_hidden_size,
+                "intermediate_size": 2 * vision_hidden_size,
                 "num_heads": 4,
                 "patch_size": 14,
                 "spatial_merge_size": 2,
                 "temporal_patch_size": 2,
                 "window_size": 56,
-                "fullatt_block_indexes": [1],
+                "fullatt_block_indexes": list(range(1, vision_depth, 2)),
                 "out_hidden_size": hidden_size,
             },
             image_token_id=vocab["<|image_pad|>"],
@@ -182,11 +199,11 @@ def build_toy_target(
         _write_processor_files(out)
     else:
         raise ValueError(f"unknown toy target arch {arch!r}; use 'qwen2' or 'qwen2_5_vl'")
-    # Larger-than-default init so greedy outputs depend on the input, not only on biases.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.05)
+    if init_std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, init_std)
     model.generation_config.eos_token_id = vocab["<|im_end|>"]
     model.save_pretrained(out)
     return out

@@ -157,7 +157,17 @@ class SparrowDraftModel(nn.Module):
         positions: torch.Tensor,
         attend: AttentionFn,
     ) -> torch.Tensor:  # [T, H]
-        r = self.fc(torch.cat((input_embeds, hidden_states), dim=-1))
+        return self.decode(self.fc(torch.cat((input_embeds, hidden_states), dim=-1)), positions, attend)
+
+    def decode(
+        self,
+        # [T, H] draft input rows z (FC output; training may put bridge states at some rows)
+        z: torch.Tensor,
+        # [T] int64 positions
+        positions: torch.Tensor,
+        attend: AttentionFn,
+    ) -> torch.Tensor:  # [T, H]
+        r = z
         for idx, layer in enumerate(self.layers):
             r = layer(idx, positions, r, attend)
         return r

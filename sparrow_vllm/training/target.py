@@ -10,10 +10,21 @@ import torch
 
 
 @dataclass
+class TargetStates:
+    # [B, n, H] the hidden state that feeds the draft
+    features: torch.Tensor
+    # [B, n, H] layer-m* hidden states (None when not asked for)
+    bridge: torch.Tensor | None
+    # [B, n, V] the target's logits
+    logits: torch.Tensor
+
+
+@dataclass
 class TargetFeatures:
     model: Any
     tokenizer: Any
     config: Any
+    processor: Any = None
 
     def _text_model(self) -> Any:
         model = self.model.model
@@ -24,6 +35,23 @@ class TargetFeatures:
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden)
+
+    @torch.no_grad()
+    def forward_states(
+        self, inputs: dict[str, Any], feature_layer: int | None, bridge_layer: int | None
+    ) -> TargetStates:
+        """Run the target on processor outputs; features are the final norm's output
+        (feature_layer None) or HF output_hidden_states[feature_layer]."""
+        captured: list[torch.Tensor] = []
+        norm = self._text_model().norm
+        handle = norm.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            out = self.model(**inputs, output_hidden_states=True)
+        finally:
+            handle.remove()
+        features = captured[-1] if feature_layer is None else out.hidden_states[feature_layer]
+        bridge = out.hidden_states[bridge_layer] if bridge_layer is not None else None
+        return TargetStates(features=features, bridge=bridge, logits=out.logits)
 
     @torch.no_grad()
     def features(self, ids: torch.Tensor, aux_layer: int | None) -> torch.Tensor:
@@ -42,11 +70,13 @@ class TargetFeatures:
 
 
 def load_hf_target(path: str | Path) -> TargetFeatures:
-    """Load a target checkpoint with transformers (CPU, fp32, eval mode)."""
+    """Load a target checkpoint with transformers (CPU, fp32, eval mode), with its
+    processor (the tokenizer for a text-only target)."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
+        AutoProcessor,
         AutoTokenizer,
     )
 
@@ -56,4 +86,6 @@ def load_hf_target(path: str | Path) -> TargetFeatures:
     model = auto.from_pretrained(str(path), dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return TargetFeatures(model=model, tokenizer=AutoTokenizer.from_pretrained(str(path)), config=config)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    processor = AutoProcessor.from_pretrained(str(path)) if is_vlm else tokenizer
+    return TargetFeatures(model=model, tokenizer=tokenizer, config=config, processor=processor)

@@ -1,0 +1,1 @@
+"""A deterministic synthetic video world whose questions can only be answered by looking."""

@@ -1,0 +1,68 @@
+"""`sparrow-vllm toy-world ...`: make toy-world datasets, train and evaluate its target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _ints(value: str) -> list[int]:
+    return [int(v) for v in value.split(",")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="toy_command", required=True)
+    p = sub.add_parser("data", help="write a LLaVA-style JSONL dataset of toy-world videos")
+    p.add_argument("--out", required=True, help="output directory (train.jsonl + videos/)")
+    p.add_argument("--num", type=int, default=256, help="rows")
+    p.add_argument("--frames", type=_ints, default=[8], help="frames per clip, comma list cycled over rows")
+    p.add_argument("--visual-tokens", type=int, help="instead of --frames: clips with about this many video tokens")
+    p.add_argument("--questions", default="describe", help="comma list of: describe,count,number,first")
+    p.add_argument("--format", dest="video_format", choices=["npy", "mp4"], default="npy", help="clip files")
+    p.add_argument("--seed", type=int, default=0, help="scene seed (0 trains the target; use others to hold out)")
+
+    p = sub.add_parser("train-target", help="build and train the toy-world Qwen2.5-VL target on CPU")
+    p.add_argument("--out", required=True, help="output directory of the trained target")
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of init and of the training scenes")
+
+    p = sub.add_parser("evaluate", help="answer accuracy with the real, a blank and a shuffled video")
+    p.add_argument("--target", required=True, help="toy-world target directory")
+    p.add_argument("--num", type=int, default=64, help="held-out scenes per question")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip")
+    p.add_argument("--out", help="write the accuracies as JSON here")
+
+
+def evaluate_all(target: str | Path, num: int, frames: int) -> dict[str, dict[str, float]]:
+    from sparrow_vllm.toy_world.target import evaluate
+
+    return {video: evaluate(target, num, frames, video=video) for video in ("real", "blank", "shuffled")}
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.toy_command == "data":
+        from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens, write_dataset
+
+        frames = [frames_for_visual_tokens(args.visual_tokens)] if args.visual_tokens else args.frames
+        manifest = write_dataset(args.out, args.num, frames, args.seed, args.questions.split(","), args.video_format)
+        logger.info("toy-world dataset written: %s (%d rows, frames %s)", manifest, args.num, frames)
+    elif args.toy_command == "train-target":
+        import tempfile
+
+        from sparrow_vllm.toy_world.target import TargetTrainSettings, build_target, train_target
+
+        with tempfile.TemporaryDirectory() as tmp:
+            init = build_target(Path(tmp) / "init", seed=args.seed)
+            out = train_target(init, args.out, TargetTrainSettings(steps=args.steps, seed=args.seed))
+        accuracy = evaluate_all(out, 64, 8)
+        (Path(out) / "toy_world_accuracy.json").write_text(json.dumps(accuracy, indent=2) + "\n")
+        logger.info("toy-world target written to %s; accuracy %s", out, accuracy)
+    elif args.toy_command == "evaluate":
+        accuracy = evaluate_all(args.target, args.num, args.frames)
+        logger.info("%s", json.dumps(accuracy, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(accuracy, indent=2) + "\n")

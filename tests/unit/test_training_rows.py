@@ -1,0 +1,101 @@
+"""Training rows, the chain estimator and their parity with the serving drafter.
+
+The parity test is the contract between training and serving: the chain of K drafts the
+training code computes from a row (base pass + chain rows, text rows only, window) equals
+the drafts TextAnchoredDrafter proposes for the same sequence, however its rows arrived.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparrow_vllm.training.acceptance import chain_drafts, simulate
+from sparrow_vllm.training.rows import attention_mask, build_rows, previous_text_row
+from tests.unit.test_drafter import VISUAL, Sequence, _draft, _drafter, _step
+
+
+def _record(seq: Sequence, bridge_dim: int | None = None) -> dict[str, torch.Tensor]:
+    n = len(seq.x)
+    visual = seq.x == VISUAL
+    record = {
+        "input_ids": seq.x, "positions": torch.arange(n), "visual_mask": visual,
+        "features": seq.h, "target_next": torch.roll(seq.x, -1), "loss_start": torch.tensor(n // 2),
+    }
+    if bridge_dim:
+        record["bridge"] = torch.full((int(visual.sum()), bridge_dim), 5.0)
+    return record
+
+
+def test_rows_pair_next_token_with_current_state_and_drop_visual_rows():
+    seq = Sequence(12, visual=[(3, 6)])
+    rows = build_rows(_record(seq), "text")
+    # row i embeds x_{i+1}; rows 2..4 embed visual tokens and are dropped
+    assert rows.source.tolist() == [0, 1, 5, 6, 7, 8, 9, 10]
+    assert torch.equal(rows.token_ids, seq.x[rows.source + 1])
+    assert torch.equal(rows.hidden, seq.h[rows.source])
+    assert torch.equal(rows.feature_target, seq.h[rows.source + 1])
+    # loss rows predict a text token: not row 1 (next is visual x_3) nor the last row
+    assert rows.loss_mask.tolist() == [True, False, True, True, True, True, True, False]
+
+
+def test_bridge_rows_carry_visual_states_and_full_rows_keep_everything():
+    seq = Sequence(12, visual=[(3, 6)])
+    bridge = build_rows(_record(seq, bridge_dim=seq.h.shape[1]), "bridge")
+    assert bridge.is_bridge.tolist() == [i in (2, 3, 4) for i in range(11)]
+    assert bool((bridge.bridge[bridge.is_bridge] == 5.0).all())
+    assert bool((bridge.bridge[~bridge.is_bridge] == 0).all())
+    full = build_rows(_record(seq), "full")
+    assert len(full) == 11 and not bool(full.is_bridge.any())
+    with pytest.raises(ValueError, match="no-ivsb"):
+        build_rows(_record(seq), "bridge")
+
+
+def test_window_counts_text_rows_and_keeps_visual_keys():
+    seq = Sequence(12, visual=[(3, 6)])
+    rows = build_rows(_record(seq, bridge_dim=seq.h.shape[1]), "bridge")
+    mask = attention_mask(rows, window=2)
+    # row 7 (text) sees itself, text row 6, and every visual row before it
+    assert mask[7].nonzero().flatten().tolist() == [2, 3, 4, 6, 7]
+    assert torch.equal(attention_mask(rows, None), torch.ones(11, 11, dtype=torch.bool).tril())
+
+
+def test_mtp_feeds_only_text_rows_after_text_rows():
+    seq = Sequence(12, visual=[(3, 6)])
+    rows = build_rows(_record(seq), "full")
+    assert previous_text_row(rows).tolist() == [
+        False, True, False, False, False, False, True, True, True, True, True,
+    ]
+
+
+def test_simulation_steps_like_vllm():
+    seq = Sequence(12)
+    rows = build_rows(_record(seq), "text")
+    target_next = torch.arange(100, 112)
+    drafts = torch.zeros(len(rows), 3, dtype=torch.long)
+    # prefill emits x_6; row 5 (embeds x_6) drafts x_7..x_9: the first two are right,
+    # the target adds x_9 as its bonus token
+    drafts[5] = torch.tensor([106, 107, 0])
+    # row 8 (embeds x_9) drafts x_10, x_11; only two fit before the end at x_11
+    drafts[8] = torch.tensor([109, 110, 111])
+    stats = simulate(rows, drafts, target_next, loss_start=6)
+    assert (stats.drafts, stats.accepted) == (2, 4)
+    assert stats.per_position == [2, 2, 0]
+    assert stats.acceptance_length == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("window", [None, 2, 5])
+def test_training_chain_equals_serving_drafts(window):
+    model = _draft(window)
+    drafter = _drafter(model, window, k=3)
+    seq = Sequence(40, visual=[(4, 15)], seed=3)
+    rows = build_rows(_record(seq), "text")
+    drafts, _ = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, window, 3)
+    row_of = {int(s): r for r, s in enumerate(rows.source)}
+    _step(drafter, [("a", seq, 0, 10, 10)])
+    _step(drafter, [("a", seq, 10, 12, 12)])
+    end = 22
+    for nv in (2, 1, 3):
+        served, _ = _step(drafter, [("a", seq, end, 4, nv)], k=3)
+        end += nv
+        assert served[0].tolist() == drafts[row_of[end - 1]].tolist()
