@@ -6,6 +6,7 @@ PACKAGES = [
     "sparrow_vllm",
     "sparrow_vllm.modeling",
     "sparrow_vllm.training",
+    "sparrow_vllm.toy_world",
     "sparrow_vllm.kernels",
 ]
 

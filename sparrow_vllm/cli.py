@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -146,6 +147,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
         logger.info("trained draft written to %s", out)
 
 
+def _cmd_eval_acceptance(args: argparse.Namespace) -> None:
+    from sparrow_vllm.training.evaluate import evaluate_acceptance
+
+    result = evaluate_acceptance(args.target, args.draft, args.features, args.k, args.visual_rows)
+    text = json.dumps(result, indent=2)
+    logger.info("%s", text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
 def _cmd_toy_world(args: argparse.Namespace) -> None:
     from sparrow_vllm.toy_world import build
 
@@ -234,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparrow_arguments(p)
     add_settings_arguments(p, TrainSettings)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "eval-acceptance",
+        help="offline acceptance length of a trained draft on a feature set",
+        description="Greedy chains of K drafts over the answers of a feature set, stepped as "
+        "vLLM steps (acceptance length = 1 + accepted / drafts, per-position rates).",
+    )
+    p.add_argument("--target", required=True, help="target model directory (HF format)")
+    p.add_argument("--draft", required=True, help="draft directory (Sparrow or EAGLE form)")
+    p.add_argument("--features", required=True, help="directory written by extract-features")
+    p.add_argument("--k", type=int, default=4, help="draft chain length (num_speculative_tokens)")
+    p.add_argument("--visual-rows", choices=["text", "bridge", "full"],
+                   help="rows the draft sees at visual positions (default: its serving form)")
+    p.add_argument("--out", help="write the result as JSON here")
+    p.set_defaults(func=_cmd_eval_acceptance)
 
     p = sub.add_parser("toy-world", help="the synthetic video world: data, target, drafts")
     from sparrow_vllm.toy_world.build import add_arguments

@@ -88,11 +88,13 @@ def write_tokenizer(out: Path, words: list[str] | None = None) -> dict[str, int]
     return vocab
 
 
-def _text_kwargs(vocab: dict[str, int], hidden: int, layers: int, heads: int, kv_heads: int) -> dict:
+def _text_kwargs(
+    vocab: dict[str, int], hidden: int, layers: int, heads: int, kv_heads: int, intermediate_multiple: int = 2
+) -> dict:
     return dict(
         vocab_size=len(vocab),  # every id decodes
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate_multiple * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -146,6 +148,7 @@ def build_toy_target(
     vision_depth: int = 2,
     vision_hidden_size: int = 64,
     init_std: float | None = 0.05,
+    intermediate_multiple: int = 2,
 ) -> Path:
     """Write a tiny randomly initialised target with tokenizer (and processor) files.
 
@@ -163,17 +166,18 @@ def build_toy_target(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(out, words)
-    text = _text_kwargs(vocab, hidden_size, num_layers, num_heads, num_kv_heads)
+    text = _text_kwargs(vocab, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_multiple)
     torch.manual_seed(seed)
     if arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**text, rope_theta=10000.0))
     elif arch == "qwen2_5_vl":
         head_dim = hidden_size // num_heads
-        quarter = head_dim // 4
+        # Qwen2.5-VL's split of the rotary pairs over (time, height, width): 1/4, 3/8, 3/8
+        time = head_dim // 8
         rope = {
             "rope_type": "default",
             "rope_theta": 10000.0,
-            "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter],
+            "mrope_section": [time, (head_dim // 2 - time) // 2, (head_dim // 2 - time) // 2],
         }
         config = Qwen2_5_VLConfig(
             text_config={**text, "rope_parameters": rope},

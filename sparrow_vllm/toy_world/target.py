@@ -32,10 +32,10 @@ FPS = 2.0  # frame rate the toy world's videos are written and read at
 
 @dataclass(frozen=True)
 class TargetTrainSettings:
-    steps: int = 1200
-    batch_size: int = 16
-    lr: float = 5e-4
-    warmup: int = 100
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 50
     seed: int = 0
     frames: tuple[int, ...] = FRAME_CHOICES
 
@@ -43,8 +43,9 @@ class TargetTrainSettings:
 def build_target(out_dir: str | Path, seed: int = 0) -> Path:
     """An untrained toy-world target (tokenizer, processor files, HF-initialised weights)."""
     return build_toy_target(
-        "qwen2_5_vl", out_dir, words=WORDS, num_layers=8, hidden_size=256, num_heads=4,
-        num_kv_heads=2, vision_depth=4, vision_hidden_size=128, init_std=None, seed=seed,
+        "qwen2_5_vl", out_dir, words=WORDS, num_layers=8, hidden_size=128, num_heads=4,
+        num_kv_heads=2, vision_depth=2, vision_hidden_size=128, init_std=None, seed=seed,
+        intermediate_multiple=4,
     )
 
 

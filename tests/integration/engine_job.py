@@ -43,7 +43,21 @@ def synthetic_image(size: int, seed: int):
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
-def build_prompt(spec: dict) -> dict:
+def toy_scene_prompt(spec: dict, tokenizer) -> dict:
+    """A toy-world question about a rendered scene, in the chat form the target learned."""
+    from sparrow_vllm.toy_world.render import render
+    from sparrow_vllm.toy_world.scene import sample_scene
+    from sparrow_vllm.toy_world.target import prompt_messages, video_metadata
+
+    frames = render(sample_scene(spec["seed"], spec["index"]), spec["frames"])
+    text = tokenizer.apply_chat_template(prompt_messages(spec["question"]), add_generation_prompt=True, tokenize=False)
+    meta = {**video_metadata(spec["frames"]), "do_sample_frames": False}
+    return {"prompt": text, "multi_modal_data": {"video": (frames, meta)}}
+
+
+def build_prompt(spec: dict, tokenizer=None) -> dict:
+    if spec.get("toy_scene"):
+        return toy_scene_prompt(spec["toy_scene"], tokenizer)
     media, data = [], {}
     if spec.get("video"):
         media.append(VIDEO)
@@ -114,8 +128,10 @@ def main(job_path: str, result_path: str) -> None:
         gpu_memory_utilization=0.3,
         **job.get("engine", {}),
     )
-    params = SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 24), ignore_eos=True)
-    prompts = [build_prompt(p) for p in job["prompts"]]
+    params = SamplingParams(
+        temperature=0.0, max_tokens=job.get("max_tokens", 24), ignore_eos=job.get("ignore_eos", True)
+    )
+    prompts = [build_prompt(p, llm.get_tokenizer()) for p in job["prompts"]]
     result: dict = {}
     if job.get("record_drafts"):
         llm.collective_rpc(_install_draft_recorder)

@@ -97,6 +97,11 @@ def test_full_visual_draft_is_written_for_vllm_eagle(tiny_world, tmp_path):
     config = json.loads((tmp_path / "eagle" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert "provenance" in config
+    from sparrow_vllm.training.evaluate import evaluate_acceptance
+
+    result = evaluate_acceptance(tiny_world["target"], tmp_path / "eagle", tiny_world["features"], k=3)
+    assert (result["form"], result["mode"], result["sequences"]) == ("eagle", "full", 12)
+    assert result["drafts"] > 0 and result["mean_visual_tokens"] == 32
 
 
 def test_online_features_equal_offline(tiny_world):

@@ -44,5 +44,38 @@ def test_bad_feature_value_is_reported(tmp_path, capsys):
 
 def test_parser_lists_the_tools():
     text = build_parser().format_help()
-    for tool in ("toy-target", "init-draft", "self-distill", "export-eagle"):
+    for tool in ("toy-target", "init-draft", "self-distill", "export-eagle", "extract-features", "train", "toy-world"):
         assert tool in text
+
+
+def test_train_options_come_from_the_settings_schema():
+    from sparrow_vllm.training.settings import TrainSettings
+
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(sub.format_help().split())
+    for name, field in TrainSettings.model_fields.items():
+        assert "--" + name.replace("_", "-") in text
+        assert " ".join(field.description.split()[:4]) in text
+    args = sub.parse_args(["--target", "t", "--features", "f", "--out", "o", "--no-ivsb", "--mtp-steps", "0",
+                           "--visual-rows", "full"])
+    assert (args.ivsb, args.mtp_steps, args.visual_rows) == (False, 0, "full")
+
+
+def test_full_visual_rows_need_no_ivsb():
+    from pydantic import ValidationError
+
+    from sparrow_vllm.training.settings import TrainSettings
+
+    with pytest.raises(ValidationError, match="add --no-ivsb"):
+        TrainSettings(visual_rows="full")
+
+
+def test_toy_world_data_is_a_llava_manifest(tmp_path):
+    main(["toy-world", "data", "--out", str(tmp_path), "--num", "3", "--frames", "4,6", "--format", "mp4"])
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [r["video"] for r in rows] == ["videos/000000.mp4", "videos/000001.mp4", "videos/000002.mp4"]
+    assert rows[0]["conversations"][0]["value"].startswith("<video>")
+    from sparrow_vllm.training.data import ConversationDataset
+
+    samples = list(ConversationDataset(tmp_path / "train.jsonl"))
+    assert [len(s.video) for s in samples] == [4, 6, 4]
