@@ -1,28 +1,52 @@
 #!/usr/bin/env bash
-# Rebuild the committed toy world under models/toy-world from scratch (seeded; ~40 min on
-# 2 CPU cores): train the Qwen2.5-VL target, extract features with the target's own
-# answers, train the Sparrow draft and the full-visual EAGLE-style baseline, store bf16.
+# Rebuild the committed toy world under models/toy-world from scratch (seeded; about an
+# hour on 2 CPU cores): train the Qwen2.5-VL target, extract features with the target's
+# own answers, train the Sparrow draft and the full-visual EAGLE-style baseline, measure
+# acceptance at 0.5k and 25k visual tokens, store the weights in bf16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-models/toy-world}
 WORK=${WORK:-artifacts/toy-world-build}
-STEPS_TARGET=${STEPS_TARGET:-1200}
+STEPS_TARGET=${STEPS_TARGET:-1800}
 STEPS_DRAFT=${STEPS_DRAFT:-1200}
 RUN=".venv/bin/sparrow-vllm"
 mkdir -p "$WORK" "$OUT"
 
-$RUN toy-world train-target --out "$WORK/target" --steps "$STEPS_TARGET" --seed 0
-$RUN toy-world data --out "$WORK/data" --num 768 --frames 4,8,16 --questions describe,describe,count,first --seed 2
-$RUN extract-features --target "$WORK/target" --data "$WORK/data/train.jsonl" --out "$WORK/features" \
-    --regenerate 64
+# 1. the target, and how much its answers depend on the video (the committed target had
+#    its first 1800 steps with transformers' M-RoPE rule, before training switched to
+#    vLLM's; see sparrow_vllm/training/serving_positions.py; this script uses vLLM's rule
+#    throughout)
+if [ ! -f "$WORK/target/config.json" ]; then
+  $RUN toy-world train-target --out "$WORK/target-stage1" --steps "$STEPS_TARGET" --seed 0
+  $RUN toy-world train-target --init "$WORK/target-stage1" --first-step "$STEPS_TARGET" --steps 500 \
+      --out "$WORK/target"
+fi
+
+# 2. draft training data (held-out scene seed 2) with the target's own answers
+$RUN toy-world data --out "$WORK/data" --num 384 --frames 6,8,16 --questions describe,describe,count,first --seed 2
+$RUN extract-features --target "$WORK/target" --data "$WORK/data/train.jsonl" --out "$WORK/features" --regenerate 64
+
+# 3. the drafts: Sparrow (IVSB + MTP, text rows at inference) and the full-visual baseline
 COMMON=(--target "$WORK/target" --features "$WORK/features" --steps "$STEPS_DRAFT" --batch-size 16
-        --lr 2e-3 --ce-weight 1.0 --mtp-steps 2 --val-samples 48 --val-k 4)
+        --lr 2e-3 --ce-weight 1.0 --mtp-steps 2 --val-samples 32 --val-k 4 --val-every 400)
 $RUN train "${COMMON[@]}" --out "$WORK/sparrow-draft"
 $RUN train "${COMMON[@]}" --out "$WORK/eagle-draft" --visual-rows full --no-ivsb --no-fc-bias
 
+# 4. acceptance at the shortest and longest visual lengths of the benchmarks
+for TOKENS in 512 25000; do
+  NUM=$([ "$TOKENS" -gt 5000 ] && echo 2 || echo 8)
+  $RUN toy-world data --out "$WORK/val-$TOKENS" --num "$NUM" --visual-tokens "$TOKENS" --seed 3
+  $RUN extract-features --target "$WORK/target" --data "$WORK/val-$TOKENS/train.jsonl" \
+      --out "$WORK/val-$TOKENS-features" --regenerate 64 --max-seq-len 40000
+  for DRAFT in sparrow-draft eagle-draft; do
+    $RUN eval-acceptance --target "$WORK/target" --draft "$WORK/$DRAFT" --k 4 \
+        --features "$WORK/val-$TOKENS-features" --out "$WORK/acceptance-$DRAFT-$TOKENS.json"
+  done
+done
+
+# 5. copy to OUT with bf16 weights (the repo keeps the toy world under 20 MB)
 .venv/bin/python - "$WORK" "$OUT" <<'PY'
-"""Copy the models to OUT with bf16 weights (the repo keeps them under 20 MB)."""
-import shutil, sys
+import json, shutil, sys
 from pathlib import Path
 from safetensors.torch import load_file, save_file
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -34,5 +58,7 @@ for name in ("target", "sparrow-draft", "eagle-draft"):
     for weights in dst.glob("*.safetensors"):
         tensors = {k: v.bfloat16() for k, v in load_file(str(weights)).items()}
         save_file(tensors, str(weights), metadata={"format": "pt"})
+results = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("acceptance-*.json"))}
+(out / "acceptance.json").write_text(json.dumps(results, indent=2) + "\n")
 PY
 du -sh "$OUT"/*

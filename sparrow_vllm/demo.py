@@ -1,10 +1,11 @@
-"""`make demo`: Sparrow on a tiny offline Qwen2.5-VL, on this machine's CPU.
+"""`make demo`: Sparrow on the bundled toy-world video LLM, on this machine's CPU.
 
-Builds (once, under artifacts/demo) a toy Qwen2.5-VL target and a Sparrow draft briefly
-self-distilled on the target's outputs, then runs the same video/image/text prompts through
-vLLM twice, one engine at a time: without speculation and with
-`{"method": "sparrow", ...}`. It prints the answers, checks they are identical, and
-prints vLLM's spec-decode counters and the acceptance length.
+The repo ships a small Qwen2.5-VL trained on synthetic videos (models/toy-world/target)
+and a Sparrow draft trained for it with `sparrow-vllm train` (models/toy-world/
+sparrow-draft). The demo asks questions about rendered toy-world videos through vLLM
+twice, one engine at a time: without speculation and with `{"method": "sparrow", ...}`.
+It prints the answers next to the true ones, checks the outputs are identical, and prints
+vLLM's spec-decode counters and the acceptance length.
 """
 
 from __future__ import annotations
@@ -18,43 +19,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 logger = logging.getLogger("sparrow_vllm.demo")
 
-VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
-IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-QUESTIONS = [
-    ("ab cd ef gh", "video"),
-    ("ij kl mn", "image"),
-    ("op qr st uv", "video"),
-    (" wx yz ab cd ef gh", None),
-]
-NUM_SPEC_TOKENS = 3
+TOY_WORLD = Path(__file__).resolve().parents[1] / "models" / "toy-world"
+# (scene index, frames, question) about scenes of the held-out seed SCENE_SEED
+QUESTIONS = [(0, 8, "describe"), (1, 8, "describe"), (2, 16, "count"), (3, 8, "number"), (4, 8, "describe")]
+SCENE_SEED = 1
+NUM_SPEC_TOKENS = 4
 
 
-def _media(kind: str | None, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    if kind == "video":
-        frames = rng.integers(0, 255, (8, 112, 112, 3), dtype=np.uint8)
-        meta = {"total_num_frames": 8, "fps": 2.0, "duration": 4.0, "video_backend": "numpy",
-                "frames_indices": list(range(8)), "do_sample_frames": False}
-        return {"video": (frames, meta)}
-    if kind == "image":
-        from PIL import Image
+def _prompt(tokenizer, index: int, frames: int, question: str) -> dict:
+    from sparrow_vllm.toy_world.render import render
+    from sparrow_vllm.toy_world.scene import sample_scene
+    from sparrow_vllm.toy_world.target import prompt_messages, video_metadata
 
-        return {"image": Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))}
-    return {}
-
-
-def _prompt(text: str, kind: str | None, seed: int) -> dict:
-    if kind is None:
-        return {"prompt": text}
-    placeholder = VIDEO if kind == "video" else IMAGE
-    return {
-        "prompt": f"<|im_start|> user {placeholder} {text} <|im_end|> <|im_start|> assistant",
-        "multi_modal_data": _media(kind, seed),
-    }
+    text = tokenizer.apply_chat_template(prompt_messages(question), add_generation_prompt=True, tokenize=False)
+    clip = render(sample_scene(SCENE_SEED, index), frames)
+    meta = {**video_metadata(frames), "do_sample_frames": False}
+    return {"prompt": text, "multi_modal_data": {"video": (clip, meta)}}
 
 
 def run_engine(target: str, draft: str | None) -> dict:
@@ -65,10 +47,10 @@ def run_engine(target: str, draft: str | None) -> dict:
     if draft is not None:
         spec = {"method": "sparrow", "model": draft, "num_speculative_tokens": NUM_SPEC_TOKENS}
     llm = LLM(model=target, speculative_config=spec, dtype="float32", enforce_eager=True,
-              max_model_len=1024, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0,
-              disable_log_stats=False, limit_mm_per_prompt={"video": 1, "image": 1})
-    prompts = [_prompt(text, kind, seed) for seed, (text, kind) in enumerate(QUESTIONS)]
-    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+              max_model_len=1024, max_num_seqs=len(QUESTIONS), gpu_memory_utilization=0.3, seed=0,
+              disable_log_stats=False, limit_mm_per_prompt={"video": 1})
+    prompts = [_prompt(llm.get_tokenizer(), *q) for q in QUESTIONS]
+    params = SamplingParams(temperature=0.0, max_tokens=64)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
@@ -83,23 +65,6 @@ def run_engine(target: str, draft: str | None) -> dict:
         "seconds": seconds,
         "counters": counters,
     }
-
-
-def prepare_models(root: Path) -> tuple[Path, Path]:
-    from sparrow_vllm.checkpoint import save_draft
-    from sparrow_vllm.draft_factory import load_target_config, new_draft
-    from sparrow_vllm.toy_target import build_toy_target
-    from sparrow_vllm.training.self_distill import SelfDistillSettings, self_distill
-
-    target, draft = root / "target", root / "draft"
-    if not (target / "config.json").exists():
-        logger.info("building a toy Qwen2.5-VL target in %s", target)
-        build_toy_target("qwen2_5_vl", target, seed=1)
-    if not (draft / "config.json").exists():
-        logger.info("self-distilling a Sparrow draft on the target's outputs (~2 min)")
-        fresh = save_draft(root / "draft-init", new_draft(load_target_config(target)))
-        self_distill(target, fresh, draft, SelfDistillSettings(num_prompts=1024, steps=1500))
-    return target, draft
 
 
 def _run_in_subprocess(target: Path, draft: Path | None, result: Path) -> dict:
@@ -119,9 +84,17 @@ def report(base: dict, spec: dict) -> str:
     c = spec["counters"]
     drafts = c.get("vllm:spec_decode_num_drafts", 0)
     accepted = c.get("vllm:spec_decode_num_accepted_tokens", 0)
-    lines = ["", "Answers (Sparrow):"]
-    for (text, kind), answer in zip(QUESTIONS, spec["texts"], strict=True):
-        lines.append(f"  [{kind or 'text'}] {text!r} -> {answer!r}")
+    from sparrow_vllm.toy_world.scene import QUESTIONS as QUESTION_TEXT
+    from sparrow_vllm.toy_world.scene import sample_scene
+
+    lines = ["", "Answers (Sparrow) and the true answers:"]
+    correct = 0
+    for (index, frames, question), answer in zip(QUESTIONS, spec["texts"], strict=True):
+        truth = sample_scene(SCENE_SEED, index).answer(question)
+        correct += answer.strip() == truth
+        lines += [f"  video {index} ({frames} frames): {QUESTION_TEXT[question]}",
+                  f"    answer: {answer.strip()}", f"    truth:  {truth}"]
+    lines.append(f"  {correct} of {len(QUESTIONS)} answers exactly right")
     same = base["token_ids"] == spec["token_ids"]
     lines += [
         "",
@@ -131,14 +104,15 @@ def report(base: dict, spec: dict) -> str:
         f"accepted per position: {c.get('vllm:spec_decode_num_accepted_tokens_per_pos')}",
         f"acceptance length (1 + accepted / drafts): {1 + accepted / max(drafts, 1):.2f}",
         f"generate time: {base['seconds']:.1f}s without speculation, {spec['seconds']:.1f}s with "
-        "Sparrow (tiny random model on CPU: the draft costs as much as the target here)",
+        "Sparrow (a tiny target on CPU: a draft step costs nearly as much as a target step)",
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", default="artifacts/demo", help="where the demo models live")
+    parser.add_argument("--models", default=str(TOY_WORLD), help="the toy world's models")
+    parser.add_argument("--results", default="artifacts/demo", help="where run results go")
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--draft", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -147,8 +121,9 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(run_engine(args.engine, args.draft)))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = Path(args.root)
-    target, draft = prepare_models(root)
+    root = Path(args.results)
+    root.mkdir(parents=True, exist_ok=True)
+    target, draft = Path(args.models) / "target", Path(args.models) / "sparrow-draft"
     logger.info("running the target alone, then with Sparrow (one vLLM engine at a time)")
     base = _run_in_subprocess(target, None, root / "result-target-alone.json")
     spec = _run_in_subprocess(target, draft, root / "result-sparrow.json")

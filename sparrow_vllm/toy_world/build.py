@@ -27,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("train-target", help="build and train the toy-world Qwen2.5-VL target on CPU")
     p.add_argument("--out", required=True, help="output directory of the trained target")
-    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     p.add_argument("--seed", type=int, default=0, help="seed of init and of the training scenes")
+    p.add_argument("--init", help="continue from this trained target instead of a fresh one")
+    p.add_argument("--first-step", type=int, default=0,
+                   help="number batches from here (with --init: the steps already trained)")
 
     p = sub.add_parser("evaluate", help="answer accuracy with the real, a blank and a shuffled video")
     p.add_argument("--target", required=True, help="toy-world target directory")
@@ -55,9 +58,10 @@ def run(args: argparse.Namespace) -> None:
 
         from sparrow_vllm.toy_world.target import TargetTrainSettings, build_target, train_target
 
+        settings = TargetTrainSettings(steps=args.steps, seed=args.seed, first_step=args.first_step)
         with tempfile.TemporaryDirectory() as tmp:
-            init = build_target(Path(tmp) / "init", seed=args.seed)
-            out = train_target(init, args.out, TargetTrainSettings(steps=args.steps, seed=args.seed))
+            init = args.init or build_target(Path(tmp) / "init", seed=args.seed)
+            out = train_target(init, args.out, settings)
         accuracy = evaluate_all(out, 64, 8)
         (Path(out) / "toy_world_accuracy.json").write_text(json.dumps(accuracy, indent=2) + "\n")
         logger.info("toy-world target written to %s; accuracy %s", out, accuracy)

@@ -6,7 +6,8 @@ import numpy as np
 
 from sparrow_vllm.toy_world.scene import COLOURS, Scene, Shape
 
-TRAVEL = 0.4  # fraction of the frame a shape moves over the whole video
+TRAVEL = 0.45  # fraction of the shape area a shape moves during its event
+DIGIT_STRIP = 0.25  # the digit's strip at the left edge, as a fraction of the width
 _STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 # Seven-segment layout: a top, b top-right, c bottom-right, d bottom, e bottom-left,
 # f top-left, g middle.
@@ -15,8 +16,10 @@ _SEGMENTS = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc",
 
 def _draw_shape(frame: np.ndarray, shape: Shape, cx: float, cy: float, size: int) -> None:
     h, w, _ = frame.shape
+    left = int(DIGIT_STRIP * w)
     ys, xs = np.mgrid[0:h, 0:w]
-    dx, dy = xs - cx * w, ys - cy * h
+    dx, dy = xs - (left + cx * (w - left)), ys - cy * h
+    xs_ok = xs >= left
     r = size / 2
     if shape.kind == "square":
         mask = (np.abs(dx) <= r) & (np.abs(dy) <= r)
@@ -24,14 +27,15 @@ def _draw_shape(frame: np.ndarray, shape: Shape, cx: float, cy: float, size: int
         mask = dx**2 + dy**2 <= r**2
     else:  # triangle pointing up
         mask = (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
-    frame[mask] = COLOURS[shape.colour]
+    frame[mask & xs_ok] = COLOURS[shape.colour]
 
 
 def _draw_digit(frame: np.ndarray, digit: int, size: int) -> None:
     h = size
     w = size // 2 + 2
     t = max(2, size // 8)
-    x0, y0, mid = 3, 3, 3 + size // 2
+    x0, y0 = 3, (frame.shape[0] - size) // 2
+    mid = y0 + size // 2
     boxes = {
         "a": (y0, y0 + t, x0, x0 + w),
         "d": (y0 + h - t, y0 + h, x0, x0 + w),
@@ -49,17 +53,17 @@ def _draw_digit(frame: np.ndarray, digit: int, size: int) -> None:
 def render(scene: Scene, num_frames: int, size: int = 112) -> np.ndarray:
     """The scene over `num_frames` frames of size x size pixels."""
     frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
-    shape_px = size // 5
+    shape_px = int(size * 0.36)
     for t in range(num_frames):
-        time = t / max(num_frames - 1, 1)
+        time = (t + 0.5) / num_frames
         for shape in scene.shapes:
-            if time + 1e-9 < shape.appear:
+            if not shape.appear <= time < shape.vanish:
                 continue
-            progress = (time - shape.appear) / (1.0 - shape.appear) * TRAVEL
+            progress = (time - shape.appear) / (shape.vanish - shape.appear) * TRAVEL
             sx, sy = _STEP[shape.direction]
             _draw_shape(
                 frames[t], shape, shape.start[0] + sx * progress, shape.start[1] + sy * progress,
                 shape_px,
             )
-        _draw_digit(frames[t], scene.digit, size // 4)
+        _draw_digit(frames[t], scene.digit, int(size * 0.4))
     return frames

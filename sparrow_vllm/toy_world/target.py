@@ -3,7 +3,7 @@
 8 decoder layers (hidden 256, GQA 4:2) and a 4-block vision tower, ~6M parameters, so one
 draft layer costs a small fraction of a target step, as with a 7B target. Training is
 seeded and reproducible: batch s holds scenes s*B .. s*B+B-1 of the training seed, each
-with a random question, rendered at 4 or 8 frames; the loss is on answer tokens only.
+with a random question, rendered at 6 or 8 frames; the loss is on answer tokens only.
 `evaluate` measures exact-match accuracy with the real video and with a blank one.
 """
 
@@ -26,18 +26,20 @@ from sparrow_vllm.toy_world.scene import QUESTIONS, WORDS, sample_scene
 
 logger = logging.getLogger(__name__)
 
-FRAME_CHOICES = (4, 8)
+FRAME_CHOICES = (6, 8)
 FPS = 2.0  # frame rate the toy world's videos are written and read at
 
 
 @dataclass(frozen=True)
 class TargetTrainSettings:
-    steps: int = 1500
+    steps: int = 1800
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 50
     seed: int = 0
     frames: tuple[int, ...] = FRAME_CHOICES
+    # batches are numbered from here, so a continued run sees new scenes
+    first_step: int = 0
 
 
 def build_target(out_dir: str | Path, seed: int = 0) -> Path:
@@ -105,9 +107,13 @@ def _lr_factor(step: int, settings: TargetTrainSettings) -> float:
 
 
 def train_target(target_dir: str | Path, out_dir: str | Path, settings: TargetTrainSettings) -> Path:
-    """Train the target in `target_dir` on toy-world questions; write it (bf16) to `out_dir`."""
+    """Train the target in `target_dir` (untrained, or trained before: continue with
+    first_step past the earlier run's steps) on toy-world questions; write it to `out_dir`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from sparrow_vllm.training.serving_positions import use_serving_positions
+
+    use_serving_positions()
     torch.manual_seed(settings.seed)
     processor = AutoProcessor.from_pretrained(str(target_dir))
     model = AutoModelForImageTextToText.from_pretrained(str(target_dir), dtype=torch.float32)
@@ -116,7 +122,7 @@ def train_target(target_dir: str | Path, out_dir: str | Path, settings: TargetTr
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings))
     start = time.time()
     for step in range(settings.steps):
-        loss = model(**_batch(processor, step, settings)).loss
+        loss = model(**_batch(processor, settings.first_step + step, settings)).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -126,7 +132,7 @@ def train_target(target_dir: str | Path, out_dir: str | Path, settings: TargetTr
             logger.info("target step %d loss %.4f (%.0f s)", step, loss.item(), time.time() - start)
     model.eval()
     out = Path(out_dir)
-    model.to(torch.bfloat16).save_pretrained(out)
+    model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
 
@@ -139,6 +145,9 @@ def evaluate(
     (black) one, or the video of another scene ("shuffled")."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from sparrow_vllm.training.serving_positions import use_serving_positions
+
+    use_serving_positions()
     processor = AutoProcessor.from_pretrained(str(target_dir))
     model = AutoModelForImageTextToText.from_pretrained(str(target_dir), dtype=torch.float32).eval()
     scenes = [sample_scene(seed, i) for i in range(num_scenes)]

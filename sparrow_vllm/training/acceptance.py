@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.training.rows import DraftRows, attention_mask
+from sparrow_vllm.training.rows import DraftRows
 
 
 @dataclass
@@ -47,72 +47,91 @@ class AcceptanceStats:
 
 
 class _ChainAttention:
-    """Attention for the base pass (records K/V per layer) and for chain depth s."""
+    """Attention for the base pass over all rows (records K/V per layer; queries in chunks
+    so a 25k-row sequence never builds an R x R score matrix) and for the chain rows at
+    depth s, one chain per start row."""
 
-    def __init__(self, mask: torch.Tensor, rows: DraftRows, window: int | None) -> None:
-        self.mask, self.rows, self.window = mask, rows, window
+    CHUNK = 1024
+
+    def __init__(self, rows: DraftRows, window: int | None, starts: torch.Tensor) -> None:
+        self.rows, self.window, self.starts = rows, window, starts
+        self.rank = torch.cumsum((~rows.is_visual).long(), 0)
         self.base: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.chain: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.depth = 0
 
-    def _base_mask(self) -> torch.Tensor:
+    def _mask(self, queries: torch.Tensor) -> torch.Tensor:
+        """[Q, R] bool: the verified rows query row q (at the current depth) may see."""
+        keys = torch.arange(len(self.rank))
+        allowed = keys[None, :] <= queries[:, None]
         if self.window is None:
-            return self.mask
-        rank = torch.cumsum((~self.rows.is_visual).long(), 0)
-        r = len(rank)
-        allowed = torch.arange(r)[None, :] <= torch.arange(r)[:, None]
-        near = rank[:, None] - rank[None, :] + self.depth < self.window
-        return allowed & (near | self.rows.is_visual[None, :])
+            return allowed
+        distance = self.rank[queries][:, None] - self.rank[None, :] + self.depth
+        return allowed & ((distance < self.window) | self.rows.is_visual[None, :])
+
+    def _attend(self, q: torch.Tensor, queries: torch.Tensor, layer: int) -> torch.Tensor:
+        k, v = self.base[layer]
+        group = q.shape[1] // k.shape[1]
+        kb, vb = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = torch.einsum("qhd,jhd->qhj", q, kb) * scale
+        scores = scores.masked_fill(~self._mask(queries)[:, None, :], float("-inf"))
+        if self.depth == 0:
+            return torch.einsum("qhj,jhd->qhd", scores.softmax(-1), vb)
+        chain = self.chain[layer][-self.window :] if self.window is not None else self.chain[layer]
+        ck = torch.stack([c[0].repeat_interleave(group, dim=1) for c in chain], dim=-1)
+        cv = torch.stack([c[1].repeat_interleave(group, dim=1) for c in chain], dim=-1)
+        probs = torch.cat((scores, (q[..., None] * ck).sum(2) * scale), dim=-1).softmax(-1)
+        r = kb.shape[0]
+        out = torch.einsum("qhj,jhd->qhd", probs[..., :r], vb)
+        return out + (probs[..., None, r:] * cv).sum(-1)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        group = q.shape[1] // k.shape[1]
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        if self.depth == 0:
-            self.base[layer] = (k, v)
-            self.chain[layer] = []
-        else:
+        if self.depth > 0:
             self.chain[layer].append((k, v))
-        kb, vb = (t.repeat_interleave(group, dim=1) for t in self.base[layer])
-        scores = torch.einsum("rhd,jhd->rhj", q, kb) * scale
-        scores = scores.masked_fill(~self._base_mask()[:, None, :], float("-inf"))
-        chain = self.chain[layer][-self.window :] if self.window is not None else self.chain[layer]
-        if self.depth > 0:
-            ck = torch.stack([c[0].repeat_interleave(group, dim=1) for c in chain], dim=-1)
-            cv = torch.stack([c[1].repeat_interleave(group, dim=1) for c in chain], dim=-1)
-            scores = torch.cat((scores, (q[..., None] * ck).sum(2) * scale), dim=-1)
-        probs = scores.softmax(-1)
-        r = kb.shape[0]
-        out = torch.einsum("rhj,jhd->rhd", probs[..., :r], vb)
-        if self.depth > 0:
-            out = out + (probs[..., r:, None].transpose(-1, -2) * cv).sum(-1)
-        return out
+            return self._attend(q, self.starts, layer)
+        self.base[layer], self.chain[layer] = (k, v), []
+        queries = torch.arange(q.shape[0])
+        return torch.cat([
+            self._attend(q[i : i + self.CHUNK], queries[i : i + self.CHUNK], layer)
+            for i in range(0, q.shape[0], self.CHUNK)
+        ])
 
 
 @torch.no_grad()
 def chain_drafts(
     draft: SparrowDraftModel, embed: nn.Module, lm_head: nn.Module, rows: DraftRows,
-    window: int | None, k: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """([R, K] draft tokens of the chain from each row, [R, H] base outputs)."""
-    attend = _ChainAttention(attention_mask(rows, window), rows, window)
+    window: int | None, k: int, starts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[S, K] draft tokens of the chain from each start row (default: every row)."""
+    starts = torch.arange(len(rows)) if starts is None else starts
+    attend = _ChainAttention(rows, window, starts)
     dtype = draft.fc.weight.dtype
     z = draft.fc(torch.cat((embed(rows.token_ids).to(dtype), rows.hidden.to(dtype)), dim=-1))
     z = torch.where(rows.is_bridge[:, None], rows.bridge.to(dtype), z)
-    base = draft.decode(z, rows.positions, attend)
-    out, tokens = base, [lm_head(base).argmax(-1)]
+    out = draft.decode(z, rows.positions, attend)[starts]
+    tokens = [lm_head(out).argmax(-1)]
     for depth in range(1, k):
         attend.depth = depth
         z = draft.fc(torch.cat((embed(tokens[-1]).to(dtype), out), dim=-1))
-        out = draft.decode(z, rows.positions + depth, attend)
+        out = draft.decode(z, rows.positions[starts] + depth, attend)
         tokens.append(lm_head(out).argmax(-1))
-    return torch.stack(tokens, dim=1), base
+    return torch.stack(tokens, dim=1)
 
 
-def simulate(rows: DraftRows, drafts: torch.Tensor, target_next: torch.Tensor, loss_start: int) -> AcceptanceStats:
-    """Step through the answer (sequence indices loss_start .. n-1) as vLLM would."""
+def answer_rows(rows: DraftRows, loss_start: int) -> torch.Tensor:
+    """Row indices drafting can start from: the last prompt row and the answer rows."""
+    return torch.nonzero(rows.source >= loss_start - 1).flatten()
+
+
+def simulate(
+    rows: DraftRows, starts: torch.Tensor, drafts: torch.Tensor, target_next: torch.Tensor, loss_start: int
+) -> AcceptanceStats:
+    """Step through the answer (sequence indices loss_start .. n-1) as vLLM would, with
+    drafts[j] the chain from row starts[j]."""
     k = drafts.shape[1]
     n = target_next.shape[0]
-    row_of = {int(s): r for r, s in enumerate(rows.source.tolist())}
+    row_of = {int(rows.source[r]): j for j, r in enumerate(starts.tolist())}
     stats = AcceptanceStats(k=k, per_position=[0] * k)
     i = loss_start - 1
     while i + 1 < n - 1:

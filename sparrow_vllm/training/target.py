@@ -80,6 +80,9 @@ def load_hf_target(path: str | Path) -> TargetFeatures:
         AutoTokenizer,
     )
 
+    from sparrow_vllm.training.serving_positions import use_serving_positions
+
+    use_serving_positions()
     config = AutoConfig.from_pretrained(str(path))
     is_vlm = getattr(config, "vision_config", None) is not None
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sparrow_vllm.checkpoint import save_draft
 from sparrow_vllm.eagle_export import save_eagle_draft
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.training.acceptance import AcceptanceStats, chain_drafts, simulate
+from sparrow_vllm.training.acceptance import AcceptanceStats, answer_rows, chain_drafts, simulate
 from sparrow_vllm.training.features import FeatureRecord
 from sparrow_vllm.training.objective import DraftObjective
 from sparrow_vllm.training.rows import RowMode, build_rows
@@ -90,8 +90,9 @@ def validate(
     window = draft.sparrow_config.window if mode != "full" else None
     for record in records:
         rows = build_rows(record, mode)
-        drafts, _ = chain_drafts(draft, embed, lm_head, rows, window, k)
-        total.add(simulate(rows, drafts, record["target_next"], int(record["loss_start"])))
+        starts = answer_rows(rows, int(record["loss_start"]))
+        drafts = chain_drafts(draft, embed, lm_head, rows, window, k, starts)
+        total.add(simulate(rows, starts, drafts, record["target_next"], int(record["loss_start"])))
     draft.train(was_training)
     return total
 
@@ -192,7 +193,8 @@ class Trainer:
             logger.info("training a %s draft (%s rows) on %d process(es), %d train / %d validation sequences",
                         s.visual_rows, s.train_row_mode(), self.env.world, self.num_train, len(self.val_indices))
         log: list[dict[str, float]] = []
-        bar = tqdm(total=s.steps, initial=self.step, disable=not self.env.is_main, desc="train", file=sys.stderr)
+        bar = tqdm(total=s.steps, initial=self.step, disable=not self.env.is_main, desc="train", file=sys.stderr,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         end = s.steps if until is None else min(until, s.steps)
         while self.step < end:
             metrics = self.train_step()

@@ -12,7 +12,7 @@ from tests.toy_models import run_engine_job, sparrow
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
 PROMPTS = [
     {"toy_scene": {"seed": 1, "index": i, "frames": frames, "question": "describe"}}
-    for i, frames in enumerate([4, 8, 8, 16])
+    for i, frames in enumerate([6, 8, 8, 16])
 ]
 ENGINE = {"max_model_len": 1024, "max_num_seqs": 4, "limit_mm_per_prompt": {"video": 1}}
 

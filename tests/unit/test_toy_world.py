@@ -25,17 +25,19 @@ def test_answers_use_only_vocabulary_words():
         sample_scene(0, 0).answer("why")
 
 
-def test_frames_show_the_scene():
-    scene = sample_scene(0, 0)
-    frames = render(scene, 8)
-    assert frames.shape == (8, 112, 112, 3) and frames.dtype == np.uint8
-    last = frames[-1].reshape(-1, 3)
-    for shape in scene.shapes:  # every shape is on screen at the end, in its colour
-        assert (last == COLOURS[shape.colour]).all(axis=1).any()
-    # the shape that appears last is not on the first frame (order of events)
-    if len(scene.shapes) > 1:
-        first = frames[0].reshape(-1, 3)
-        assert not (first == COLOURS[scene.shapes[-1].colour]).all(axis=1).any()
+def _visible(frame: np.ndarray, colour: str) -> bool:
+    return bool((frame.reshape(-1, 3) == COLOURS[colour]).all(axis=1).any())
+
+
+def test_frames_show_the_events_in_order():
+    for i in range(10):
+        scene = sample_scene(0, i)
+        frames = render(scene, 12)
+        assert frames.shape == (12, 112, 112, 3) and frames.dtype == np.uint8
+        per_event = 12 // len(scene.shapes)
+        for k, shape in enumerate(scene.shapes):  # shape k is on screen in its event only
+            seen = [t for t in range(12) if _visible(frames[t], shape.colour)]
+            assert seen == list(range(k * per_event, (k + 1) * per_event)), (i, k, seen)
 
 
 def test_shapes_move_in_their_direction():

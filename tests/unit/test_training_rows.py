@@ -78,7 +78,7 @@ def test_simulation_steps_like_vllm():
     drafts[5] = torch.tensor([106, 107, 0])
     # row 8 (embeds x_9) drafts x_10, x_11; only two fit before the end at x_11
     drafts[8] = torch.tensor([109, 110, 111])
-    stats = simulate(rows, drafts, target_next, loss_start=6)
+    stats = simulate(rows, torch.arange(len(rows)), drafts, target_next, loss_start=6)
     assert (stats.drafts, stats.accepted) == (2, 4)
     assert stats.per_position == [2, 2, 0]
     assert stats.acceptance_length == pytest.approx(3.0)
@@ -90,8 +90,12 @@ def test_training_chain_equals_serving_drafts(window):
     drafter = _drafter(model, window, k=3)
     seq = Sequence(40, visual=[(4, 15)], seed=3)
     rows = build_rows(_record(seq), "text")
-    drafts, _ = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, window, 3)
+    drafts = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, window, 3)
     row_of = {int(s): r for r, s in enumerate(rows.source)}
+    # chains from a subset of start rows are the same chains
+    starts = torch.tensor([row_of[21], row_of[23], row_of[24]])
+    subset = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, window, 3, starts)
+    assert torch.equal(subset, drafts[starts])
     _step(drafter, [("a", seq, 0, 10, 10)])
     _step(drafter, [("a", seq, 10, 12, 12)])
     end = 22
@@ -99,3 +103,15 @@ def test_training_chain_equals_serving_drafts(window):
         served, _ = _step(drafter, [("a", seq, end, 4, nv)], k=3)
         end += nv
         assert served[0].tolist() == drafts[row_of[end - 1]].tolist()
+
+
+def test_chunked_base_pass_equals_one_chunk(monkeypatch):
+    from sparrow_vllm.training import acceptance
+
+    model = _draft(4, layers=2)
+    seq = Sequence(30, visual=[(4, 15)], seed=5)
+    rows = build_rows(_record(seq), "full")
+    whole = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, None, 3)
+    monkeypatch.setattr(acceptance._ChainAttention, "CHUNK", 4)
+    chunked = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, None, 3)
+    assert torch.equal(whole, chunked)
