@@ -13,34 +13,13 @@ them keep the target's states (the anchors).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.training.attention import masked_attention
 from sparrow_vllm.training.rows import DraftRows, attention_mask, previous_text_row
-
-
-def masked_attention(
-    # [B, R, R] bool, True where a query row may attend to a key row
-    mask: torch.Tensor,
-) -> Any:
-    """An AttentionFn over B sequences of R rows flattened to [B * R] rows."""
-    b, r, _ = mask.shape
-
-    def attend(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        del layer_idx
-        heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[2]
-        group = heads // kv_heads
-        qb = q.view(b, r, heads, dim).transpose(1, 2)
-        kb = k.view(b, r, kv_heads, dim).repeat_interleave(group, dim=2).transpose(1, 2)
-        vb = v.view(b, r, kv_heads, dim).repeat_interleave(group, dim=2).transpose(1, 2)
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[:, None])
-        return out.transpose(1, 2).reshape(b * r, heads, dim)
-
-    return attend
 
 
 def _pad(rows: list[DraftRows], window: int | None) -> dict[str, torch.Tensor]:
