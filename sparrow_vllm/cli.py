@@ -137,10 +137,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     settings = settings_from(args, TrainSettings)
     fields = {name: getattr(args, name) for name in _DRAFT_FIELDS}
-    spec = _feature_spec(args, args.target) if args.data else None
     out = train_draft(
-        args.target, args.out, settings, fields, features=args.features, data=args.data, spec=spec,
-        media_root=args.media_root, num_frames=args.num_frames, init_draft=args.init_draft,
+        args.target, args.out, settings, fields, features=args.features, data=args.data,
+        media_root=args.media_root, num_frames=args.num_frames,
+        bridge_layer=None if args.bridge_layer == "default" else int(args.bridge_layer),
+        max_seq_len=args.max_seq_len, video_fps=args.video_fps, init_draft=args.init_draft,
         resume=args.resume, command=sys.argv,
     )
     if out is not None:
@@ -240,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (checkpoint and trainer state)")
     p.add_argument("--init-draft", help="start from this draft checkpoint instead of a random one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/trainer_state.pt")
-    p.add_argument("--bridge-layer", default="default", help="online mode: as in extract-features")
+    p.add_argument("--bridge-layer", default="default",
+                   help="online mode with IVSB: target layer m* whose visual states are bridged, "
+                   "an index or 'default' (L // 2)")
     _add_data_arguments(p)
     add_sparrow_arguments(p)
     add_settings_arguments(p, TrainSettings)

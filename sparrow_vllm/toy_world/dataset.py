@@ -55,7 +55,7 @@ def write_dataset(
     with manifest.open("w") as f:
         for i in range(num):
             scene = sample_scene(seed, i)
-            question = questions[i % len(questions)] if len(questions) > 1 else questions[0]
+            question = questions[i % len(questions)]
             clip = write_clip(out / "videos" / f"{i:06d}", render(scene, frames[i % len(frames)]), video_format)
             row = {
                 "id": f"toy-{seed}-{i}",

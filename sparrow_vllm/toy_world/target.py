@@ -10,7 +10,6 @@ with a random question, rendered at 6 or 8 frames; the loss is on answer tokens 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from sparrow_vllm.toy_target import build_toy_target
 from sparrow_vllm.toy_world.render import render
 from sparrow_vllm.toy_world.scene import QUESTIONS, WORDS, sample_scene
+from sparrow_vllm.training.trainer import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,6 @@ def _batch(processor: Any, step: int, settings: TargetTrainSettings) -> dict[str
     return batch
 
 
-def _lr_factor(step: int, settings: TargetTrainSettings) -> float:
-    if step < settings.warmup:
-        return (step + 1) / settings.warmup
-    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_target(target_dir: str | Path, out_dir: str | Path, settings: TargetTrainSettings) -> Path:
     """Train the target in `target_dir` (untrained, or trained before: continue with
     first_step past the earlier run's steps) on toy-world questions; write it to `out_dir`."""
@@ -119,7 +112,7 @@ def train_target(target_dir: str | Path, out_dir: str | Path, settings: TargetTr
     model = AutoModelForImageTextToText.from_pretrained(str(target_dir), dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, settings.steps, settings.warmup, 0.1))
     start = time.time()
     for step in range(settings.steps):
         loss = model(**_batch(processor, settings.first_step + step, settings)).loss

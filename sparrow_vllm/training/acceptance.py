@@ -28,10 +28,13 @@ class AcceptanceStats:
     accepted: int = 0
     per_position: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.per_position = self.per_position or [0] * self.k
+
     def add(self, other: AcceptanceStats) -> None:
         self.drafts += other.drafts
         self.accepted += other.accepted
-        self.per_position = [a + b for a, b in zip(self.per_position or [0] * self.k, other.per_position, strict=True)]
+        self.per_position = [a + b for a, b in zip(self.per_position, other.per_position, strict=True)]
 
     @property
     def acceptance_length(self) -> float:
@@ -42,7 +45,7 @@ class AcceptanceStats:
             "acceptance_length": self.acceptance_length,
             "drafts": self.drafts,
             "accepted": self.accepted,
-            "per_position_rate": [c / max(self.drafts, 1) for c in self.per_position or [0] * self.k],
+            "per_position_rate": [c / max(self.drafts, 1) for c in self.per_position],
         }
 
 
@@ -132,7 +135,7 @@ def simulate(
     k = drafts.shape[1]
     n = target_next.shape[0]
     row_of = {int(rows.source[r]): j for j, r in enumerate(starts.tolist())}
-    stats = AcceptanceStats(k=k, per_position=[0] * k)
+    stats = AcceptanceStats(k=k)
     i = loss_start - 1
     while i + 1 < n - 1:
         if i not in row_of:

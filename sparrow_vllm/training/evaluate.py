@@ -26,7 +26,7 @@ def load_trained_draft(path: str | Path) -> tuple[SparrowDraftModel, str]:
     raw = json.loads((path / CONFIG_FILE).read_text())
     if "exported_from_sparrow" in raw:
         sparrow = SparrowConfig.model_validate(raw["exported_from_sparrow"]).model_copy(update={"fc_bias": False})
-        layers = DraftLayerConfig.model_validate({**raw, "model_type": "qwen2", "qkv_bias": raw["qkv_bias"]})
+        layers = DraftLayerConfig.model_validate({**raw, "model_type": "qwen2"})
         form = "eagle"
     else:
         layers, sparrow = read_draft_config(path)

@@ -87,12 +87,14 @@ def make_draft(target: TargetFeatures, init_draft: str | Path | None, fields: di
 
 def train_draft(
     target_dir: str | Path, out_dir: str | Path, settings: TrainSettings, draft_fields: dict[str, Any], *,
-    features: str | Path | None = None, data: str | Path | None = None, spec: FeatureSpec | None = None,
-    media_root: str | Path | None = None, num_frames: int | None = None, init_draft: str | Path | None = None,
+    features: str | Path | None = None, data: str | Path | None = None,
+    media_root: str | Path | None = None, num_frames: int | None = None, bridge_layer: int | None = None,
+    max_seq_len: int = 32768, video_fps: float = 2.0, init_draft: str | Path | None = None,
     resume: bool = False, command: list[str] | None = None,
 ) -> Path | None:
-    """Train a draft on offline features (`features`) or online from `data`; returns the
-    checkpoint directory on rank 0."""
+    """Train a draft on offline features (`features`) or online from `data` (features of
+    the draft's feature layer, and with IVSB the states of `bridge_layer`, default L // 2);
+    returns the checkpoint directory on rank 0."""
     if (features is None) == (data is None):
         raise ValueError("give exactly one of --features (offline) or --data (online)")
     env = setup_distributed()
@@ -105,8 +107,11 @@ def train_draft(
         source = FeatureShards(features)
         _check_features(source, draft, settings)
     else:
-        bridge = default_bridge_layer(target.config) if settings.train_row_mode() == "bridge" else None
-        spec = spec or FeatureSpec(feature_layer=draft.sparrow_config.aux_layer_index(), bridge_layer=bridge)
+        bridge = None
+        if settings.train_row_mode() == "bridge":
+            bridge = bridge_layer if bridge_layer is not None else default_bridge_layer(target.config)
+        spec = FeatureSpec(feature_layer=draft.sparrow_config.aux_layer_index(), bridge_layer=bridge,
+                           max_seq_len=max_seq_len, video_fps=video_fps)
         dataset = ConversationDataset(data, media_root=media_root, num_frames=num_frames)
         source = OnlineFeatures(dataset, FeatureExtractor(target, target.processor, spec))
     embed = target.model.get_input_embeddings()

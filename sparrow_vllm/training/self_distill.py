@@ -2,9 +2,9 @@
 
 A quick way to get a draft that accepts tokens, for tests and demos on CPU: random word
 prompts, the target's greedy continuations, then EAGLE-style training (SmoothL1 feature
-regression + ce_weight x cross-entropy) with the same pairing and attention rule as
-serving, over two steps: the second feeds the draft its own predicted hidden states
-(multi-token prediction), which on a toy text target raised accepted tokens per draft from
+regression + ce_weight x cross-entropy; the draft trainer's DraftObjective on text-only
+rows, with serving's pairing and attention rule) over two steps: the second feeds the
+draft its own predicted hidden states (multi-token prediction), which on a toy text target raised accepted tokens per draft from
 0.46 to 0.63 and the acceptance of draft positions 2 and 3 from 9 and 8 to 17 and 14 (of
 95 and 86 drafts). ce_weight defaults to 1.0, not EAGLE-1's 0.1: agreement with the
 target's next token is what acceptance measures, and on a toy target it raised top-1
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights, save_draft
-from sparrow_vllm.training.attention import causal_text_attention
+from sparrow_vllm.training.objective import DraftObjective
+from sparrow_vllm.training.rows import DraftRows, build_rows
 from sparrow_vllm.training.target import TargetFeatures, load_hf_target
 
 logger = logging.getLogger(__name__)
@@ -68,36 +68,18 @@ def _greedy_sequences(target: TargetFeatures, prompts: torch.Tensor, new_tokens:
     return torch.cat(seqs)
 
 
-def _loss(
-    draft: torch.nn.Module,
-    target: TargetFeatures,
-    ids: torch.Tensor,
-    features: torch.Tensor,
-    window: int | None,
-    ce_weight: float,
-    step_weights: tuple[float, ...],
-) -> tuple[torch.Tensor, float]:
-    """Loss on a batch of equal-length sequences ([B, n] ids, [B, n, H] features), and the
-    first step's top-1 agreement with the target's next token."""
-    b, n = ids.shape
-    embeds = target.embed(ids[:, 1:]).reshape(b * (n - 1), -1)  # row i carries x_{i+1}
-    positions = torch.arange(n - 1).repeat(b)
-    attend = causal_text_attention(b, n - 1, window)
-    h_in = features[:, :-1]
-    total = torch.zeros(())
-    accuracy = 0.0
-    for step, weight in enumerate(step_weights):
-        out = draft(embeds, h_in.reshape(b * (n - 1), -1), positions, attend).view(b, n - 1, -1)
-        # row i predicts feature h_{i+1} and token x_{i+2}
-        pred = out[:, :-1]
-        logits = target.lm_head(pred)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 2:].reshape(-1))
-        total = total + weight * (F.smooth_l1_loss(pred, features[:, 1:-1]) + ce_weight * ce)
-        if step == 0:
-            accuracy = (logits.argmax(-1) == ids[:, 2:]).float().mean().item()
-        # next step: row i reads the draft's prediction of h_i (row 0 keeps the target's)
-        h_in = torch.cat((features[:, :1], out[:, :-1]), dim=1)
-    return total, accuracy
+def _rows(sequences: torch.Tensor, features: torch.Tensor) -> list[DraftRows]:
+    """Draft rows of text-only sequences; each row's token target is the sequence's own
+    next token (the target's greedy choice after the prompt)."""
+    n = sequences.shape[1]
+    return [
+        build_rows(
+            {"input_ids": ids, "positions": torch.arange(n), "visual_mask": torch.zeros(n, dtype=torch.bool),
+             "features": h, "target_next": torch.roll(ids, -1)},
+            "text",
+        )
+        for ids, h in zip(sequences, features, strict=True)
+    ]
 
 
 def self_distill(
@@ -110,15 +92,16 @@ def self_distill(
     prompts = _random_prompts(target.tokenizer, settings)
     sequences = _greedy_sequences(target, prompts, settings.new_tokens)
     features = target.features(sequences, checkpoint.sparrow.aux_layer_index())
+    rows = _rows(sequences, features)
+    objective = DraftObjective(draft, target.model.get_input_embeddings(), target.model.get_output_embeddings())
     optimizer = torch.optim.AdamW(draft.parameters(), lr=settings.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     draft.train()
     for step in range(settings.steps):
         pick = torch.randint(len(sequences), (settings.batch_size,), generator=generator)
-        loss, accuracy = _loss(
-            draft, target, sequences[pick], features[pick], checkpoint.sparrow.window,
-            settings.ce_weight, settings.step_weights,
+        loss, metrics = objective(
+            [rows[i] for i in pick.tolist()], checkpoint.sparrow.window, settings.step_weights, settings.ce_weight
         )
         optimizer.zero_grad()
         loss.backward()
@@ -127,7 +110,7 @@ def self_distill(
         schedule.step()
         if step % 100 == 0 or step == settings.steps - 1:
             logger.info(
-                "self-distill step %d loss %.4f top-1 %.3f", step, loss.item(), accuracy
+                "self-distill step %d loss %.4f top-1 %.3f", step, loss.item(), metrics["step0_top1"]
             )
     draft.eval()
     return save_draft(out_dir, draft, command=sys.argv)

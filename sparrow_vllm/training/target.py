@@ -55,18 +55,8 @@ class TargetFeatures:
 
     @torch.no_grad()
     def features(self, ids: torch.Tensor, aux_layer: int | None) -> torch.Tensor:
-        """[B, n, H] hidden states that feed the draft: the final pre-LM-head state
-        (output of the text model's final norm) or HF's output_hidden_states[aux_layer]."""
-        captured: list[torch.Tensor] = []
-        norm = self._text_model().norm
-        handle = norm.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            out = self.model(input_ids=ids, output_hidden_states=aux_layer is not None)
-        finally:
-            handle.remove()
-        if aux_layer is None:
-            return captured[-1]
-        return out.hidden_states[aux_layer]
+        """[B, n, H] hidden states that feed the draft, for text-only input ids."""
+        return self.forward_states({"input_ids": ids}, aux_layer, None).features
 
 
 def load_hf_target(path: str | Path) -> TargetFeatures:

@@ -64,12 +64,16 @@ def setup_distributed() -> Distributed:
     return Distributed(rank=int(os.environ.get("RANK", "0")), world=world, device=device)
 
 
+def warmup_cosine(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """LR factor: linear warm-up over `warmup` steps, then cosine decay to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def lr_factor(step: int, settings: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio."""
-    if step < settings.warmup:
-        return (step + 1) / settings.warmup
-    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-    return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, settings.steps, settings.warmup, settings.min_lr_ratio)
 
 
 def batch_indices(step: int, settings: TrainSettings, num_train: int, env: Distributed) -> list[int]:
@@ -86,7 +90,7 @@ def validate(
     """Acceptance length of greedy K-chains over the answers of `records`."""
     was_training = draft.training
     draft.eval()
-    total = AcceptanceStats(k=k, per_position=[0] * k)
+    total = AcceptanceStats(k=k)
     window = draft.sparrow_config.window if mode != "full" else None
     for record in records:
         rows = build_rows(record, mode)
@@ -163,8 +167,7 @@ class Trainer:
         rows = [build_rows(r, s.train_row_mode()) for r in records]
         autocast = self.env.device.type == "cuda" and s.bf16
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, metrics = self.model(rows, self.draft.sparrow_config.window if s.visual_rows == "text" else None,
-                                       s.step_weights(), s.ce_weight)
+            loss, metrics = self.model(rows, self.draft.sparrow_config.window, s.step_weights(), s.ce_weight)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.draft.parameters(), s.grad_clip)
