@@ -89,7 +89,8 @@ def write_tokenizer(out: Path, words: list[str] | None = None) -> dict[str, int]
 
 
 def _text_kwargs(
-    vocab: dict[str, int], hidden: int, layers: int, heads: int, kv_heads: int, intermediate_multiple: int = 2
+    vocab: dict[str, int], hidden: int, layers: int, heads: int, kv_heads: int, intermediate_multiple: int = 2,
+    max_positions: int = 4096,
 ) -> dict:
     return dict(
         vocab_size=len(vocab),  # every id decodes
@@ -98,7 +99,7 @@ def _text_kwargs(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
         bos_token_id=vocab["<|endoftext|>"],
@@ -149,6 +150,7 @@ def build_toy_target(
     vision_hidden_size: int = 64,
     init_std: float | None = 0.05,
     intermediate_multiple: int = 2,
+    max_positions: int = 4096,
 ) -> Path:
     """Write a tiny randomly initialised target with tokenizer (and processor) files.
 
@@ -166,7 +168,8 @@ def build_toy_target(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(out, words)
-    text = _text_kwargs(vocab, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_multiple)
+    text = _text_kwargs(vocab, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_multiple,
+                        max_positions)
     torch.manual_seed(seed)
     if arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**text, rope_theta=10000.0))

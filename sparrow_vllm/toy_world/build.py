@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from sparrow_vllm.toy_world.target import FRAME_CHOICES
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="continue from this trained target instead of a fresh one")
     p.add_argument("--first-step", type=int, default=0,
                    help="number batches from here (with --init: the steps already trained)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
+    p.add_argument("--frames", type=_ints, default=list(FRAME_CHOICES),
+                   help="clip lengths in frames, comma list; each batch picks one")
 
     p = sub.add_parser("evaluate", help="answer accuracy with the real, a blank and a shuffled video")
     p.add_argument("--target", required=True, help="toy-world target directory")
@@ -58,7 +64,8 @@ def run(args: argparse.Namespace) -> None:
 
         from sparrow_vllm.toy_world.target import TargetTrainSettings, build_target, train_target
 
-        settings = TargetTrainSettings(steps=args.steps, seed=args.seed, first_step=args.first_step)
+        settings = TargetTrainSettings(steps=args.steps, seed=args.seed, first_step=args.first_step,
+                                       lr=args.lr, warmup=args.warmup, frames=tuple(args.frames))
         with tempfile.TemporaryDirectory() as tmp:
             init = args.init or build_target(Path(tmp) / "init", seed=args.seed)
             out = train_target(init, args.out, settings)

@@ -10,7 +10,7 @@ import numpy as np
 
 from sparrow_vllm.toy_world.render import render
 from sparrow_vllm.toy_world.scene import QUESTIONS, sample_scene
-from sparrow_vllm.toy_world.target import FPS
+from sparrow_vllm.toy_world.target import CLIP_SECONDS
 
 VideoFormat = Literal["npy", "mp4"]
 
@@ -31,7 +31,7 @@ def write_clip(path: Path, frames: np.ndarray, video_format: VideoFormat) -> Pat
 
     path = path.with_suffix(".mp4")
     h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), len(frames) / CLIP_SECONDS, (w, h))
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
@@ -60,6 +60,7 @@ def write_dataset(
             row = {
                 "id": f"toy-{seed}-{i}",
                 "video": str(clip.relative_to(out)),
+                "video_seconds": CLIP_SECONDS,
                 "conversations": [
                     {"from": "human", "value": "<video>\n" + QUESTIONS[question]},
                     {"from": "gpt", "value": scene.answer(question)},

@@ -26,8 +26,14 @@ from sparrow_vllm.training.trainer import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
-FRAME_CHOICES = (6, 8)
-FPS = 2.0  # frame rate the toy world's videos are written and read at
+# Clip lengths the target trains on: from 48 to 8k visual tokens, so that its answers hold
+# on long clips (up to 25k tokens in the benchmarks) and not only on the short ones.
+FRAME_CHOICES = (6, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Every toy-world clip shows a scene of this many seconds: the frame count sets the frame
+# rate, so M-RoPE time positions span the same range at any length, as when a real video is
+# sampled more densely.
+CLIP_SECONDS = 4.0
+VISUAL_TOKENS_PER_FRAME = 8  # 16 tokens per temporal patch of 2 frames at 112 x 112
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class TargetTrainSettings:
     warmup: int = 50
     seed: int = 0
     frames: tuple[int, ...] = FRAME_CHOICES
+    # long clips come in smaller batches: at most this many visual tokens per batch
+    max_batch_tokens: int = 4096
     # batches are numbered from here, so a continued run sees new scenes
     first_step: int = 0
 
@@ -47,17 +55,17 @@ def build_target(out_dir: str | Path, seed: int = 0) -> Path:
     return build_toy_target(
         "qwen2_5_vl", out_dir, words=WORDS, num_layers=8, hidden_size=128, num_heads=4,
         num_kv_heads=2, vision_depth=2, vision_hidden_size=128, init_std=None, seed=seed,
-        intermediate_multiple=4,
+        intermediate_multiple=4, max_positions=32768,  # room for 25k-token videos
     )
 
 
 def video_metadata(num_frames: int) -> dict[str, Any]:
-    """Metadata of a toy-world clip as vLLM and the HF processor read it (FPS frames/s, no
-    frame sampling), so M-RoPE time positions agree between training and serving."""
+    """Metadata of a toy-world clip as vLLM and the HF processor read it (CLIP_SECONDS long,
+    no frame sampling), so M-RoPE time positions agree between training and serving."""
     return {
         "total_num_frames": num_frames,
-        "fps": FPS,
-        "duration": num_frames / FPS,
+        "fps": num_frames / CLIP_SECONDS,
+        "duration": CLIP_SECONDS,
         "frames_indices": list(range(num_frames)),
         "video_backend": "numpy",
     }
@@ -81,8 +89,9 @@ def prompt_messages(question: str) -> list[dict[str, Any]]:
 def _batch(processor: Any, step: int, settings: TargetTrainSettings) -> dict[str, torch.Tensor]:
     rng = random.Random(settings.seed * 7919 + step)
     frames = rng.choice(settings.frames)
+    size = min(settings.batch_size, max(1, settings.max_batch_tokens // (frames * VISUAL_TOKENS_PER_FRAME)))
     texts, answers, videos = [], [], []
-    for j in range(settings.batch_size):
+    for j in range(size):
         scene = sample_scene(settings.seed, step * settings.batch_size + j)
         question = "describe" if rng.random() < 0.5 else rng.choice(["count", "number", "first"])
         prompt = processor.apply_chat_template(prompt_messages(question), add_generation_prompt=True, tokenize=False)

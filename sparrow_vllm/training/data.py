@@ -60,6 +60,9 @@ class ConversationSample:
     turns: list[Turn]
     video: np.ndarray | None = None  # [T, H, W, 3] uint8 RGB
     images: list[np.ndarray] = field(default_factory=list)  # each [H, W, 3] uint8 RGB
+    # how many seconds the video spans (the row's "video_seconds"); None = unknown, the
+    # feature extractor then assumes its --video-fps for the frames
+    video_seconds: float | None = None
 
     def messages(self, include_last_answer: bool = True) -> list[dict]:
         """HF/OpenAI chat messages; the first user message carries the media parts.
@@ -308,6 +311,13 @@ def _media_paths(record: dict) -> tuple[str | None, list[str]]:
     return video, images
 
 
+def _video_seconds(record: dict) -> float | None:
+    seconds = record.get("video_seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+        raise _bad(f'"video_seconds" is {seconds!r:.60}; expected a positive number (the clip\'s duration)')
+    return None if seconds is None else float(seconds)
+
+
 def _read_manifest(path: Path) -> list[Any]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist; pass a .json or .jsonl file")
@@ -381,7 +391,7 @@ class ConversationDataset:
                                   f"max_frames={self.max_frames}; set num_frames <= max_frames "
                                   "to sample it down, or raise max_frames")
         images = [read_image(self._resolve(p)) for p in image_paths]
-        return ConversationSample(self._sample_id(index), turns, video, images)
+        return ConversationSample(self._sample_id(index), turns, video, images, _video_seconds(row))
 
     def __iter__(self) -> Iterator[ConversationSample]:
         self.skips = SkipReport()

@@ -53,7 +53,9 @@ class FeatureSpec:
     feature_layer: int | None  # HF output_hidden_states index; None = final pre-LM-head state
     bridge_layer: int | None  # m*; None = no visual states (training with --no-ivsb)
     max_seq_len: int = 32768
-    video_fps: float = 2.0  # frame rate of the sampled frames, for M-RoPE time positions
+    # frame rate of the sampled frames, for M-RoPE time positions, where a row does not give
+    # its video's duration ("video_seconds")
+    video_fps: float = 2.0
 
 
 class FeatureExtractor:
@@ -77,10 +79,11 @@ class FeatureExtractor:
         kwargs: dict[str, Any] = {"text": [prompt + answer], "return_tensors": "pt"}
         if sample.video is not None:
             frames = len(sample.video)
+            seconds = sample.video_seconds or frames / self.spec.video_fps
             kwargs["videos"] = [sample.video]
             kwargs["video_metadata"] = [{
-                "total_num_frames": frames, "fps": self.spec.video_fps,
-                "duration": frames / self.spec.video_fps, "frames_indices": list(range(frames)),
+                "total_num_frames": frames, "fps": frames / seconds,
+                "duration": seconds, "frames_indices": list(range(frames)),
             }]
             kwargs["do_sample_frames"] = False
         if sample.images:

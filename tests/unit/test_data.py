@@ -221,6 +221,20 @@ def test_json_manifest_layouts(tmp_path, clip):
     assert [p["type"] for p in samples[3].messages()[0]["content"]] == ["video", "image", "text"]
 
 
+def test_video_seconds_is_read_and_checked(tmp_path, clip):
+    rows = [{"id": "a", "video": "clip.mp4", "video_seconds": 4, "conversations": conversation()},
+            {"id": "b", "video": "clip.mp4", "conversations": conversation()},
+            {"id": "c", "video": "clip.mp4", "video_seconds": -1, "conversations": conversation()},
+            {"id": "d", "video": "clip.mp4", "video_seconds": "4s", "conversations": conversation()}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    dataset = ConversationDataset(tmp_path / "m.jsonl")
+    samples = list(dataset)
+    assert [(s.sample_id, s.video_seconds) for s in samples] == [("a", 4.0), ("b", None)]
+    assert dataset.skips.counts == {"bad_record": 2}
+    with pytest.raises(SampleError, match="video_seconds.*positive number"):
+        dataset.load(2)
+
+
 def test_media_root_overrides_manifest_directory(tmp_path, clip):
     manifests = tmp_path / "manifests"
     manifests.mkdir()

@@ -60,3 +60,35 @@ def test_shapes_move_in_their_direction():
 def test_frames_for_visual_tokens(tokens, frames):
     assert frames_for_visual_tokens(tokens) == frames
     assert abs(frames // 2 * 16 - tokens) <= 16
+
+
+def test_every_clip_spans_the_same_seconds(tmp_path):
+    """Denser clips of one scene keep M-RoPE time positions in one range: the frame rate
+    grows with the frame count, and the manifest says how long each clip is."""
+    import json
+
+    from sparrow_vllm.toy_world.dataset import write_dataset
+    from sparrow_vllm.toy_world.target import CLIP_SECONDS, video_metadata
+
+    for frames in (8, 64, 3124):
+        meta = video_metadata(frames)
+        assert meta["duration"] == CLIP_SECONDS and meta["fps"] * CLIP_SECONDS == frames
+    manifest = write_dataset(tmp_path, num=2, frames=[8, 16], seed=5)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [r["video_seconds"] for r in rows] == [CLIP_SECONDS, CLIP_SECONDS]
+
+
+def test_long_clips_come_in_smaller_batches():
+    from pathlib import Path
+
+    from transformers import AutoProcessor
+
+    from sparrow_vllm.toy_world.target import TargetTrainSettings, _batch
+
+    target = Path(__file__).resolve().parents[2] / "models" / "toy-world" / "target"
+    processor = AutoProcessor.from_pretrained(str(target))
+    batch = _batch(processor, 0, TargetTrainSettings(frames=(64,), batch_size=32, max_batch_tokens=4096))
+    assert batch["input_ids"].shape[0] == 4096 // (64 * 8)
+    assert batch["video_grid_thw"].tolist() == [[32, 8, 8]] * 8
+    answer_tokens = (batch["labels"] != -100).sum(1)
+    assert (answer_tokens > 1).all()  # the loss is on every row's answer
