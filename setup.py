@@ -32,7 +32,7 @@ setup(
         "cuda": ["vllm==0.32.*", "triton"],
         "test": ["pytest>=8", "pytest-timeout", "openai>=1.40", "requests", "ruff"],
         "train": ["tqdm", "ray"],
-        "bench": ["matplotlib"],
+        "bench": ["matplotlib", "openai>=1.40", "requests"],
     },
     entry_points={
         "vllm.general_plugins": ["sparrow = sparrow_vllm.plugin:register"],

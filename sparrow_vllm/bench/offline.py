@@ -1,0 +1,175 @@
+"""One vLLM engine, requests run one at a time with timings: prefill (to the first
+token), decode (the rest), every drafter call, and the spec-decode counters per request.
+
+Run in its own process (one engine per process, one process at a time on a small machine):
+
+    python -m sparrow_vllm.bench.offline JOB.json RESULT.json
+
+JOB: {"target", "speculative_config" (or null), "engine" (LLM kwargs), "max_tokens",
+"ignore_eos", "warmup" (ToyQuestion fields), "requests" [ToyQuestion fields, ...],
+"flush_cache_mb" (optional: evict CPU caches before each drafter call)}.
+The drafter is timed by wrapping the model runner's `drafter.propose` (see
+`_install_drafter_timer`); in-process engines only (VLLM_ENABLE_V1_MULTIPROCESSING=0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sparrow_vllm.bench.speedup import acceptance, counter_delta
+from sparrow_vllm.bench.toy_requests import ToyQuestion
+
+logger = logging.getLogger(__name__)
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _drafter_timer(flush_mb: int) -> Any:
+    """A collective_rpc callable that wraps the worker's drafter so each propose call
+    records (end time, seconds). flush_mb > 0 first writes that many MiB of memory (not
+    timed), so every call starts with the CPU caches cold, whatever the target just read."""
+
+    def install(worker: Any) -> bool:
+        return _install_drafter_timer(worker, flush_mb)
+
+    return install
+
+
+def _install_drafter_timer(worker: Any, flush_mb: int = 0) -> bool:
+    import torch
+
+    drafter = worker.model_runner.drafter
+    drafter.bench_calls = []
+    propose = drafter.propose
+    flush = torch.zeros(flush_mb * 2**18, dtype=torch.float32) if flush_mb else None
+
+    def timed_propose(*args: Any, **kwargs: Any) -> Any:
+        if flush is not None:
+            flush.add_(1.0)
+        _sync()
+        start = time.perf_counter()
+        out = propose(*args, **kwargs)
+        _sync()
+        end = time.perf_counter()
+        drafter.bench_calls.append((end, end - start))
+        return out
+
+    drafter.propose = timed_propose
+    return True
+
+
+def _take_drafter_calls(worker: Any) -> list[tuple[float, float]]:
+    calls, worker.model_runner.drafter.bench_calls = worker.model_runner.drafter.bench_calls, []
+    return calls
+
+
+def _spec_counters(llm: Any) -> dict[str, object]:
+    return {m.name: getattr(m, "values", None) or getattr(m, "value", None)
+            for m in llm.get_metrics() if m.name.startswith("vllm:spec_decode")}
+
+
+def timed_request(llm: Any, request_id: str, prompt: dict[str, Any], params: Any, timed_drafter: bool) -> dict:
+    """Run one request alone through the engine's step loop and time its phases."""
+    engine = llm.llm_engine
+    before = _spec_counters(llm)
+    start = time.perf_counter()
+    engine.add_request(request_id, prompt, params)
+    first_token_at = None
+    final = None
+    steps = 0
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        steps += 1
+        for out in outputs:
+            if first_token_at is None and out.outputs and out.outputs[0].token_ids:
+                first_token_at = time.perf_counter()
+            if out.finished:
+                final = out
+    end = time.perf_counter()
+    if final is None or first_token_at is None:
+        raise RuntimeError(f"request {request_id} finished without output")
+    record = {
+        "prompt_tokens": len(final.prompt_token_ids),
+        "output_token_ids": list(final.outputs[0].token_ids),
+        "text": final.outputs[0].text,
+        "prefill_s": first_token_at - start,
+        "decode_s": end - first_token_at,
+        "engine_steps": steps,
+    }
+    if timed_drafter:
+        calls = llm.collective_rpc(_take_drafter_calls)[0]
+        prefill_calls = [s for t, s in calls if t <= first_token_at]
+        decode_calls = [s for t, s in calls if t > first_token_at]
+        record["draft_prefill_s"] = sum(prefill_calls)
+        record["draft_decode_s"] = decode_calls
+        record["counters"] = counter_delta(before, _spec_counters(llm))
+        record.update(acceptance(record["counters"]))
+    return record
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        raise RuntimeError("set VLLM_ENABLE_V1_MULTIPROCESSING=0: the drafter timer and the step "
+                           "loop need the engine in this process")
+    spec = job.get("speculative_config")
+    llm = LLM(model=job["target"], speculative_config=spec, seed=0, disable_log_stats=False,
+              limit_mm_per_prompt={"video": 1}, **job.get("engine", {}))
+    if spec:
+        llm.collective_rpc(_drafter_timer(job.get("flush_cache_mb", 0)))
+    tokenizer = llm.get_tokenizer()
+    params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=job.get("ignore_eos", True))
+    if job.get("warmup"):
+        timed_request(llm, "warmup", ToyQuestion(**job["warmup"]).offline_prompt(tokenizer), params, bool(spec))
+    records = []
+    for i, fields in enumerate(job["requests"]):
+        question = ToyQuestion(**fields)
+        record = timed_request(llm, f"r{i}", question.offline_prompt(tokenizer), params, bool(spec))
+        logger.info("request %d (%d frames, %d prompt tokens): prefill %.2fs decode %.2fs%s", i,
+                    question.frames, record["prompt_tokens"], record["prefill_s"], record["decode_s"],
+                    f" acceptance {record['acceptance_length']:.2f}" if spec else "")
+        records.append({**fields, **record})
+    return {"job": job, "requests": records}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    job_path, result_path = sys.argv[1], sys.argv[2]
+    with open(job_path) as f:
+        result = run_job(json.load(f))
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
+
+
+def run_in_subprocess(job: dict[str, Any], workdir: Path, name: str, timeout: float | None = None) -> dict[str, Any]:
+    """Run `job` in a fresh process (one engine at a time) and return its result; the
+    engine's log is kept in workdir/name.log."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_file, result_file, log_file = (workdir / f"{name}{suffix}" for suffix in (".job.json", ".result.json", ".log"))
+    job_file.write_text(json.dumps(job, indent=1))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    with log_file.open("w") as log:
+        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.bench.offline", str(job_file), str(result_file)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = log_file.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"engine run {name} failed ({proc.returncode}); log {log_file}:\n{tail}")
+    return json.loads(result_file.read_text())

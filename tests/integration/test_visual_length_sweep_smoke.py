@@ -1,0 +1,37 @@
+"""benchmarks/visual_length_sweep.py at its smallest size, on the committed toy world."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.toy_models import ENGINE_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_visual_length_sweep_smoke(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "visual_length_sweep.py"), "--lengths", "64,128",
+           "--scenes", "1", "--max-tokens", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "| sparrow | 128 |" in out.with_suffix(".md").read_text()
+    rows = {(r["method"], r["visual_tokens"]): r for r in result["rows"]}
+    assert set(rows) == {(m, n) for m in ("none", "eagle", "sparrow") for n in (64, 128)}
+    for (method, n), row in rows.items():
+        assert row["text_equal_to_none"], (method, n)
+        assert row["prefill_s"] > 0 and row["decode_s"] > 0
+        if method != "none":
+            assert 1.0 <= row["acceptance_length"] <= 5.0
+            assert len(row["per_position_rate"]) == 4 and row["draft_ms_per_step"] > 0
+    assert rows[("none", 64)]["dsr"] == 1.0
+    assert set(result["targets"]) >= {"draft_step_within_1.1x", "sparrow_dsr_above_1_and_eagle"}
+    # every request ran with the same prompt in each method, with the requested visual length
+    prompts = {m: [r["prompt_tokens"] for r in reqs] for m, reqs in result["requests"].items()}
+    assert prompts["none"] == prompts["eagle"] == prompts["sparrow"]
