@@ -145,19 +145,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"job": job, "requests": records}
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    job_path, result_path = sys.argv[1], sys.argv[2]
-    with open(job_path) as f:
-        result = run_job(json.load(f))
-    with open(result_path, "w") as f:
-        json.dump(result, f)
-
-
-if __name__ == "__main__":
-    main()
-
-
 def run_in_subprocess(job: dict[str, Any], workdir: Path, name: str, timeout: float | None = None) -> dict[str, Any]:
     """Run `job` in a fresh process (one engine at a time) and return its result; the
     engine's log is kept in workdir/name.log."""
@@ -173,3 +160,16 @@ def run_in_subprocess(job: dict[str, Any], workdir: Path, name: str, timeout: fl
         tail = log_file.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"engine run {name} failed ({proc.returncode}); log {log_file}:\n{tail}")
     return json.loads(result_file.read_text())
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    job_path, result_path = sys.argv[1], sys.argv[2]
+    with open(job_path) as f:
+        result = run_job(json.load(f))
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
