@@ -7,22 +7,23 @@ VATA, every draft trained with `sparrow-vllm train` on the same features.
     VATA        text rows only                          dropped
     MTP         as `none`, plus MTP                     kept (eagle form)
     MTP+IVSB    bridge rows (IVSB), plus MTP            kept (the bridge states)
-    all three   bridge rows (IVSB), plus MTP            dropped  (the Sparrow recipe)
+    VATA+MTP    text rows only, plus MTP                dropped  (the toy world's draft)
+    all three   bridge rows (IVSB), plus MTP            dropped  (the paper's recipe)
 
     python benchmarks/ablation.py --target models/toy-world/target \\
-        --features artifacts/toy-world-build/features \\
-        --val 512=artifacts/toy-world-build/val-512-features \\
-        --val 25000=artifacts/toy-world-build/val-25000-features
+        --features artifacts/toy-world-v2/features \\
+        --val 512=artifacts/toy-world-v2/val-512-features \\
+        --val 25000=artifacts/toy-world-v2/val-25000-features
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
+from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.training.evaluate import evaluate_acceptance
 from sparrow_vllm.training.pipeline import train_draft
@@ -34,6 +35,7 @@ VARIANTS: dict[str, tuple[dict, dict, str]] = {
     "VATA": ({"visual_rows": "text", "ivsb": False, "mtp_steps": 0}, {}, "text"),
     "MTP": ({"visual_rows": "full", "ivsb": False}, {"fc_bias": False}, "full"),
     "MTP+IVSB": ({"visual_rows": "text", "ivsb": True}, {}, "bridge"),
+    "VATA+MTP": ({"visual_rows": "text", "ivsb": False}, {}, "text"),
     "all three": ({"visual_rows": "text", "ivsb": True}, {}, "text"),
 }
 
@@ -52,11 +54,14 @@ def run(args: argparse.Namespace) -> dict:
         key = json.dumps([train_fields, draft_fields], sort_keys=True)
         if key not in drafts:  # MTP+IVSB and all three share one draft
             out = Path(args.work) / name.replace(" ", "-").replace("+", "-")
-            start = time.perf_counter()
-            train_draft(args.target, out, TrainSettings(**{**base, **train_fields}), draft_fields,
-                        features=args.features, command=["benchmarks/ablation.py", name])
+            if args.reuse and (out / "model.safetensors").is_file():
+                print(f"reusing the {name} draft in {out} (--reuse)", flush=True)
+            else:
+                start = time.perf_counter()
+                train_draft(args.target, out, TrainSettings(**{**base, **train_fields}), draft_fields,
+                            features=args.features, command=["benchmarks/ablation.py", name])
+                print(f"trained {name} in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
             drafts[key] = out
-            print(f"trained {name} in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
         row = {"variant": name, "draft": str(drafts[key]), "inference_rows": inference, "lengths": {}}
         for tokens, features in args.val:
             result = evaluate_acceptance(args.target, drafts[key], features, args.k, inference)
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
                 k: result[k] for k in ("acceptance_length", "per_position_rate", "drafts", "sequences")
             }
         rows.append(row)
-    return {"machine": platform.platform(), "k": args.k, "settings": base, "rows": rows,
+    return {"machine": describe_machine(), "k": args.k, "settings": base, "rows": rows,
             "provenance": provenance(["benchmarks/ablation.py"])}
 
 
@@ -75,6 +80,9 @@ def table(result: dict) -> str:
     for row in result["rows"]:
         cells = [f"{row['lengths'][t]['acceptance_length']:.2f}" for t in lengths]
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+    sizes = result["rows"][0]["lengths"]
+    lines.append("\nK = {}; held-out sequences per length: {}.".format(
+        result["k"], ", ".join(f"{t}: {sizes[t]['sequences']}" for t in lengths)))
     return "\n".join(lines)
 
 
@@ -94,6 +102,9 @@ def main() -> None:
     parser.add_argument("--val-samples", type=int, default=32, help="held-out training sequences")
     parser.add_argument("--k", type=int, default=4, help="draft chain length")
     parser.add_argument("--seed", type=int, default=0, help="seed")
+    parser.add_argument("--reuse", action="store_true",
+                        help="use a variant's draft already in --work (e.g. one trained with the same "
+                             "settings by scripts/build_toy_world.sh) instead of training it again")
     args = parser.parse_args()
     result = run(args)
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py at its smallest size: five variants, four drafts, a table."""
+"""benchmarks/ablation.py at its smallest size: six variants, five drafts, a table."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def test_ablation_benchmark_smoke(tiny_world, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["variant"] for r in result["rows"]] == ["none", "VATA", "MTP", "MTP+IVSB", "all three"]
-    assert len({r["draft"] for r in result["rows"]}) == 4  # MTP+IVSB and all three share a draft
+    assert [r["variant"] for r in result["rows"]] == ["none", "VATA", "MTP", "MTP+IVSB", "VATA+MTP", "all three"]
+    assert len({r["draft"] for r in result["rows"]}) == 5  # MTP+IVSB and all three share a draft
     for row in result["rows"]:
         assert set(row["lengths"]) == {"32", "64"}
         assert all(v["acceptance_length"] >= 1.0 and v["drafts"] > 0 for v in row["lengths"].values())
-    assert "| all three |" in (tmp_path / "ablation.md").read_text()
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| all three |" in table and "held-out sequences per length" in table
