@@ -1,11 +1,13 @@
-"""`make demo`: Sparrow on the bundled toy-world video LLM, on this machine's CPU.
+"""`make demo`: Sparrow on the bundled toy-world video LLM, served by `vllm serve` on this
+machine and asked through the `openai` client.
 
 The repo ships a small Qwen2.5-VL trained on synthetic videos (models/toy-world/target)
 and a Sparrow draft trained for it with `sparrow-vllm train` (models/toy-world/
-sparrow-draft). The demo asks questions about rendered toy-world videos through vLLM
-twice, one engine at a time: without speculation and with `{"method": "sparrow", ...}`.
-It prints the answers next to the true ones, checks the outputs are identical, and prints
-vLLM's spec-decode counters and the acceptance length.
+sparrow-draft). The demo serves the target twice, one server at a time: alone, then with
+`--speculative-config '{"method": "sparrow", ...}'`, and sends the same video questions
+(mp4 clips as data URLs) to each. It prints the answers next to the true ones, checks that
+Sparrow's answers are the target's own, and prints the acceptance length (from the
+server's /metrics) and the speedup over the target alone.
 """
 
 from __future__ import annotations
@@ -13,98 +15,72 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from sparrow_vllm.bench.chat_load import ChatResult, chat_once
+from sparrow_vllm.bench.server import ALL_FRAMES_ARGS, CPU_SERVE_ARGS, VllmServer
+from sparrow_vllm.bench.speedup import acceptance, counter_delta
+from sparrow_vllm.bench.toy_requests import ToyQuestion
 
 logger = logging.getLogger("sparrow_vllm.demo")
 
 TOY_WORLD = Path(__file__).resolve().parents[1] / "models" / "toy-world"
-# (scene index, frames, question) about scenes of the held-out seed SCENE_SEED
-QUESTIONS = [(0, 8, "describe"), (1, 8, "describe"), (2, 16, "count"), (3, 8, "number"), (4, 8, "describe")]
-SCENE_SEED = 1
+SCENE_SEED = 1  # held out from the target's and the draft's training scenes
+QUESTIONS = [ToyQuestion(SCENE_SEED, 0, 64, "describe"), ToyQuestion(SCENE_SEED, 1, 192, "describe"),
+             ToyQuestion(SCENE_SEED, 2, 1024, "count"), ToyQuestion(SCENE_SEED, 3, 64, "number"),
+             ToyQuestion(SCENE_SEED, 4, 1024, "describe"), ToyQuestion(SCENE_SEED, 5, 192, "first")]
 NUM_SPEC_TOKENS = 4
 
 
-def _prompt(tokenizer, index: int, frames: int, question: str) -> dict:
-    from sparrow_vllm.toy_world.render import render
-    from sparrow_vllm.toy_world.scene import sample_scene
-    from sparrow_vllm.toy_world.target import prompt_messages, video_metadata
+def ask_all(target: Path, draft: Path | None, log: Path) -> tuple[list[ChatResult], dict]:
+    """Serve `target` (with Sparrow when `draft` is given), ask every question in turn,
+    return the answers and the server's spec-decode counters for them."""
+    from openai import OpenAI
 
-    text = tokenizer.apply_chat_template(prompt_messages(question), add_generation_prompt=True, tokenize=False)
-    clip = render(sample_scene(SCENE_SEED, index), frames)
-    meta = {**video_metadata(frames), "do_sample_frames": False}
-    return {"prompt": text, "multi_modal_data": {"video": (clip, meta)}}
-
-
-def run_engine(target: str, draft: str | None) -> dict:
-    """One vLLM engine: generate the demo answers, return texts, counters and timings."""
-    from vllm import LLM, SamplingParams
-
-    spec = None
+    args = [*CPU_SERVE_ARGS, *ALL_FRAMES_ARGS, "--max-model-len", "10240", "--max-num-batched-tokens", "10240",
+            "--max-num-seqs", "1",
+            "--limit-mm-per-prompt", '{"video": 1}']
     if draft is not None:
-        spec = {"method": "sparrow", "model": draft, "num_speculative_tokens": NUM_SPEC_TOKENS}
-    llm = LLM(model=target, speculative_config=spec, dtype="float32", enforce_eager=True,
-              max_model_len=1024, max_num_seqs=len(QUESTIONS), gpu_memory_utilization=0.3, seed=0,
-              disable_log_stats=False, limit_mm_per_prompt={"video": 1})
-    prompts = [_prompt(llm.get_tokenizer(), *q) for q in QUESTIONS]
-    params = SamplingParams(temperature=0.0, max_tokens=64)
-    start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    seconds = time.perf_counter() - start
-    counters = {
-        m.name: getattr(m, "values", None) or getattr(m, "value", None)
-        for m in llm.get_metrics()
-        if m.name.startswith("vllm:spec_decode")
-    }
-    return {
-        "texts": [o.outputs[0].text for o in outputs],
-        "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
-        "seconds": seconds,
-        "counters": counters,
-    }
+        spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": NUM_SPEC_TOKENS}
+        args += ["--speculative-config", json.dumps(spec)]
+    with VllmServer(target, args, log, env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as server:
+        server.wait_ready()
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+        model = client.models.list().data[0].id
+        warmup = ToyQuestion(SCENE_SEED, 100, 64, "describe").chat_messages()
+        chat_once(client, model, warmup, 64, ignore_eos=False)
+        before = server.metrics()
+        results = [chat_once(client, model, q.chat_messages(), 64, ignore_eos=False) for q in QUESTIONS]
+        counters = counter_delta(before, server.metrics())
+    for question, result in zip(QUESTIONS, results, strict=True):
+        if result.prompt_tokens < question.visual_tokens:
+            raise RuntimeError(f"the server saw {result.prompt_tokens} prompt tokens for a {question.frames}-frame "
+                               f"clip ({question.visual_tokens} video tokens): it dropped frames")
+    return results, counters
 
 
-def _run_in_subprocess(target: Path, draft: Path | None, result: Path) -> dict:
-    args = [sys.executable, "-m", "sparrow_vllm.demo", "--engine", str(target),
-            "--result", str(result)]
-    if draft is not None:
-        args += ["--draft", str(draft)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"engine run failed ({proc.returncode})")
-    return json.loads(result.read_text())
-
-
-def report(base: dict, spec: dict) -> str:
-    c = spec["counters"]
-    drafts = c.get("vllm:spec_decode_num_drafts", 0)
-    accepted = c.get("vllm:spec_decode_num_accepted_tokens", 0)
-    from sparrow_vllm.toy_world.scene import QUESTIONS as QUESTION_TEXT
-    from sparrow_vllm.toy_world.scene import sample_scene
-
+def report(base: list[ChatResult], spec: list[ChatResult], counters: dict) -> str:
+    stats = acceptance(counters)
     lines = ["", "Answers (Sparrow) and the true answers:"]
     correct = 0
-    for (index, frames, question), answer in zip(QUESTIONS, spec["texts"], strict=True):
-        truth = sample_scene(SCENE_SEED, index).answer(question)
-        correct += answer.strip() == truth
-        lines += [f"  video {index} ({frames} frames): {QUESTION_TEXT[question]}",
-                  f"    answer: {answer.strip()}", f"    truth:  {truth}"]
+    for question, answer in zip(QUESTIONS, spec, strict=True):
+        correct += answer.text.strip() == question.truth
+        lines += [f"  scene {question.index}, {question.frames} frames ({question.visual_tokens} video tokens): "
+                  f"{question.text}", f"    answer: {answer.text.strip()}", f"    truth:  {question.truth}"]
     lines.append(f"  {correct} of {len(QUESTIONS)} answers exactly right")
-    same = base["token_ids"] == spec["token_ids"]
+    same = [a.text for a in base] == [a.text for a in spec]
+    base_s, spec_s = sum(r.total_s for r in base), sum(r.total_s for r in spec)
+    base_decode = sum(r.total_s - r.ttft_s for r in base)
+    spec_decode = sum(r.total_s - r.ttft_s for r in spec)
     lines += [
         "",
         f"identical to the target alone: {'yes' if same else 'NO'}",
-        f"drafts: {drafts}  draft tokens: {c.get('vllm:spec_decode_num_draft_tokens', 0)}  "
-        f"accepted: {accepted}",
-        f"accepted per position: {c.get('vllm:spec_decode_num_accepted_tokens_per_pos')}",
-        f"acceptance length (1 + accepted / drafts): {1 + accepted / max(drafts, 1):.2f}",
-        f"generate time: {base['seconds']:.1f}s without speculation, {spec['seconds']:.1f}s with "
-        "Sparrow (a tiny target on CPU: a draft step costs nearly as much as a target step)",
+        f"drafts: {stats['drafts']:.0f}  draft tokens: {stats['draft_tokens']:.0f}  "
+        f"accepted: {stats['accepted_tokens']:.0f}",
+        "acceptance rate per draft position: " + ", ".join(f"{p:.2f}" for p in stats["per_position_rate"]),
+        f"acceptance length (1 + accepted / drafts): {stats['acceptance_length']:.2f}",
+        f"time for the {len(QUESTIONS)} requests: {base_s:.2f}s target alone, {spec_s:.2f}s with Sparrow: "
+        f"speedup {base_s / spec_s:.2f}x end to end, {base_decode / spec_decode:.2f}x after the first token",
     ]
     return "\n".join(lines)
 
@@ -112,24 +88,20 @@ def report(base: dict, spec: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=str(TOY_WORLD), help="the toy world's models")
-    parser.add_argument("--results", default="artifacts/demo", help="where run results go")
-    parser.add_argument("--engine", help=argparse.SUPPRESS)
-    parser.add_argument("--draft", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--results", default="artifacts/demo", help="where server logs and results go")
     args = parser.parse_args()
-    if args.engine:
-        Path(args.result).write_text(json.dumps(run_engine(args.engine, args.draft)))
-        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path(args.results)
-    root.mkdir(parents=True, exist_ok=True)
     target, draft = Path(args.models) / "target", Path(args.models) / "sparrow-draft"
-    logger.info("running the target alone, then with Sparrow (one vLLM engine at a time)")
-    base = _run_in_subprocess(target, None, root / "result-target-alone.json")
-    spec = _run_in_subprocess(target, draft, root / "result-sparrow.json")
-    logger.info(report(base, spec))
-    if base["token_ids"] != spec["token_ids"]:
-        raise SystemExit("Sparrow output differs from the target's own output")
+    logger.info("serving the target alone, then with Sparrow (one vllm serve at a time); logs in %s", root)
+    base, _ = ask_all(target, None, root / "serve-target-alone.log")
+    spec, counters = ask_all(target, draft, root / "serve-sparrow.log")
+    logger.info(report(base, spec, counters))
+    (root / "demo.json").write_text(json.dumps({
+        "questions": [q.__dict__ for q in QUESTIONS], "target_alone": [r.__dict__ for r in base],
+        "sparrow": [r.__dict__ for r in spec], "counters": counters}, indent=1))
+    if [a.text for a in base] != [a.text for a in spec]:
+        raise SystemExit("Sparrow's answers differ from the target's own answers")
 
 
 if __name__ == "__main__":

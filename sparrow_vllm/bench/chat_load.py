@@ -14,6 +14,7 @@ from typing import Any
 @dataclass
 class ChatResult:
     text: str
+    prompt_tokens: int
     completion_tokens: int
     ttft_s: float
     total_s: float
@@ -31,7 +32,7 @@ def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ig
     start = time.perf_counter()
     first = None
     parts: list[str] = []
-    tokens = 0
+    prompt_tokens = tokens = 0
     stream = client.chat.completions.create(
         model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": ignore_eos},
@@ -42,11 +43,11 @@ def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ig
                 first = time.perf_counter()
             parts.append(chunk.choices[0].delta.content)
         if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
+            prompt_tokens, tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
     end = time.perf_counter()
     if first is None:
         first = end
-    return ChatResult("".join(parts), tokens, first - start, end - start)
+    return ChatResult("".join(parts), prompt_tokens, tokens, first - start, end - start)
 
 
 def run_load(client: Any, model: str, conversations: list[list[dict]], max_tokens: int,
@@ -65,6 +66,7 @@ def load_summary(results: list[ChatResult], wall_s: float) -> dict[str, float]:
     return {
         "requests": len(results),
         "output_tokens": tokens,
+        "prompt_tokens_mean": statistics.mean(r.prompt_tokens for r in results),
         "wall_s": wall_s,
         "output_tokens_per_s": tokens / wall_s,
         "requests_per_s": len(results) / wall_s,

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 # vLLM on a small CPU machine: float32 (bf16 matmuls are slow without AMX), no CUDA graphs
 CPU_SERVE_ARGS = ["--dtype", "float32", "--enforce-eager"]
+# For Qwen2.5-VL, vLLM loads a video URL with its `qwen2_vl` loader, which resamples it to
+# 2 fps (a 4-second toy clip becomes 8 frames). The toy world's clips are already sampled
+# (their length is the visual-token count being measured): load them with the uniform
+# OpenCV loader and keep every frame.
+ALL_FRAMES_ARGS = ["--media-io-kwargs", '{"video": {"video_backend": "opencv", "num_frames": -1}}']
 
 
 def free_port() -> int:

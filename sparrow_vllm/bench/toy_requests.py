@@ -11,7 +11,7 @@ from typing import Any
 
 from sparrow_vllm.toy_world.render import render
 from sparrow_vllm.toy_world.scene import QUESTIONS, sample_scene
-from sparrow_vllm.toy_world.target import prompt_messages, video_metadata
+from sparrow_vllm.toy_world.target import VISUAL_TOKENS_PER_FRAME, prompt_messages, video_metadata
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class ToyQuestion:
     @property
     def text(self) -> str:
         return QUESTIONS[self.question]
+
+    @property
+    def visual_tokens(self) -> int:
+        """The clip's length in Qwen2.5-VL video tokens."""
+        return self.frames * VISUAL_TOKENS_PER_FRAME
 
     @property
     def truth(self) -> str:

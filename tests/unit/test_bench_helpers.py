@@ -57,9 +57,9 @@ def test_speedups_sum_over_requests():
 
 
 def test_load_summary_tpot_skips_one_token_answers():
-    results = [ChatResult("a b c", 5, ttft_s=1.0, total_s=3.0), ChatResult("x", 1, ttft_s=0.5, total_s=0.5)]
+    results = [ChatResult("a b c", 100, 5, ttft_s=1.0, total_s=3.0), ChatResult("x", 50, 1, ttft_s=0.5, total_s=0.5)]
     s = load_summary(results, wall_s=4.0)
-    assert s["output_tokens"] == 6 and s["output_tokens_per_s"] == 1.5
+    assert s["output_tokens"] == 6 and s["output_tokens_per_s"] == 1.5 and s["prompt_tokens_mean"] == 75
     assert s["tpot_mean_ms"] == pytest.approx(500.0)
     assert s["ttft_mean_s"] == pytest.approx(0.75)
 
@@ -81,3 +81,4 @@ def test_toy_question_mp4_round_trip_keeps_frames_and_duration(tmp_path):
     assert frames == 24
     assert frames / fps == pytest.approx(CLIP_SECONDS, rel=1e-3)
     assert question.truth == question.truth.strip() and question.truth
+    assert question.visual_tokens == 24 * 8

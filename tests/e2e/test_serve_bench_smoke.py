@@ -1,0 +1,43 @@
+"""benchmarks/serve_bench.py at its smallest size: `vllm serve` and the OpenAI client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.toy_models import ENGINE_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_bench_smoke(tmp_path):
+    out = tmp_path / "serve"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "serve_bench.py"), "--requests", "2", "--concurrency", "2",
+           "--visual-tokens", "512", "--max-tokens", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "sparrow", "eagle"}
+    for method, row in rows.items():
+        assert row["output_tokens"] == 16, method
+        assert row["prompt_tokens_mean"] > 512, "the server must see all 64 frames, not vLLM's default 32"
+        assert row["ttft_mean_s"] > 0 and row["tpot_mean_ms"] > 0 and row["output_tokens_per_s"] > 0
+    for method in ("sparrow", "eagle"):
+        assert rows[method]["drafts"] > 0 and 1.0 <= rows[method]["acceptance_length"] <= 5.0
+    assert "| sparrow | 2 | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_demo_runs_through_vllm_serve(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.demo", "--results", str(tmp_path)],
+                          env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "identical to the target alone: yes" in proc.stderr
+    assert "acceptance length (1 + accepted / drafts)" in proc.stderr
+    demo = json.loads((tmp_path / "demo.json").read_text())
+    assert demo["counters"]["vllm:spec_decode_num_drafts"] > 0
+    for question, answer in zip(demo["questions"], demo["sparrow"], strict=True):
+        assert answer["prompt_tokens"] > question["frames"] * 8  # every frame reached the model
