@@ -31,12 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sparrow_vllm.training.data import (
-    ConversationDataset,
-    ConversationSample,
-    SampleError,
-    SkipReport,
-)
+from sparrow_vllm.training.data import ConversationDataset, ConversationSample
+from sparrow_vllm.training.skips import SampleError, SkipReport
 from sparrow_vllm.training.target import TargetFeatures
 
 logger = logging.getLogger(__name__)

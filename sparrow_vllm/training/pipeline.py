@@ -11,7 +11,7 @@ from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights
 from sparrow_vllm.config import text_config_of
 from sparrow_vllm.draft_factory import new_draft
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.training.data import ConversationDataset, SampleError
+from sparrow_vllm.training.data import ConversationDataset
 from sparrow_vllm.training.features import (
     FeatureExtractor,
     FeatureRecord,
@@ -20,6 +20,7 @@ from sparrow_vllm.training.features import (
     write_feature_shards,
 )
 from sparrow_vllm.training.settings import TrainSettings
+from sparrow_vllm.training.skips import SampleError
 from sparrow_vllm.training.target import TargetFeatures, load_hf_target
 from sparrow_vllm.training.trainer import Trainer, setup_distributed
 

@@ -1,4 +1,4 @@
-"""Local LLaVA-style conversation data: media decoding, record layouts, counted skips."""
+"""Local LLaVA-style conversation data: media decoding (media.py), record layouts, counted skips."""
 
 import json
 import logging
@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sparrow_vllm.training import data
-from sparrow_vllm.training.data import (
-    SKIP_REASONS,
-    ConversationDataset,
-    ConversationSample,
-    SampleError,
-    SkipReport,
-    Turn,
-    read_frames,
-    read_image,
-    video_decoder,
-)
+from sparrow_vllm.training import data, media
+from sparrow_vllm.training.data import ConversationDataset, ConversationSample, Turn
+from sparrow_vllm.training.media import read_frames, read_image, video_decoder
+from sparrow_vllm.training.skips import SKIP_REASONS, SampleError, SkipReport
 
 NUM_FRAMES = 12
 # one RGB colour per frame, far apart in red so a frame's index can be read back
@@ -54,8 +46,8 @@ def clip(tmp_path):
 
 
 def test_pyav_and_decord_are_absent_so_cv2_decodes_here():
-    assert not data._module_available("av")
-    assert not data._module_available("decord")
+    assert not media._module_available("av")
+    assert not media._module_available("decord")
     assert video_decoder() == "cv2"
 
 
@@ -64,12 +56,12 @@ def test_pyav_and_decord_are_absent_so_cv2_decodes_here():
     [({"av", "decord", "cv2"}, "pyav"), ({"decord", "cv2"}, "decord"), ({"cv2"}, "cv2")],
 )
 def test_video_decoder_preference(monkeypatch, available, expected):
-    monkeypatch.setattr(data, "_module_available", lambda name: name in available)
+    monkeypatch.setattr(media, "_module_available", lambda name: name in available)
     assert video_decoder() == expected
 
 
 def test_no_video_decoder_names_the_install(monkeypatch):
-    monkeypatch.setattr(data, "_module_available", lambda name: False)
+    monkeypatch.setattr(media, "_module_available", lambda name: False)
     with pytest.raises(ImportError, match="pip install av"):
         video_decoder()
 
@@ -89,13 +81,13 @@ def test_mp4_uniform_sampling(clip):
 
 
 def test_wrong_frame_count_in_container_is_decoded_again(clip, monkeypatch, caplog):
-    real = data._DECODERS["cv2"]
+    real = media._DECODERS["cv2"]
 
     def lying(path, choose):  # a container that reports 5 frames too many
         return real(path, lambda count: choose(count + 5))
 
-    monkeypatch.setitem(data._DECODERS, "cv2", lying)
-    with caplog.at_level(logging.WARNING, logger=data.__name__):
+    monkeypatch.setitem(media._DECODERS, "cv2", lying)
+    with caplog.at_level(logging.WARNING, logger=media.__name__):
         assert frame_indices(read_frames(clip, num_frames=4)) == [0, 4, 7, 11]
     assert "frame count in the container is wrong" in caplog.text
 
