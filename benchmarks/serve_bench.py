@@ -25,7 +25,12 @@ from pathlib import Path
 
 from sparrow_vllm.bench.chat_load import load_summary, run_load
 from sparrow_vllm.bench.machine import describe_machine
-from sparrow_vllm.bench.server import ALL_FRAMES_ARGS, CPU_SERVE_ARGS, VllmServer
+from sparrow_vllm.bench.server import (
+    CPU_SERVE_ARGS,
+    VllmServer,
+    check_server_saw_videos,
+    video_serve_args,
+)
 from sparrow_vllm.bench.speedup import acceptance, counter_delta
 from sparrow_vllm.bench.toy_requests import ToyQuestion
 from sparrow_vllm.provenance import provenance
@@ -38,16 +43,12 @@ SCENE_SEED = 3
 
 
 def serve_args(args: argparse.Namespace, method: str) -> list[str]:
-    extra = shlex.split(args.serve_args) if args.serve_args is not None else list(CPU_SERVE_ARGS)
-    # vLLM sizes its encoder cache by --max-num-batched-tokens: it must hold one whole video
-    context = str(args.visual_tokens + 512)
-    out = ["--max-model-len", context, "--max-num-batched-tokens", context, "--max-num-seqs", str(args.concurrency),
-           "--limit-mm-per-prompt", '{"video": 1}', *ALL_FRAMES_ARGS, *extra]
+    spec = None
     if method != "none":
         draft = args.sparrow_draft if method == "sparrow" else args.eagle_draft
-        out += ["--speculative-config",
-                json.dumps({"method": method, "model": str(draft), "num_speculative_tokens": args.k})]
-    return out
+        spec = {"method": method, "model": str(draft), "num_speculative_tokens": args.k}
+    extra = shlex.split(args.serve_args) if args.serve_args is not None else None
+    return video_serve_args(args.visual_tokens, args.concurrency, spec, extra)
 
 
 def bench_method(args: argparse.Namespace, method: str, conversations: list[list[dict]]) -> dict:
@@ -62,10 +63,7 @@ def bench_method(args: argparse.Namespace, method: str, conversations: list[list
         before = server.metrics()
         results, wall = run_load(client, model, conversations, args.max_tokens, args.concurrency, True)
         counters = counter_delta(before, server.metrics())
-    short = [r.prompt_tokens for r in results if r.prompt_tokens < args.visual_tokens]
-    if short:
-        raise SystemExit(f"{method}: the server saw prompts of {short} tokens for {args.visual_tokens}-token videos: "
-                         "its video loader dropped frames (see ALL_FRAMES_ARGS in sparrow_vllm/bench/server.py)")
+    check_server_saw_videos([r.prompt_tokens for r in results], [args.visual_tokens] * len(results))
     summary = {"method": method, **load_summary(results, wall)}
     if method != "none":
         summary.update(acceptance(counters))

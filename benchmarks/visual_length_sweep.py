@@ -36,7 +36,7 @@ from pathlib import Path
 
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.bench.offline import run_in_subprocess
-from sparrow_vllm.bench.speedup import speedups
+from sparrow_vllm.bench.speedup import acceptance, counter_sum, speedups
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens
 
@@ -92,14 +92,11 @@ def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] |
                 **speedups(base, mine),
             }
             if method != "none":
-                drafts = sum(r["drafts"] for r in mine)
-                accepted = sum(r["accepted_tokens"] for r in mine)
-                per_pos = [sum(col) for col in zip(*(r["counters"]["vllm:spec_decode_num_accepted_tokens_per_pos"]
-                                                     for r in mine), strict=True)]
+                stats = acceptance(counter_sum([r["counters"] for r in mine]))
                 steps = _draft_steps(run, frames)
                 row.update({
-                    "acceptance_length": 1 + accepted / drafts,
-                    "per_position_rate": [p / drafts for p in per_pos],
+                    "acceptance_length": stats["acceptance_length"],
+                    "per_position_rate": stats["per_position_rate"],
                     "draft_ms_per_step": 1000 * statistics.mean(steps),
                     "draft_ms_per_step_median": 1000 * statistics.median(steps),
                     "draft_prefill_ms": 1000 * statistics.mean(r["draft_prefill_s"] for r in mine),

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from sparrow_vllm.bench.chat_load import ChatResult, chat_once
-from sparrow_vllm.bench.server import ALL_FRAMES_ARGS, CPU_SERVE_ARGS, VllmServer
+from sparrow_vllm.bench.server import VllmServer, check_server_saw_videos, video_serve_args
 from sparrow_vllm.bench.speedup import acceptance, counter_delta
 from sparrow_vllm.bench.toy_requests import ToyQuestion
 
@@ -37,12 +37,10 @@ def ask_all(target: Path, draft: Path | None, log: Path) -> tuple[list[ChatResul
     return the answers and the server's spec-decode counters for them."""
     from openai import OpenAI
 
-    args = [*CPU_SERVE_ARGS, *ALL_FRAMES_ARGS, "--max-model-len", "10240", "--max-num-batched-tokens", "10240",
-            "--max-num-seqs", "1",
-            "--limit-mm-per-prompt", '{"video": 1}']
+    spec = None
     if draft is not None:
         spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": NUM_SPEC_TOKENS}
-        args += ["--speculative-config", json.dumps(spec)]
+    args = video_serve_args(max(q.visual_tokens for q in QUESTIONS), max_num_seqs=1, speculative_config=spec)
     with VllmServer(target, args, log, env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as server:
         server.wait_ready()
         client = OpenAI(base_url=server.url + "/v1", api_key="unused")
@@ -52,10 +50,7 @@ def ask_all(target: Path, draft: Path | None, log: Path) -> tuple[list[ChatResul
         before = server.metrics()
         results = [chat_once(client, model, q.chat_messages(), 64, ignore_eos=False) for q in QUESTIONS]
         counters = counter_delta(before, server.metrics())
-    for question, result in zip(QUESTIONS, results, strict=True):
-        if result.prompt_tokens < question.visual_tokens:
-            raise RuntimeError(f"the server saw {result.prompt_tokens} prompt tokens for a {question.frames}-frame "
-                               f"clip ({question.visual_tokens} video tokens): it dropped frames")
+    check_server_saw_videos([r.prompt_tokens for r in results], [q.visual_tokens for q in QUESTIONS])
     return results, counters
 
 

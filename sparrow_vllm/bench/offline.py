@@ -36,18 +36,10 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _drafter_timer(flush_mb: int) -> Any:
-    """A collective_rpc callable that wraps the worker's drafter so each propose call
-    records (end time, seconds). flush_mb > 0 first writes that many MiB of memory (not
-    timed), so every call starts with the CPU caches cold, whatever the target just read."""
-
-    def install(worker: Any) -> bool:
-        return _install_drafter_timer(worker, flush_mb)
-
-    return install
-
-
 def _install_drafter_timer(worker: Any, flush_mb: int = 0) -> bool:
+    """Wrap the worker's drafter so each propose call records (end time, seconds). flush_mb
+    > 0 first writes that many MiB of memory (not timed), so every call starts with the CPU
+    caches cold, whatever the target just read."""
     import torch
 
     drafter = worker.model_runner.drafter
@@ -129,7 +121,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     llm = LLM(model=job["target"], speculative_config=spec, seed=0, disable_log_stats=False,
               limit_mm_per_prompt={"video": 1}, **job.get("engine", {}))
     if spec:
-        llm.collective_rpc(_drafter_timer(job.get("flush_cache_mb", 0)))
+        llm.collective_rpc(_install_drafter_timer, kwargs={"flush_mb": job.get("flush_cache_mb", 0)})
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=job.get("ignore_eos", True))
     if job.get("warmup"):

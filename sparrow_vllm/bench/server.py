@@ -3,6 +3,7 @@ wait until it answers, read its Prometheus /metrics, stop it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -22,6 +23,31 @@ CPU_SERVE_ARGS = ["--dtype", "float32", "--enforce-eager"]
 # (their length is the visual-token count being measured): load them with the uniform
 # OpenCV loader and keep every frame.
 ALL_FRAMES_ARGS = ["--media-io-kwargs", '{"video": {"video_backend": "opencv", "num_frames": -1}}']
+
+
+TEXT_ALLOWANCE = 512  # prompt text and output tokens beside the video, for the context length
+
+
+def video_serve_args(max_video_tokens: int, max_num_seqs: int, speculative_config: dict | None = None,
+                     extra: list[str] | None = None) -> list[str]:
+    """`vllm serve` arguments for chats with one video of up to `max_video_tokens` each,
+    every frame kept; `extra` (default: CPU_SERVE_ARGS) goes last."""
+    # vLLM sizes its encoder cache by --max-num-batched-tokens: it must hold one whole video
+    context = str(max_video_tokens + TEXT_ALLOWANCE)
+    args = ["--max-model-len", context, "--max-num-batched-tokens", context, "--max-num-seqs", str(max_num_seqs),
+            "--limit-mm-per-prompt", '{"video": 1}', *ALL_FRAMES_ARGS]
+    if speculative_config is not None:
+        args += ["--speculative-config", json.dumps(speculative_config)]
+    return args + (list(CPU_SERVE_ARGS) if extra is None else extra)
+
+
+def check_server_saw_videos(prompt_tokens: list[int], visual_tokens: list[int]) -> None:
+    """Raise if a request's prompt is shorter than its video: the server's video loader
+    dropped frames, and every number measured on those requests is for a shorter clip."""
+    short = [(p, v) for p, v in zip(prompt_tokens, visual_tokens, strict=True) if p < v]
+    if short:
+        raise RuntimeError(f"the server saw (prompt tokens, video tokens) {short}: its video loader dropped "
+                           "frames; pass ALL_FRAMES_ARGS (sparrow_vllm/bench/server.py) to vllm serve")
 
 
 def free_port() -> int:

@@ -30,6 +30,15 @@ def counter_delta(before: Mapping[str, object], after: Mapping[str, object]) -> 
     return out
 
 
+def counter_sum(counters: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """The spec-decode counters of several requests added up (per position, element-wise)."""
+    out: dict[str, object] = {name: sum(float(c.get(name) or 0) for c in counters) for name in SPEC_COUNTERS}
+    vectors = [list(c.get(PER_POSITION) or []) for c in counters]
+    width = max(map(len, vectors), default=0)
+    out[PER_POSITION] = [sum(float(v[i]) for v in vectors if i < len(v)) for i in range(width)]
+    return out
+
+
 def acceptance(counters: Mapping[str, object]) -> dict[str, object]:
     """Acceptance length and per-position acceptance rates from spec-decode counters."""
     drafts = float(counters.get("vllm:spec_decode_num_drafts") or 0)

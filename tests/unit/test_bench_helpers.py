@@ -5,8 +5,20 @@ from __future__ import annotations
 import pytest
 
 from sparrow_vllm.bench.chat_load import ChatResult, load_summary
-from sparrow_vllm.bench.server import parse_metrics
-from sparrow_vllm.bench.speedup import PER_POSITION, acceptance, counter_delta, speedups
+from sparrow_vllm.bench.server import (
+    ALL_FRAMES_ARGS,
+    CPU_SERVE_ARGS,
+    check_server_saw_videos,
+    parse_metrics,
+    video_serve_args,
+)
+from sparrow_vllm.bench.speedup import (
+    PER_POSITION,
+    acceptance,
+    counter_delta,
+    counter_sum,
+    speedups,
+)
 from sparrow_vllm.bench.toy_requests import ToyQuestion
 
 METRICS = """\
@@ -44,6 +56,35 @@ def test_counter_delta_subtracts_scalars_and_vectors():
     assert delta["vllm:spec_decode_num_drafts"] == 6.0
     assert delta["vllm:spec_decode_num_accepted_tokens"] == 25.0
     assert delta[PER_POSITION] == [6.0, 6.0, 6.0, 3.0]
+
+
+def test_counter_sum_adds_requests_and_pads_positions():
+    a = {"vllm:spec_decode_num_drafts": 2.0, "vllm:spec_decode_num_accepted_tokens": 3.0, PER_POSITION: [2.0, 1.0]}
+    b = {"vllm:spec_decode_num_drafts": 3.0, "vllm:spec_decode_num_accepted_tokens": 5.0,
+         PER_POSITION: [3.0, 1.0, 1.0]}
+    total = counter_sum([a, b])
+    assert total["vllm:spec_decode_num_drafts"] == 5.0 and total[PER_POSITION] == [5.0, 2.0, 1.0]
+    assert acceptance(total)["acceptance_length"] == pytest.approx(1 + 8 / 5)
+    assert counter_sum([])[PER_POSITION] == []
+
+
+def test_video_serve_args_hold_one_whole_video_and_every_frame():
+    spec = {"method": "sparrow", "model": "d", "num_speculative_tokens": 4}
+    args = video_serve_args(8192, 4, spec)
+    assert args[args.index("--max-model-len") + 1] == args[args.index("--max-num-batched-tokens") + 1] == "8704"
+    assert args[args.index("--max-num-seqs") + 1] == "4"
+    assert '"method": "sparrow"' in args[args.index("--speculative-config") + 1]
+    assert args[args.index(ALL_FRAMES_ARGS[0]) + 1] == ALL_FRAMES_ARGS[1]
+    assert args[-len(CPU_SERVE_ARGS):] == CPU_SERVE_ARGS
+    plain = video_serve_args(512, 1, extra=["--dtype", "bfloat16"])
+    assert "--speculative-config" not in plain and plain[-2:] == ["--dtype", "bfloat16"]
+    assert "--enforce-eager" not in plain
+
+
+def test_check_server_saw_videos_names_the_fix():
+    check_server_saw_videos([600, 1600], [512, 1536])
+    with pytest.raises(RuntimeError, match="ALL_FRAMES_ARGS.*vllm serve"):
+        check_server_saw_videos([600, 80], [512, 1536])
 
 
 def test_speedups_sum_over_requests():
