@@ -10,10 +10,10 @@ VATA, every draft trained with `sparrow-vllm train` on the same features.
     VATA+MTP    text rows only, plus MTP                dropped  (the toy world's draft)
     all three   bridge rows (IVSB), plus MTP            dropped  (the paper's recipe)
 
-    python benchmarks/ablation.py --target models/toy-world/target \\
-        --features artifacts/toy-world-v2/features \\
-        --val 512=artifacts/toy-world-v2/val-512-features \\
-        --val 25000=artifacts/toy-world-v2/val-25000-features
+    python benchmarks/ablation.py --target artifacts/toy-world-build/target \\
+        --features artifacts/toy-world-build/features \\
+        --val 512=artifacts/toy-world-build/val-512-features \\
+        --val 25000=artifacts/toy-world-build/val-25000-features
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-models/toy-world}
 WORK=${WORK:-artifacts/toy-world-build}
-STEPS_TARGET=${STEPS_TARGET:-1800}
+STEPS_TARGET=${STEPS_TARGET:-2300}
 STEPS_DRAFT=${STEPS_DRAFT:-1200}
 RUN=".venv/bin/sparrow-vllm"
 mkdir -p "$WORK" "$OUT"
@@ -20,7 +20,7 @@ mkdir -p "$WORK" "$OUT"
 #    CLIP_SECONDS in sparrow_vllm/toy_world/target.py.)
 if [ ! -f "$WORK/target/config.json" ]; then
   $RUN toy-world train-target --out "$WORK/target-stage1" --steps "$STEPS_TARGET" --seed 0 --frames 6,8
-  $RUN toy-world train-target --init "$WORK/target-stage1" --first-step 2300 --steps 400 --lr 1e-3 \
+  $RUN toy-world train-target --init "$WORK/target-stage1" --first-step "$STEPS_TARGET" --steps 400 --lr 1e-3 \
       --warmup 20 --out "$WORK/target"
 fi
 
