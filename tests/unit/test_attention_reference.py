@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparrow_vllm.attention import select_backend, text_window_attention
+from sparrow_vllm.serving.attention import select_backend, text_window_attention
 
 
 def _dense(q, k, v, window):

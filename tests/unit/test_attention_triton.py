@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 from sparrow_vllm.kernels.reference import text_window_attention_reference  # noqa: E402
 
-from sparrow_vllm.attention import backend_calls, text_window_attention  # noqa: E402
+from sparrow_vllm.serving.attention import backend_calls, text_window_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

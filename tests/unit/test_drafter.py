@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparrow_vllm.drafting import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.modeling.vllm_draft import SparrowDraftForCausalLM
-from sparrow_vllm.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
+from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 from sparrow_vllm.training.attention import causal_text_attention
 from tests.unit.helpers import layer_config, sparrow_config
 

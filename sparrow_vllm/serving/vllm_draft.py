@@ -1,13 +1,13 @@
 """`SparrowDraftForCausalLM`: the draft as vLLM sees it, wrapping `SparrowDraftModel`.
 
-vLLM's config layer needs the draft architecture registered; the SparrowProposer builds
-this class, loads the checkpoint into the wrapped network and binds the target's
+vLLM's config layer needs the draft architecture registered; the runner adapters build
+this class (never vLLM's model loader: that would run the checkpoint as plain EAGLE, so
+it stops start-up), loads the checkpoint into the wrapped network and binds the target's
 embedding and LM head (unless the checkpoint carries its own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -15,23 +15,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparrow_vllm.checkpoint import OWN_EMBEDDING, OWN_LM_HEAD, DraftCheckpoint, load_draft_weights
-from sparrow_vllm.config import DraftLayerConfig, SparrowConfig
 from sparrow_vllm.modeling.draft_model import AttentionFn, SparrowDraftModel
+from sparrow_vllm.serving.runners import UnknownRunnerError, describe_unknown_runner
 
 
 class SparrowDraftForCausalLM(nn.Module):
     def __init__(self, *, vllm_config: Any = None, prefix: str = "") -> None:
         super().__init__()
         del prefix
+        if vllm_config is not None:
+            # Only vLLM's own model loader passes a config: some runner tried to run the
+            # Sparrow checkpoint as a plain EAGLE draft. Never let it.
+            raise UnknownRunnerError(describe_unknown_runner())
         self.draft: SparrowDraftModel | None = None
         self.target_language_model: nn.Module | None = None
         self.own_embedding: torch.Tensor | None = None
         self.own_lm_head: torch.Tensor | None = None
-        if vllm_config is not None and vllm_config.speculative_config is not None:
-            hf = vllm_config.speculative_config.draft_model_config.hf_config
-            raw = hf.to_dict()
-            layers = DraftLayerConfig.model_validate(raw)
-            self.draft = SparrowDraftModel(layers, SparrowConfig.model_validate(raw["sparrow"]))
 
     @classmethod
     def from_checkpoint(
@@ -80,18 +79,3 @@ class SparrowDraftForCausalLM(nn.Module):
     ) -> torch.Tensor:  # [T, H]
         assert self.draft is not None
         return self.draft(input_embeds, hidden_states, positions, attend)
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """vLLM loader interface: checkpoint names are the draft network's state-dict names."""
-        assert self.draft is not None
-        params = dict(self.draft.named_parameters())
-        loaded = set()
-        for name, tensor in weights:
-            if name == OWN_EMBEDDING:
-                self.own_embedding = tensor
-            elif name == OWN_LM_HEAD:
-                self.own_lm_head = tensor
-            else:
-                params[name].data.copy_(tensor)
-            loaded.add(name)
-        return loaded

@@ -4,79 +4,47 @@ vLLM runs "sparrow" as method "eagle" (scheduler look-ahead slots, rejection sam
 metrics and hidden-state plumbing all apply) and builds this proposer instead of
 EagleProposer when the draft is a Sparrow checkpoint (see vllm_patches.py). Unlike EAGLE,
 the draft owns no paged KV cache: TextAnchoredDrafter keeps a TextKVCache of text rows.
-This class only translates between the runner and the drafter.
+This class only translates between the V1 runner and the drafter; Model Runner V2 has its
+own adapter (v2_speculator.py) over the same drafter.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 from vllm.v1.spec_decode.eagle import EagleProposer
 
-from sparrow_vllm.checkpoint import DraftCheckpoint, check_draft_for_target
-from sparrow_vllm.config import SparrowConfigError
-from sparrow_vllm.drafting import StepInputs, TextAnchoredDrafter
-from sparrow_vllm.modeling.vllm_draft import SparrowDraftForCausalLM
-from sparrow_vllm.target_adapter import language_model_of, visual_placeholder_ids
-from sparrow_vllm.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
+from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 
 logger = logging.getLogger(__name__)
 
-CACHE_LIMIT_ENV = "SPARROW_DRAFT_CACHE_MAX_GIB"
-DEFAULT_CACHE_MAX_GIB = 4.0
-
 
 class SparrowProposer(EagleProposer):
+    """V1 runner adapter: EagleProposer's interface over the TextAnchoredDrafter."""
+
+    adapter_name = "v1"
+
     def __init__(self, vllm_config: Any, device: torch.device, runner: Any = None) -> None:
         super().__init__(vllm_config, device, runner)
         self.runner = runner
-        self.target_config = vllm_config.model_config.hf_config
-        self.checkpoint: DraftCheckpoint = check_draft_for_target(
-            self.draft_model_config.model, self.target_config, target_supports_aux_hidden_states=True
-        )
+        self.setup = SparrowDraftSetup(vllm_config)
+        self.checkpoint = self.setup.checkpoint
         # The draft reads no multimodal embeddings and owns no paged KV layers: the
         # runner must not gather embeddings for it, and must hand it group 0's metadata.
         self.supports_mm_inputs = False
         self.kv_cache_gid = 0
         self._draft_attn_layer_names: set[str] = set()
         self.drafter: TextAnchoredDrafter | None = None
+        logger.info("Sparrow runner adapter: V1 model runner (SparrowProposer)")
 
     # ---- set-up -------------------------------------------------------------------------
 
     def load_model(self, target_model: Any) -> None:
-        self.model = SparrowDraftForCausalLM.from_checkpoint(
-            self.checkpoint, language_model_of(target_model), self.dtype, self.device
-        )
-        self.drafter = TextAnchoredDrafter(
-            self.model,
-            self._allocate_cache(),
-            self.checkpoint.sparrow.window,
-            visual_placeholder_ids(self.target_config),
-            self.max_model_len,
-        )
-
-    def _allocate_cache(self) -> TextKVCache:
-        layers, window = self.checkpoint.layers, self.checkpoint.sparrow.window
-        capacity = (window if window is not None else self.max_model_len) + self.num_speculative_tokens + 1
-        slots = 2 * self.max_batch_size  # paused (preempted) requests keep their rows
-        shape = (layers.num_hidden_layers, slots, capacity, layers.num_key_value_heads, layers.head_dim)
-        nbytes = TextKVCache.nbytes_for(*shape, self.dtype)
-        limit = float(os.environ.get(CACHE_LIMIT_ENV, DEFAULT_CACHE_MAX_GIB))
-        if nbytes > limit * 2**30:
-            raise SparrowConfigError(
-                f"The Sparrow draft cache would take {nbytes / 2**30:.2f} GiB ({slots} slots "
-                f"x {capacity} text rows) > {CACHE_LIMIT_ENV}={limit}. Use a draft with a text "
-                f"window (--window), lower --max-num-seqs or --max-model-len, or raise "
-                f"{CACHE_LIMIT_ENV}."
-            )
-        logger.info(
-            "Sparrow draft cache: %d slots x %d text rows, %.1f MiB, window=%s",
-            slots, capacity, nbytes / 2**20, window,
-        )
-        return TextKVCache(*shape, self.dtype, self.device)
+        self.drafter = self.setup.build_drafter(target_model, self.dtype, self.device)
+        self.model = self.drafter.model
 
     def validate_same_kv_cache_group(self, kv_cache_config: Any) -> None:
         """The Sparrow draft has no paged KV layers, so there is no group to check."""

