@@ -13,7 +13,7 @@ export VLLM_TARGET_DEVICE := $(TARGET_DEVICE)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-unit lint clean
+.PHONY: setup demo test test-unit lint check-wheel clean
 
 setup: $(STAMP)
 
@@ -35,11 +35,16 @@ endif
 demo: setup
 	$(PY) -m sparrow_vllm.demo
 
-test: setup lint
+test: setup lint check-wheel
 	$(PY) -m pytest -q -rs --durations=15
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
+
+# Build the wheel, install it into a fresh venv (reusing .venv's dependencies, not the
+# editable install) and import every module: see scripts/check_wheel.py.
+check-wheel: setup
+	$(PY) scripts/check_wheel.py
 
 lint: setup
 	$(VENV)/bin/ruff check $(wildcard sparrow_vllm kernels tests scripts benchmarks)

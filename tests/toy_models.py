@@ -24,6 +24,21 @@ ENGINE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "TRITON_INTERPRET": "0",  # the kernel tests turn the interpreter on in their process
 }
+# The engine tests run on both of vLLM's model runners. V1 is what vLLM picks on this CPU
+# machine; Model Runner V2 (every CUDA machine's default) runs here with its Triton kernels
+# in Triton's interpreter: SPARROW_TEST_TRITON_CPU=1 makes the test-only start-up hook that
+# `make setup` installs (scripts/setup_cpu_env.py) register a "cpu" Triton backend.
+RUNNER_ENV = {
+    "v1": {"VLLM_USE_V2_MODEL_RUNNER": "0"},
+    "v2": {"VLLM_USE_V2_MODEL_RUNNER": "1", "TRITON_INTERPRET": "1", "SPARROW_TEST_TRITON_CPU": "1"},
+}
+RUNNERS = tuple(RUNNER_ENV)
+# What runner_info reports for each runner: its base class module, and the Sparrow adapter.
+RUNNER_MODULE = {"v1": "vllm.v1.worker.gpu_model_runner", "v2": "vllm.v1.worker.gpu.model_runner"}
+ADAPTER = {
+    "v1": "sparrow_vllm.serving.v1_proposer.SparrowProposer",
+    "v2": "sparrow_vllm.serving.v2_speculator.SparrowSpeculator",
+}
 DISTILL = SelfDistillSettings(num_prompts=1024, steps=1500, seed=0)
 
 
@@ -46,14 +61,29 @@ def build_toy_models(root: Path) -> dict[str, Path]:
     }
 
 
-def run_engine_job(job: dict, tmp_path: Path, timeout: float = 600) -> dict:
-    """Run engine_job.py in a fresh process (one engine at a time) and return its JSON."""
+def runner_env(runner: str) -> dict[str, str]:
+    """Environment for an engine (or `vllm serve`) on `runner` ("v1" or "v2")."""
+    return {**ENGINE_ENV, **RUNNER_ENV[runner]}
+
+
+def assert_ran_on(result: dict, runner: str, sparrow: bool = True) -> None:
+    """The engine job ran on `runner`, and (for Sparrow) its adapter drafted."""
+    info = result["runner_info"]
+    assert f"{RUNNER_MODULE[runner]}.GPUModelRunner" in info["runner_bases"], info
+    if sparrow:
+        assert info["adapter"] == ADAPTER[runner], info
+        assert info["sparrow_adapter"] == runner and info["sparrow_steps"] > 0, info
+
+
+def run_engine_job(job: dict, tmp_path: Path, timeout: float = 600, runner: str = "v1") -> dict:
+    """Run engine_job.py in a fresh process (one engine at a time) on `runner` and return
+    its JSON."""
     workdir = Path(tempfile.mkdtemp(dir=tmp_path))
     job_file, result_file = workdir / "job.json", workdir / "result.json"
     job_file.write_text(json.dumps(job, default=str))
     # The engine core runs in this subprocess: every request is queued before the first
     # step, so batches (and so drafts) are the same from run to run.
-    env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env = {**os.environ, **runner_env(runner), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     proc = subprocess.run(
         [sys.executable, str(JOB), str(job_file), str(result_file)],
         env=env, capture_output=True, text=True, timeout=timeout,

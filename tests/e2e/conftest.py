@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sparrow_vllm.bench.server import CPU_SERVE_ARGS, VllmServer
-from tests.toy_models import ENGINE_ENV
+from tests.toy_models import runner_env
 
 SERVE_ARGS = [*CPU_SERVE_ARGS, "--max-model-len", "1024", "--max-num-seqs", "4",
               "--gpu-memory-utilization", "0.3", "--limit-mm-per-prompt", '{"video": 1, "image": 1}']
@@ -17,8 +17,9 @@ SERVE_ARGS = [*CPU_SERVE_ARGS, "--max-model-len", "1024", "--max-num-seqs", "4",
 def start_server(tmp_path):
     servers: list[VllmServer] = []
 
-    def start(target: Path, extra: list[str]) -> VllmServer:
-        server = VllmServer(target, [*SERVE_ARGS, *extra], tmp_path / f"serve-{len(servers)}.log", env=ENGINE_ENV)
+    def start(target: Path, extra: list[str], runner: str = "v1") -> VllmServer:
+        log = tmp_path / f"serve-{len(servers)}.log"
+        server = VllmServer(target, [*SERVE_ARGS, *extra], log, env=runner_env(runner))
         servers.append(server)
         return server
 

@@ -8,7 +8,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
+
+from tests.toy_models import RUNNERS
+
+ADAPTER_LOG = {
+    "v1": "Sparrow runner adapter: V1 model runner (SparrowProposer)",
+    "v2": "Sparrow runner adapter: Model Runner V2 (SparrowSpeculator)",
+}
 
 
 def _video_data_url(path: Path, frames: int = 8, size: int = 112) -> str:
@@ -35,10 +43,11 @@ def _counter(metrics_text: str, name: str) -> float:
     return total
 
 
-def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path, runner):
     from openai import OpenAI
 
-    server = start_server(toy_models["vl_target"], _spec(toy_models["vl_draft"]))
+    server = start_server(toy_models["vl_target"], _spec(toy_models["vl_draft"]), runner)
     server.wait_ready()
     client = OpenAI(base_url=server.url + "/v1", api_key="unused")
     model = client.models.list().data[0].id
@@ -68,6 +77,12 @@ def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path):
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert _counter(metrics, "vllm:spec_decode_num_drafts_total") > 0
     assert _counter(metrics, "vllm:spec_decode_num_draft_tokens_total") > 0
+    # The plugin's INFO lines reach vLLM's own log, and name the runner adapter that drafted.
+    log = server.log.read_text()
+    assert ADAPTER_LOG[runner] in log
+    assert "Sparrow draft cache:" in log and "Sparrow draft attention:" in log
+    other = next(r for r in RUNNERS if r != runner)
+    assert ADAPTER_LOG[other] not in log
 
 
 def test_bad_draft_fails_at_startup_with_the_fix(toy_models, start_server, tmp_path):

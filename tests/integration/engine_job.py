@@ -168,7 +168,9 @@ def main(job_path: str, result_path: str) -> None:
     if job.get("sampled_round"):
         # no per-request seed: vLLM 0.32 on CPU cannot restore a seeded generator after
         # preemption ("CPU Generator does not use offset"); the engine seed fixes the stream
-        sampled = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=16, ignore_eos=True)
+        # no top-p: Model Runner V2's top-k/top-p Triton kernel does not run in Triton's
+        # interpreter (AttributeError inside the kernel), which is how V2 runs on this CPU
+        sampled = SamplingParams(temperature=0.8, max_tokens=16, ignore_eos=True)
         generated = llm.generate(prompts, sampled, use_tqdm=False)
         result["sampled_outputs"] = [list(g.outputs[0].token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)

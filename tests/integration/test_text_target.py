@@ -1,14 +1,15 @@
 """Sparrow in vLLM on a tiny text target: greedy equality, EAGLE parity, hard scheduling.
 
-Engines run one at a time in subprocesses. The scheduling settings force chunked prefill
-(32-token budget) and preemption with recompute (4 KV blocks for 6 requests).
+Engines run one at a time in subprocesses, on both model runners (the `runner` fixture).
+The scheduling settings force chunked prefill (32-token budget) and preemption with
+recompute (4 KV blocks for 6 requests).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.toy_models import run_engine_job, sparrow
+from tests.toy_models import assert_ran_on, run_engine_job, sparrow
 
 WORDS = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st"]
 PROMPTS = [{"text": " " + " ".join(WORDS[i : i + 3] * (i + 2))} for i in range(6)]
@@ -23,13 +24,13 @@ HARD_SCHEDULING = {
 
 
 @pytest.fixture(scope="module")
-def baseline(toy_models, tmp_path_factory):
+def baseline(toy_models, runner, tmp_path_factory):
     job = {"target": str(toy_models["text_target"]), "engine": HARD_SCHEDULING, "prompts": PROMPTS}
-    return run_engine_job(job, tmp_path_factory.mktemp("baseline"))
+    return run_engine_job(job, tmp_path_factory.mktemp("baseline"), runner=runner)
 
 
 @pytest.fixture(scope="module")
-def sparrow_run(toy_models, tmp_path_factory):
+def sparrow_run(toy_models, runner, tmp_path_factory):
     job = {
         "target": str(toy_models["text_target"]),
         "speculative_config": sparrow(toy_models["text_draft"]),
@@ -38,10 +39,12 @@ def sparrow_run(toy_models, tmp_path_factory):
         "record_drafts": True,
         "sampled_round": True,
     }
-    return run_engine_job(job, tmp_path_factory.mktemp("sparrow"))
+    return run_engine_job(job, tmp_path_factory.mktemp("sparrow"), runner=runner)
 
 
-def test_greedy_output_equals_target_alone(baseline, sparrow_run):
+def test_greedy_output_equals_target_alone(baseline, sparrow_run, runner):
+    assert_ran_on(baseline, runner, sparrow=False)
+    assert_ran_on(sparrow_run, runner)
     assert sparrow_run["outputs"] == baseline["outputs"]
     metrics = sparrow_run["metrics"]
     assert metrics["vllm:spec_decode_num_drafts"] > 0
@@ -59,7 +62,7 @@ def test_finished_requests_leave_the_draft_cache(sparrow_run):
     assert left <= set(range(len(PROMPTS), 2 * len(PROMPTS)))
 
 
-def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, tmp_path):
+def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, runner, tmp_path):
     job = {
         "target": str(toy_models["text_target"]),
         "speculative_config": {
@@ -71,7 +74,8 @@ def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, t
         "prompts": PROMPTS,
         "record_drafts": True,
     }
-    eagle = run_engine_job(job, tmp_path)
+    eagle = run_engine_job(job, tmp_path, runner=runner)
+    assert_ran_on(eagle, runner, sparrow=False)
     # every greedy step of the run, chunked-prefill and preemption steps included
     steps = sparrow_run["greedy_draft_steps"]
     assert eagle["greedy_draft_steps"] == steps > 0
@@ -79,13 +83,14 @@ def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, t
     assert eagle["outputs"] == sparrow_run["outputs"]
 
 
-def test_prefix_cache_hits_keep_output_exact(toy_models, baseline, tmp_path):
+def test_prefix_cache_hits_keep_output_exact(toy_models, runner, tmp_path):
     shared = " " + " ".join(WORDS * 4)
     prompts = [{"text": shared + " " + w} for w in WORDS[:4]]
     engine = {**HARD_SCHEDULING, "enable_prefix_caching": True, "num_gpu_blocks_override": 16}
     base = run_engine_job(
         {"target": str(toy_models["text_target"]), "engine": engine, "prompts": prompts},
         tmp_path,
+        runner=runner,
     )
     spec = run_engine_job(
         {
@@ -96,6 +101,27 @@ def test_prefix_cache_hits_keep_output_exact(toy_models, baseline, tmp_path):
             "rounds": 2,
         },
         tmp_path,
+        runner=runner,
     )
+    assert_ran_on(spec, runner)
     assert spec["outputs"][0] == base["outputs"][0]
     assert spec["outputs"][1] == base["outputs"][0]
+
+
+def test_probabilistic_drafting_keeps_greedy_output(toy_models, baseline, runner, tmp_path):
+    """`draft_sample_method: probabilistic`: drafts are sampled at the request's temperature
+    and the rejection sampler gets the draft distribution; greedy output stays the target's
+    and a sampled round runs through."""
+    spec = {**sparrow(toy_models["text_draft"]), "draft_sample_method": "probabilistic"}
+    job = {
+        "target": str(toy_models["text_target"]),
+        "speculative_config": spec,
+        "engine": HARD_SCHEDULING,
+        "prompts": PROMPTS,
+        "sampled_round": True,
+    }
+    result = run_engine_job(job, tmp_path, runner=runner)
+    assert_ran_on(result, runner)
+    assert result["outputs"] == baseline["outputs"]
+    assert [len(o) for o in result["sampled_outputs"]] == [16] * len(PROMPTS)
+    assert result["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 0

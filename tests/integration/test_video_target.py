@@ -1,14 +1,14 @@
 """Sparrow in vLLM on a tiny Qwen2.5-VL: video, image, video+image and text prompts.
 
 The draft reads the target's penultimate layer (vLLM's auxiliary-hidden-state path) and
-keeps a text window of 24 rows.
+keeps a text window of 24 rows. Both model runners (the `runner` fixture).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.toy_models import run_engine_job, sparrow
+from tests.toy_models import assert_ran_on, run_engine_job, sparrow
 
 VIDEO_TOKEN = "<|video_pad|>"
 PROMPTS = [
@@ -28,13 +28,13 @@ ENGINE = {
 
 
 @pytest.fixture(scope="module")
-def baseline(toy_models, tmp_path_factory):
+def baseline(toy_models, runner, tmp_path_factory):
     job = {"target": str(toy_models["vl_target"]), "engine": ENGINE, "prompts": PROMPTS}
-    return run_engine_job(job, tmp_path_factory.mktemp("vl-baseline"))
+    return run_engine_job(job, tmp_path_factory.mktemp("vl-baseline"), runner=runner)
 
 
 @pytest.fixture(scope="module")
-def sparrow_run(toy_models, tmp_path_factory):
+def sparrow_run(toy_models, runner, tmp_path_factory):
     job = {
         "target": str(toy_models["vl_target"]),
         "speculative_config": sparrow(toy_models["vl_draft"]),
@@ -42,10 +42,11 @@ def sparrow_run(toy_models, tmp_path_factory):
         "prompts": PROMPTS,
         "inspect_after_prefill": 0,
     }
-    return run_engine_job(job, tmp_path_factory.mktemp("vl-sparrow"))
+    return run_engine_job(job, tmp_path_factory.mktemp("vl-sparrow"), runner=runner)
 
 
-def test_greedy_output_equals_target_alone(baseline, sparrow_run):
+def test_greedy_output_equals_target_alone(baseline, sparrow_run, runner):
+    assert_ran_on(sparrow_run, runner)
     assert sparrow_run["outputs"] == baseline["outputs"]
     assert sparrow_run["metrics"]["vllm:spec_decode_num_drafts"] > 0
     assert sparrow_run["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 0
