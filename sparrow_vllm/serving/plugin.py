@@ -15,8 +15,8 @@ from sparrow_vllm.serving import logs, vllm_patches
 
 logger = logging.getLogger(__name__)
 
-# vLLM minor releases the plugin is made for; sparrow_vllm/serving/vllm_contract.py checks
-# its touch points against each (tests/unit/test_vllm_contract.py).
+# vLLM minor releases the plugin is made for; sparrow_vllm/vllm_source_check.py checks the
+# touch points in serving/vllm_contract.py against each (tests/unit/test_vllm_contract.py).
 SUPPORTED_VLLM = ("0.32", "0.33")
 CPU_VLLM = "0.32.0"  # the newest CPU build of vLLM (setup.py's [cpu] extra)
 _DRAFT_CLASS = "sparrow_vllm.serving.vllm_draft:SparrowDraftForCausalLM"

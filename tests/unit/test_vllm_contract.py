@@ -1,4 +1,5 @@
-"""sparrow-vllm's contract with vLLM (serving/vllm_contract.py), checked statically.
+"""sparrow-vllm's contract with vLLM (serving/vllm_contract.py), checked statically
+(sparrow_vllm/vllm_source_check.py).
 
 The installed vLLM (0.32 on CPU) is checked from site-packages; vLLM 0.33, which has no
 CPU build, from its wheel's Python source: downloaded once with pip into
@@ -12,13 +13,9 @@ from pathlib import Path
 import pytest
 
 from sparrow_vllm.serving import plugin
-from sparrow_vllm.serving.vllm_contract import (
-    TouchPoint,
-    check_source,
-    installed_source,
-    validate_touch_points,
-    wheel_source,
-)
+from sparrow_vllm.serving.vllm_contract import TouchPoint
+from sparrow_vllm.vllm_source_check import check_source, validate_touch_points
+from sparrow_vllm.vllm_source_roots import installed_source, wheel_source
 
 NEWEST_GPU_VLLM = "0.33.0"
 
