@@ -112,6 +112,12 @@ def test_probabilistic_drafting_keeps_greedy_output(toy_models, baseline, runner
     """`draft_sample_method: probabilistic`: drafts are sampled at the request's temperature
     and the rejection sampler gets the draft distribution; greedy output stays the target's
     and a sampled round runs through."""
+    if runner == "v2":
+        pytest.skip(
+            "V2's Gumbel sampling kernel with a draft-logits cache (vLLM's, also EAGLE's "
+            "probabilistic path) fails in Triton's interpreter ('mask has unsupported "
+            "dtype'); it needs a GPU"
+        )
     spec = {**sparrow(toy_models["text_draft"]), "draft_sample_method": "probabilistic"}
     job = {
         "target": str(toy_models["text_target"]),
