@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sparrow_vllm.config import (
@@ -85,8 +85,34 @@ def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             f"{weights} not found; the draft directory needs its weights "
             "(make one with `sparrow-vllm init-draft`, then train it)."
         )
-    with safe_open(str(weights), framework="pt") as f:
-        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except SafetensorError as e:
+        raise _corrupt_weights(weights, str(e)) from e
+    _check_weights_complete(weights)
+    return shapes
+
+
+def _corrupt_weights(weights: Path, why: str) -> SparrowConfigError:
+    return SparrowConfigError(
+        f"{weights} is not a readable safetensors file ({why}): it is truncated or corrupt, "
+        "e.g. an interrupted copy or download. Copy the draft again, or re-save it with "
+        "`sparrow-vllm train` / `self-distill`."
+    )
+
+
+def _check_weights_complete(weights: Path) -> None:
+    """The file holds every byte its header promises (a truncated copy can have a whole
+    header and lose tensor data; that would otherwise fail only when weights load)."""
+    size = weights.stat().st_size
+    with weights.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        raise _corrupt_weights(weights, f"{size} bytes, its header describes {needed}")
 
 
 def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, target: Any) -> None:

@@ -60,6 +60,21 @@ Ledger (what / why / how / what upstream change removes it):
    it needs a CUDA machine to verify.
    gone: when the chain step is captured per batch size (sparrow-vllm change, no vLLM one).
 
+8. vllm.utils.cpu_triton_utils._expand_kernel_impl (CPU build of vLLM only)
+   why:  on a CPU build without a Triton CPU backend, vLLM replaces the rejection sampler's
+         Triton `expand_kernel` with this function, which hands `_ensure_int64(output)` (an
+         int64 *copy* of a float output) and int64-truncated values to the C++ op. The real
+         output is never written: `expand_batch_to_tokens` returns uninitialised memory,
+         so per-request temperatures (and other per-request values) reach the draft
+         positions as garbage, and every speculative method (Sparrow, eagle, ...) samples
+         from the wrong distribution at T > 0, greedy rows of a mixed batch included.
+   how:  replace the function (before the CPU platform registers it) with a PyTorch
+         expansion for any dtype that writes into the real output: value b repeated for
+         request b's tokens, `replace_from` replaced by `replace_to`. CUDA builds never
+         call it; Model Runner V2 has its own sampler and does not use it.
+   gone: when vLLM's CPU override writes into the caller's output (upstream fix of
+         vllm/utils/cpu_triton_utils.py `_expand_kernel_impl`).
+
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
 runners.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
@@ -78,6 +93,8 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +231,41 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
     runner_cls._remove_request = _remove_request
 
 
+# ---- 8. CPU build: the rejection sampler's per-token expansion ----------------------------
+
+
+def expand_per_request(
+    # [num_tokens] written in place (its first cu_num_tokens[-1] entries)
+    output: torch.Tensor,
+    # [batch] one value per request
+    input_val: torch.Tensor,
+    # [batch] inclusive cumulative token count per request
+    cu_num_tokens: torch.Tensor,
+    replace_from: Any,
+    replace_to: Any,
+    MAX_NUM_TOKENS: Any = None,  # noqa: N803 (the Triton kernel's keyword)
+) -> None:
+    """What vLLM's `expand_kernel` computes: output[t] = value of t's request, with
+    `replace_from` replaced by `replace_to`."""
+    del MAX_NUM_TOKENS
+    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
+    values = torch.where(input_val == replace_from, torch.as_tensor(replace_to, dtype=input_val.dtype), input_val)
+    total = int(cu_num_tokens[-1]) if cu_num_tokens.numel() else 0
+    output[:total] = torch.repeat_interleave(values, counts, output_size=total).to(output.dtype)
+
+
+def _patch_cpu_triton_utils(module: ModuleType) -> None:
+    setattr(expand_per_request, _MARK, True)
+    module._expand_kernel_impl = expand_per_request
+
+
 # ---- applying patches on import ----------------------------------------------------------
 
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.engine.arg_utils": _patch_arg_utils,
     "vllm.v1.worker.gpu_model_runner": _patch_model_runner,
     "vllm.v1.worker.gpu.model_runner": _patch_v2_model_runner,
+    "vllm.utils.cpu_triton_utils": _patch_cpu_triton_utils,
 }
 
 

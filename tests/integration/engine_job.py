@@ -9,6 +9,8 @@ The job names the target, the speculative config (or none), engine settings, pro
   drafts         every [B, K] draft the runner's drafter returned (record_drafts)
   cached_rows    the Sparrow draft cache after a prefill (inspect_after_prefill)
   sampled_outputs  one extra round at temperature 0.8 (sampled_round)
+  mixed_greedy_outputs  the greedy requests of a batch that interleaves greedy and T = 1
+                 requests (mixed_round)
 """
 
 from __future__ import annotations
@@ -173,6 +175,14 @@ def main(job_path: str, result_path: str) -> None:
         sampled = SamplingParams(temperature=0.8, max_tokens=16, ignore_eos=True)
         generated = llm.generate(prompts, sampled, use_tqdm=False)
         result["sampled_outputs"] = [list(g.outputs[0].token_ids) for g in generated]
+    if job.get("mixed_round"):
+        # greedy requests interleaved with sampled ones (T = 1) in one batch: the greedy
+        # ones must still give their greedy-only tokens
+        greedy = SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 24), ignore_eos=True)
+        hot = SamplingParams(temperature=1.0, max_tokens=job.get("max_tokens", 24), ignore_eos=True)
+        mixed = [p for prompt in prompts for p in (prompt, prompt)]
+        generated = llm.generate(mixed, [greedy, hot] * len(prompts), use_tqdm=False)
+        result["mixed_greedy_outputs"] = [list(g.outputs[0].token_ids) for g in generated[::2]]
     result["metrics"] = spec_metrics(llm)
     result["runner_info"] = llm.collective_rpc(_runner_info)[0]
     if job.get("record_drafts"):

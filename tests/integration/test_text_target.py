@@ -38,6 +38,7 @@ def sparrow_run(toy_models, runner, tmp_path_factory):
         "prompts": PROMPTS,
         "record_drafts": True,
         "sampled_round": True,
+        "mixed_round": True,
     }
     return run_engine_job(job, tmp_path_factory.mktemp("sparrow"), runner=runner)
 
@@ -49,6 +50,13 @@ def test_greedy_output_equals_target_alone(baseline, sparrow_run, runner):
     metrics = sparrow_run["metrics"]
     assert metrics["vllm:spec_decode_num_drafts"] > 0
     assert metrics["vllm:spec_decode_num_accepted_tokens"] > 0, metrics
+
+
+def test_greedy_requests_stay_exact_beside_sampled_ones(baseline, sparrow_run):
+    """Greedy requests interleaved with T = 1 requests in one batch give their greedy-only
+    tokens (on the CPU build this needs ledger entry 8: the rejection sampler's per-token
+    temperatures were garbage there, for greedy rows too)."""
+    assert sparrow_run["mixed_greedy_outputs"] == baseline["outputs"][0]
 
 
 def test_sampling_at_temperature_runs_through_the_rejection_sampler(sparrow_run):
@@ -73,13 +81,16 @@ def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, r
         "engine": HARD_SCHEDULING,
         "prompts": PROMPTS,
         "record_drafts": True,
+        "mixed_round": True,
     }
     eagle = run_engine_job(job, tmp_path, runner=runner)
     assert_ran_on(eagle, runner, sparrow=False)
+    # control: vLLM's own eagle keeps greedy rows of a mixed batch exact too
+    assert eagle["mixed_greedy_outputs"] == eagle["outputs"][0]
     # every greedy step of the run, chunked-prefill and preemption steps included
     steps = sparrow_run["greedy_draft_steps"]
     assert eagle["greedy_draft_steps"] == steps > 0
-    assert eagle["drafts"] == sparrow_run["drafts"][:steps]
+    assert eagle["drafts"][:steps] == sparrow_run["drafts"][:steps]
     assert eagle["outputs"] == sparrow_run["outputs"]
 
 

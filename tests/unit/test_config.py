@@ -142,3 +142,14 @@ def test_missing_files_name_the_fix(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(SparrowConfigError, match="not valid JSON"):
         read_draft_config(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.02])
+def test_truncated_weights_name_the_draft_and_the_fix(draft_dir, keep):
+    """Cut in the tensor data (whole header) or inside the header: both fail at the
+    start-up check, naming the file and the fix, not with safetensors' raw error."""
+    weights = draft_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: max(9, int(len(data) * keep))])
+    with pytest.raises(SparrowConfigError, match="model.safetensors is not a readable safetensors file.*Copy the draft again"):
+        check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=True)

@@ -1,0 +1,36 @@
+"""Ledger entry 8: the CPU build's rejection-sampler expansion writes the real output."""
+
+import subprocess
+import sys
+
+import torch
+
+from sparrow_vllm.serving.vllm_patches import expand_per_request
+
+
+def test_expand_per_request_matches_the_kernel_rule():
+    out = torch.full((14,), -9.0)
+    expand_per_request(out, torch.tensor([1.0, 0.5, 2.0]), torch.tensor([4, 8, 12], dtype=torch.int32), 0, 0)
+    assert out[:12].tolist() == [1.0] * 4 + [0.5] * 4 + [2.0] * 4
+    assert out[12:].tolist() == [-9.0, -9.0]  # past the last token: untouched
+    ints = torch.zeros(5, dtype=torch.int64)
+    expand_per_request(ints, torch.tensor([3, 0, 7]), torch.tensor([2, 3, 5]), 0, -1)
+    assert ints.tolist() == [3, 3, -1, 7, 7]
+
+
+def test_rejection_sampler_expansion_is_right_after_registration():
+    """In vLLM's own path: the plugin registered, then the CPU platform's kernel overrides
+    (as a worker does), then `expand_batch_to_tokens` with float temperatures."""
+    code = (
+        "from vllm.plugins import load_general_plugins\n"
+        "load_general_plugins()\n"
+        "import torch\n"
+        "from vllm.platforms import current_platform\n"
+        "current_platform.import_kernels(); current_platform.register_triton_kernel_overrides()\n"
+        "from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens\n"
+        "cu = torch.tensor([4, 8, 12], dtype=torch.int32)\n"
+        "print(expand_batch_to_tokens(torch.tensor([1.0, 0.5, 2.0]), cu, 12).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str([1.0] * 4 + [0.5] * 4 + [2.0] * 4)
