@@ -65,9 +65,11 @@ def test_sampling_at_temperature_runs_through_the_rejection_sampler(sparrow_run)
 
 def test_finished_requests_leave_the_draft_cache(sparrow_run):
     # vLLM tells the runner a request finished on the next step, so only requests of the
-    # last round (the sampled one, ids 6..11) may still hold rows; round one's are freed.
+    # last round (the mixed one: ids 12..23, after the greedy 0..5 and sampled 6..11) may
+    # still hold rows; the earlier rounds' are freed.
+    n = len(PROMPTS)
     left = {int(req_id.split("-")[0]) for req_id in sparrow_run["cached_rows_after"]}
-    assert left <= set(range(len(PROMPTS), 2 * len(PROMPTS)))
+    assert left <= set(range(2 * n, 4 * n))
 
 
 def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, runner, tmp_path):
