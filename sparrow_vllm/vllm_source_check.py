@@ -9,7 +9,7 @@ wheel's Python source, and the installed vLLM from its site-packages
 (`sparrow_vllm.vllm_source_roots`): tests/unit/test_vllm_contract.py does both.
 `validate_touch_points()` checks the list itself.
 
-`python -m sparrow_vllm.vllm_source_check ROOT` prints where each touch point lives in the
+`python scripts/check_vllm_contract.py ROOT` prints where each touch point lives in the
 vLLM source under ROOT (site-packages, or a directory holding an extracted `vllm/`) and the
 problems; `--vllm 0.33.0` checks that release's wheel (downloaded once, see
 `sparrow_vllm.vllm_source_roots.wheel_source`); no argument checks the installed vLLM.
@@ -17,15 +17,12 @@ problems; `--vllm 0.33.0` checks that release's wheel (downloaded once, see
 
 from __future__ import annotations
 
-import argparse
 import ast
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
 from sparrow_vllm.serving.vllm_contract import TOUCH_POINTS, Kind, Match, TouchPoint
-from sparrow_vllm.vllm_source_roots import installed_source, wheel_source
 
 _KINDS = get_args(Kind)
 _MATCHES = get_args(Match)
@@ -395,21 +392,3 @@ def validate_touch_points(touch_points: list[TouchPoint] | None = None) -> list[
             errors.append(f"{key}: listed twice")
         seen.add(key)
     return errors
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("root", nargs="?", type=Path, help="vLLM source root (default: installed)")
-    where.add_argument("--vllm", metavar="VERSION", help="check this release's wheel")
-    args = parser.parse_args(argv)
-    root = (wheel_source(args.vllm) if args.vllm else args.root) or installed_source()
-    print(f"vLLM source: {root}")
-    print("\n".join(describe(root)))
-    problems = validate_touch_points() + check_source(root)
-    print("\n".join(["", f"{len(problems)} problem(s)", *problems]))
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

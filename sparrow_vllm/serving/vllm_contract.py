@@ -6,7 +6,7 @@ This module is data only (no vLLM import, nothing parsed at import time).
 tree (parsed with `ast`, never imported): the installed vLLM, or a release the plugin has
 never run on (vLLM 0.33 has no CPU build) from its wheel's Python source;
 tests/unit/test_vllm_contract.py does both, and
-`python -m sparrow_vllm.vllm_source_check [ROOT | --vllm VERSION]` prints where each touch
+`python scripts/check_vllm_contract.py [ROOT | --vllm VERSION]` prints where each touch
 point lives and the problems.
 
 Adding a touch point: append one `TouchPoint` to `TOUCH_POINTS` (keep the group of its
