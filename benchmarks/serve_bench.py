@@ -61,13 +61,18 @@ def bench_method(args: argparse.Namespace, method: str, conversations: list[list
         model = client.models.list().data[0].id
         run_load(client, model, conversations[:1], args.max_tokens, 1, True)  # warm-up
         before = server.metrics()
-        results, wall = run_load(client, model, conversations, args.max_tokens, args.concurrency, True)
+        results, wall = run_load(client, model, conversations, args.max_tokens, args.concurrency, True,
+                                 args.temperature)
         counters = counter_delta(before, server.metrics())
     check_server_saw_videos([r.prompt_tokens for r in results], [args.visual_tokens] * len(results))
-    summary = {"method": method, **load_summary(results, wall)}
+    summary = {"method": method, "temperature": args.temperature, **load_summary(results, wall)}
     if method != "none":
         summary.update(acceptance(counters))
     return {"summary": summary, "texts": [r.text for r in results]}
+
+
+def _equal(flag: bool | None) -> str:
+    return "- (T > 0)" if flag is None else ("yes" if flag else "NO")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -78,7 +83,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['method']} | {r['requests']} | {r['concurrency']} | {r['prompt_tokens_mean']:.0f} "
                      f"| {r['output_tokens_per_s']:.1f} "
                      f"| {r['requests_per_s']:.2f} | {r['ttft_mean_s']:.2f} | {r['tpot_mean_ms']:.1f} | {acc} "
-                     f"| {'yes' if r['text_equal_to_none'] else 'NO'} |")
+                     f"| {_equal(r['text_equal_to_none'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +99,8 @@ def main() -> None:
     parser.add_argument("--question", default="describe")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (EOS ignored)")
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature (0: greedy, and texts are checked against no speculation)")
     parser.add_argument("--serve-args", default=None,
                         help=f"extra `vllm serve` arguments (default on CPU: {' '.join(CPU_SERVE_ARGS)})")
     parser.add_argument("--startup-timeout", type=float, default=600)
@@ -113,7 +120,7 @@ def main() -> None:
     rows = []
     for run in runs.values():
         rows.append({**run["summary"], "concurrency": args.concurrency, "visual_tokens": args.visual_tokens,
-                     "text_equal_to_none": run["texts"] == runs["none"]["texts"]})
+                     "text_equal_to_none": None if args.temperature > 0 else run["texts"] == runs["none"]["texts"]})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "serve_bench", "machine": describe_machine(),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

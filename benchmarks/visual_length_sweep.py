@@ -63,16 +63,18 @@ def _job(args: argparse.Namespace, method: str, requests: list[dict]) -> dict:
     warmup = {"seed": SCENE_SEED, "index": 1000, "frames": frames_for_visual_tokens(min(args.lengths)),
               "question": args.question}
     return {"target": str(args.target), "speculative_config": spec, "engine": engine,
-            "max_tokens": args.max_tokens, "ignore_eos": True, "warmup": warmup, "requests": requests}
+            "temperature": args.temperature, "max_tokens": args.max_tokens, "ignore_eos": True, "warmup": warmup, "requests": requests}
 
 
 def _draft_steps(run: dict, frames: int) -> list[float]:
     return [s for r in run["requests"] if r["frames"] == frames for s in r["draft_decode_s"]]
 
 
-def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] | None = None) -> list[dict]:
+def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] | None = None,
+              temperature: float = 0.0) -> list[dict]:
     """One row per (method, visual length) from the per-request records (and the
-    cold-cache drafter runs, when there are any)."""
+    cold-cache drafter runs, when there are any). Texts are compared with no speculation
+    only when greedy (at T > 0 equal texts are not expected: `text_equal_to_none` is None)."""
     rows = []
     for method, run in runs.items():
         for n in lengths:
@@ -87,8 +89,9 @@ def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] |
                 "prefill_s": prefill / len(mine), "decode_s": decode / len(mine),
                 "output_tokens_per_s": out_tokens / (prefill + decode),
                 "decode_tokens_per_s": out_tokens / decode,
-                "text_equal_to_none": all(a["output_token_ids"] == b["output_token_ids"]
-                                          for a, b in zip(mine, base, strict=True)),
+                "temperature": temperature,
+                "text_equal_to_none": None if temperature > 0 else all(
+                    a["output_token_ids"] == b["output_token_ids"] for a, b in zip(mine, base, strict=True)),
                 **speedups(base, mine),
             }
             if method != "none":
@@ -128,6 +131,10 @@ def targets(rows: list[dict]) -> dict:
     return out
 
 
+def _equal(flag: bool | None) -> str:
+    return "- (T > 0)" if flag is None else ("yes" if flag else "NO")
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| method | visual tokens | acceptance length | per-position acceptance | prefill s | decode s "
             "| draft ms/step (median) | draft ms/step, cold caches | DSR | ESR | out tok/s | text = none |")
@@ -139,7 +146,7 @@ def markdown(rows: list[dict]) -> str:
         cold = f"{r['draft_ms_per_step_cold_cache']:.2f}" if "draft_ms_per_step_cold_cache" in r else "-"
         lines.append(f"| {r['method']} | {r['visual_tokens']} | {acc} | {pos or '-'} | {r['prefill_s']:.2f} "
                      f"| {r['decode_s']:.2f} | {draft} | {cold} | {r['dsr']:.2f} | {r['esr']:.2f} "
-                     f"| {r['output_tokens_per_s']:.1f} | {'yes' if r['text_equal_to_none'] else 'NO'} |")
+                     f"| {r['output_tokens_per_s']:.1f} | {_equal(r['text_equal_to_none'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +193,8 @@ def main() -> None:
     parser.add_argument("--question", default="describe", help="toy-world question asked about every scene")
     parser.add_argument("--max-tokens", type=int, default=32, help="output tokens per request (EOS ignored)")
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature (0: greedy, and texts are checked against no speculation)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
                         help="allow CUDA graphs / torch.compile (GPUs)")
@@ -217,7 +226,7 @@ def main() -> None:
             job = {**_job(args, method, requests), "flush_cache_mb": args.cold_cache_mb}
             cold[method] = run_in_subprocess(job, Path(f"{args.out}-runs"), f"{method}-cold-cache")
             logger.info("method %s with cold caches done", method)
-    rows = summarise(runs, args.lengths, cold)
+    rows = summarise(runs, args.lengths, cold, args.temperature)
     result = {
         "benchmark": "visual_length_sweep", "machine": describe_machine(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

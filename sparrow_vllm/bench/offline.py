@@ -123,7 +123,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if spec:
         llm.collective_rpc(_install_drafter_timer, kwargs={"flush_mb": job.get("flush_cache_mb", 0)})
     tokenizer = llm.get_tokenizer()
-    params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=job.get("ignore_eos", True))
+    params = SamplingParams(temperature=job.get("temperature", 0.0), max_tokens=job["max_tokens"],
+                            ignore_eos=job.get("ignore_eos", True))
     if job.get("warmup"):
         timed_request(llm, "warmup", ToyQuestion(**job["warmup"]).offline_prompt(tokenizer), params, bool(spec))
     records = []

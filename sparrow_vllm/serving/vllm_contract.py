@@ -243,4 +243,10 @@ TOUCH_POINTS: list[TouchPoint] = [
        ("self", "num_tokens"), "prefix"),
     TP("vllm.v1.worker.gpu.model_states.default", "DefaultModelState.rope_state", "attribute",
        "the adapter finds the target's RopeState on the model state set_attn receives"),
+    # ---- vllm_patches.py 8 and 9: CPU build's sampling fixes --------------------------
+    TP("vllm.utils.cpu_triton_utils", "_expand_kernel_impl", "function",
+       "replaced by expand_per_request, which must take the same arguments",
+       ("output", "input_val", "cu_num_tokens", "replace_from", "replace_to", "MAX_NUM_TOKENS")),
+    TP("vllm.v1.sample.ops.topk_topp_sampler", "apply_top_k_only", "function",
+       "wrapped to return early on zero rows", ("logits", "k")),
 ]

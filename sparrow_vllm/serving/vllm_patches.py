@@ -75,6 +75,16 @@ Ledger (what / why / how / what upstream change removes it):
    gone: when vLLM's CPU override writes into the caller's output (upstream fix of
          vllm/utils/cpu_triton_utils.py `_expand_kernel_impl`).
 
+9. vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_only (used without Triton: CPU builds)
+   why:  with speculative decoding the V1 runner runs the rejection sampler on every step,
+         also on steps where no request has draft tokens (every request's first step);
+         it applies top-k to a [0, vocab] tensor of draft positions, and this function
+         calls `k.max()` on an empty tensor. Any request with `top_k` (and no `top_p`)
+         kills the engine ("max(): Expected reduction dim ...") for every speculative
+         method on the CPU build.
+   how:  return the logits unchanged when there are no rows; otherwise call the original.
+   gone: when vLLM's `apply_top_k_only` returns early on empty input.
+
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
 runners.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
@@ -259,6 +269,23 @@ def _patch_cpu_triton_utils(module: ModuleType) -> None:
     module._expand_kernel_impl = expand_per_request
 
 
+# ---- 9. CPU build: top-k on a step without draft tokens ---------------------------------
+
+
+def _patch_topk_topp_sampler(module: ModuleType) -> None:
+    original = module.apply_top_k_only
+
+    @functools.wraps(original)
+    def apply_top_k_only(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        # logits: [num_rows, vocab]; k: [num_rows]
+        if logits.shape[0] == 0:
+            return logits
+        return original(logits, k)
+
+    setattr(apply_top_k_only, _MARK, True)
+    module.apply_top_k_only = apply_top_k_only
+
+
 # ---- applying patches on import ----------------------------------------------------------
 
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
@@ -266,6 +293,7 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.v1.worker.gpu_model_runner": _patch_model_runner,
     "vllm.v1.worker.gpu.model_runner": _patch_v2_model_runner,
     "vllm.utils.cpu_triton_utils": _patch_cpu_triton_utils,
+    "vllm.v1.sample.ops.topk_topp_sampler": _patch_topk_topp_sampler,
 }
 
 
@@ -277,13 +305,25 @@ def _apply(name: str, module: ModuleType) -> None:
     logger.debug("sparrow-vllm patched %s", name)
 
 
+def _find_spec_after(finder: Any, fullname: str, path: Any, target: Any) -> Any:
+    """The spec the finders after `finder` on sys.meta_path give (so other import hooks,
+    e.g. a test environment's, still see the module)."""
+    finders = sys.meta_path[sys.meta_path.index(finder) + 1 :] if finder in sys.meta_path else []
+    for other in finders:
+        find = getattr(other, "find_spec", None)
+        spec = find(fullname, path, target) if find is not None else None
+        if spec is not None:
+            return spec
+    return importlib.machinery.PathFinder.find_spec(fullname, path)
+
+
 class _PatchOnImport(importlib.abc.MetaPathFinder):
     """Runs the patch for a module right after the module executes."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname not in _PATCHES:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        spec = _find_spec_after(self, fullname, path, target)
         if spec is None or spec.loader is None:
             return None
         exec_module = spec.loader.exec_module

@@ -11,6 +11,9 @@ The job names the target, the speculative config (or none), engine settings, pro
   sampled_outputs  one extra round at temperature 0.8 (sampled_round)
   mixed_greedy_outputs  the greedy requests of a batch that interleaves greedy and T = 1
                  requests (mixed_round)
+  distribution   per sampling setting, `samples` sampled outputs of one prompt in one
+                 batch, and the acceptance counters of that setting (distribution)
+  seeded_outputs the outputs of requests with per-request seeds, twice (seeded_round)
 """
 
 from __future__ import annotations
@@ -135,6 +138,30 @@ def inspect_after_prefill(llm, prompt: dict, params) -> dict:
     return rows
 
 
+def _counter(llm, name: str) -> float:
+    return spec_metrics(llm).get(name) or 0
+
+
+def sample_distribution(llm, prompt: dict, spec: dict) -> list[dict]:
+    """`spec["samples"]` draws of `prompt` in one batch for each of `spec["settings"]`
+    (SamplingParams fields), with the drafts and accepted tokens each setting cost."""
+    from vllm import SamplingParams
+
+    out = []
+    for setting in spec["settings"]:
+        drafts = _counter(llm, "vllm:spec_decode_num_drafts")
+        accepted = _counter(llm, "vllm:spec_decode_num_accepted_tokens")
+        params = SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True, **setting)
+        generated = llm.generate([prompt] * spec["samples"], params, use_tqdm=False)
+        out.append({
+            "setting": setting,
+            "outputs": [list(g.outputs[0].token_ids) for g in generated],
+            "drafts": _counter(llm, "vllm:spec_decode_num_drafts") - drafts,
+            "accepted": _counter(llm, "vllm:spec_decode_num_accepted_tokens") - accepted,
+        })
+    return out
+
+
 def main(job_path: str, result_path: str) -> None:
     from vllm import LLM, SamplingParams
 
@@ -144,7 +171,7 @@ def main(job_path: str, result_path: str) -> None:
         speculative_config=job.get("speculative_config"),
         dtype="float32",
         enforce_eager=True,
-        seed=0,
+        seed=job.get("seed", 0),
         disable_log_stats=False,
         gpu_memory_utilization=0.3,
         **job.get("engine", {}),
@@ -183,6 +210,17 @@ def main(job_path: str, result_path: str) -> None:
         mixed = [p for prompt in prompts for p in (prompt, prompt)]
         generated = llm.generate(mixed, [greedy, hot] * len(prompts), use_tqdm=False)
         result["mixed_greedy_outputs"] = [list(g.outputs[0].token_ids) for g in generated[::2]]
+    if job.get("distribution"):
+        spec = job["distribution"]
+        result["distribution"] = sample_distribution(llm, build_prompt(spec["prompt"], llm.get_tokenizer()), spec)
+    if job.get("seeded_round"):
+        # per-request seeds: the same request twice, in batches of different make-up, must
+        # give the same tokens
+        seeded = [SamplingParams(temperature=1.0, seed=100 + i, max_tokens=job.get("max_tokens", 24),
+                                 ignore_eos=True) for i in range(len(prompts))]
+        first = llm.generate(prompts, seeded, use_tqdm=False)
+        second = llm.generate(prompts[::-1], seeded[::-1], use_tqdm=False)[::-1]
+        result["seeded_outputs"] = [[list(g.outputs[0].token_ids) for g in run] for run in (first, second)]
     result["metrics"] = spec_metrics(llm)
     result["runner_info"] = llm.collective_rpc(_runner_info)[0]
     if job.get("record_drafts"):

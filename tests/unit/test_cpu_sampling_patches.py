@@ -1,4 +1,5 @@
-"""Ledger entry 8: the CPU build's rejection-sampler expansion writes the real output."""
+"""Ledger entries 8 and 9: the CPU build's rejection sampler gets right per-token values,
+and top-k on a step without draft tokens does not kill the engine."""
 
 import subprocess
 import sys
@@ -34,3 +35,22 @@ def test_rejection_sampler_expansion_is_right_after_registration():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str([1.0] * 4 + [0.5] * 4 + [2.0] * 4)
+
+
+def test_top_k_on_zero_draft_rows_after_registration():
+    """vLLM's PyTorch top-k (the CPU build's) on the rejection sampler's [0, vocab] draft
+    rows: the original raises in `k.max()`; patched, empty stays empty and other rows
+    are still masked."""
+    code = (
+        "from vllm.plugins import load_general_plugins\n"
+        "load_general_plugins()\n"
+        "import torch\n"
+        "from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch\n"
+        "empty = apply_top_k_top_p_pytorch(torch.zeros(0, 7), torch.zeros(0, dtype=torch.int64), None, True)\n"
+        "rows = apply_top_k_top_p_pytorch(torch.tensor([[1., 3., 2.], [5., 4., 6.]]), torch.tensor([1, 3]), None, True)\n"
+        "print(list(empty.shape), rows.tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    inf = float("-inf")
+    assert out.stdout.strip().splitlines()[-1] == str([0, 7]) + " " + str([[inf, 3.0, inf], [5.0, 4.0, 6.0]])
