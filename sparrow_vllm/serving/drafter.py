@@ -197,12 +197,8 @@ class TextAnchoredDrafter:
     ) -> None:
         """Write committed rows to their ring positions, the others to the trash slot."""
         cache = self.cache
-        n_commit = torch.zeros_like(rows.prefix_lens)
-        n_commit.scatter_add_(0, req, commit.long())
-        # absolute row = cached rows + rank among this request's committed rows
-        rank = torch.cumsum(commit.long(), 0) - 1 - _cumsum0(n_commit)[:-1][req]
-        slot = torch.where(commit, rows.slot_ids[req], cache.trash_slot)
-        ring = torch.where(commit, (rows.prefix_lens[req] + rank) % cache.capacity, 0)
+        slot, ring, n_commit = commit_targets(rows.slot_ids, rows.prefix_lens, req, commit,
+                                              cache.capacity, cache.trash_slot)
         for layer, (k_new, v_new) in enumerate(records):
             cache.k[layer, slot, ring] = k_new
             cache.v[layer, slot, ring] = v_new
@@ -262,6 +258,34 @@ class TextAnchoredDrafter:
             )
 
         return attend
+
+
+def commit_targets(
+    # [B] pool slot of each request
+    slot_ids: torch.Tensor,
+    # [B] rows each request committed before this write
+    prefix_lens: torch.Tensor,
+    # [R] request of each row
+    req: torch.Tensor,
+    # [R] bool, the row is committed (a request's committed rows in sequence order)
+    commit: torch.Tensor,
+    capacity: int,
+    trash_slot: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where one write stores each row: (slot [R], ring index [R], committed rows per
+    request [B]). Absolute row a of a request goes to ring index a % capacity. A request
+    that commits more rows than its ring holds keeps only its last `capacity` rows; the
+    earlier ones go to the trash slot like uncommitted rows, so no two rows of one write
+    land in the same cell of a real slot (an indexed store with duplicate indices leaves
+    the winner undefined on CUDA)."""
+    n_commit = torch.zeros_like(prefix_lens)
+    n_commit.scatter_add_(0, req, commit.long())
+    # absolute row = cached rows + rank among this request's committed rows
+    rank = torch.cumsum(commit.long(), 0) - 1 - _cumsum0(n_commit)[:-1][req]
+    stored = commit & (rank >= n_commit[req] - capacity)
+    slot = torch.where(stored, slot_ids[req], trash_slot)
+    ring = torch.where(stored, (prefix_lens[req] + rank) % capacity, 0)
+    return slot, ring, n_commit
 
 
 def _cumsum0(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
+from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter, commit_targets
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 from sparrow_vllm.training.attention import causal_text_attention
@@ -146,6 +146,27 @@ def test_window_keeps_cache_bounded():
     a = Sequence(60)
     _step(drafter, [("a", a, 0, 50, 50)])
     assert drafter.cached_rows()["a"]["seq"] == list(range(50 - drafter.cache.capacity, 50))
+
+
+def test_one_write_never_stores_two_rows_in_one_cell():
+    """A prefill chunk with more text rows than the ring holds: only the request's last
+    `capacity` committed rows go to its slot, each to its own cell (the rest to trash), so
+    the result does not depend on which duplicate write a backend keeps."""
+    capacity, trash = 8, 9
+    # request 0: 13 rows, two of them not committed (visual); request 1: 3 rows
+    commit = torch.tensor([True] * 5 + [False] * 2 + [True] * 6 + [True] * 3)
+    req = torch.tensor([0] * 13 + [1] * 3)
+    slot, ring, n_commit = commit_targets(torch.tensor([2, 5]), torch.tensor([5, 2]), req, commit,
+                                          capacity, trash)
+    assert n_commit.tolist() == [11, 3]
+    stored = slot != trash
+    cells = list(zip(slot[stored].tolist(), ring[stored].tolist(), strict=True))
+    assert len(cells) == len(set(cells)) == capacity + 3
+    # request 0 keeps its committed rows 3..10 (absolute rows 8..15), in ring order
+    rows_0 = torch.nonzero(commit[:13]).flatten()[3:]
+    assert torch.equal(torch.nonzero(stored[:13]).flatten(), rows_0)
+    assert ring[rows_0].tolist() == [a % capacity for a in range(5 + 3, 5 + 11)]
+    assert slot[13:].tolist() == [5, 5, 5] and ring[13:].tolist() == [2, 3, 4]
 
 
 def test_finished_request_frees_its_slot():
