@@ -15,6 +15,8 @@ token per request), so it draws fewer samples.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,13 @@ def null(runner, tmp_path_factory) -> list[dict]:
     return _sample(tmp_path_factory.mktemp(f"null-{runner}"), runner, SAMPLES[runner], seed=2)["distribution"]
 
 
+def _report(**fields) -> None:
+    """Append one comparison to $SPARROW_EXACTNESS_REPORT (JSON lines), when set."""
+    if os.environ.get("SPARROW_EXACTNESS_REPORT"):
+        with open(os.environ["SPARROW_EXACTNESS_REPORT"], "a") as f:
+            f.write(json.dumps(fields) + "\n")
+
+
 def _joint(outputs: list[list[int]]) -> list[tuple[int, ...]]:
     return [tuple(o[JOINT[0] : JOINT[1] + 1]) for o in outputs]
 
@@ -67,9 +76,11 @@ def test_null_control_is_quiet_and_sensitive(runner, reference, null):
     shift of MAX_DETECTABLE_SHIFT in total variation would be seen with 80% power."""
     for ref, run in zip(reference, null, strict=True):
         comparison = compare(run["outputs"], ref["outputs"], joint=JOINT)
-        assert not comparison.differs(ALPHA), (run["setting"], comparison.summary())
         tests = len(comparison.p_values)
         shift = detectable_shift(_joint(ref["outputs"]), (SAMPLES[runner], REFERENCE_SAMPLES), ALPHA / tests, trials=100)
+        _report(runner=runner, method="none (null)", setting=run["setting"], samples=len(run["outputs"]),
+                detectable_shift=shift, **comparison.summary())
+        assert not comparison.differs(ALPHA), (run["setting"], comparison.summary())
         assert shift <= MAX_DETECTABLE_SHIFT, (run["setting"], shift)
         assert comparison.categories[f"joint {JOINT[0]}-{JOINT[1]}"] >= 4, comparison.summary()
 
@@ -87,8 +98,10 @@ def test_speculation_keeps_the_target_distribution(runner, method, reference, nu
     for ref, run in zip(reference, result["distribution"], strict=True):
         # drafts are both accepted and rejected: acceptance length well above 1, below k + 1
         acceptance_length = 1 + run["accepted"] / run["drafts"]
-        assert 2.0 < acceptance_length < 4.9, (run["setting"], acceptance_length)
         comparison = compare(run["outputs"], ref["outputs"], joint=JOINT)
+        _report(runner=runner, method=method, setting=run["setting"], samples=len(run["outputs"]),
+                acceptance_length=acceptance_length, **comparison.summary())
+        assert 2.0 < acceptance_length < 4.9, (run["setting"], acceptance_length)
         assert not comparison.differs(ALPHA), (method, run["setting"], comparison.summary())
 
 
