@@ -47,7 +47,7 @@ def pooled_table(a: Counter, b: Counter, min_expected: float = MIN_EXPECTED) -> 
         expected = pooled.sum() * np.array([n_a, n_b]) / total
         if expected.min() >= min_expected or not kept:
             kept.append(pooled)
-        elif kept:
+        else:
             kept[-1] = kept[-1] + pooled
     return np.stack(kept, axis=1) if kept else np.zeros((2, 0))
 

@@ -19,22 +19,26 @@ def test_expand_per_request_matches_the_kernel_rule():
     assert ints.tolist() == [3, 3, -1, 7, 7]
 
 
+def _last_line_after_registration(code: str) -> str:
+    """Run `code` in a fresh interpreter after the plugin registered (as vLLM loads it);
+    return the last line it printed."""
+    setup = "from vllm.plugins import load_general_plugins\nload_general_plugins()\nimport torch\n"
+    out = subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_rejection_sampler_expansion_is_right_after_registration():
     """In vLLM's own path: the plugin registered, then the CPU platform's kernel overrides
     (as a worker does), then `expand_batch_to_tokens` with float temperatures."""
     code = (
-        "from vllm.plugins import load_general_plugins\n"
-        "load_general_plugins()\n"
-        "import torch\n"
         "from vllm.platforms import current_platform\n"
         "current_platform.import_kernels(); current_platform.register_triton_kernel_overrides()\n"
         "from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens\n"
         "cu = torch.tensor([4, 8, 12], dtype=torch.int32)\n"
         "print(expand_batch_to_tokens(torch.tensor([1.0, 0.5, 2.0]), cu, 12).tolist())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == str([1.0] * 4 + [0.5] * 4 + [2.0] * 4)
+    assert _last_line_after_registration(code) == str([1.0] * 4 + [0.5] * 4 + [2.0] * 4)
 
 
 def test_top_k_on_zero_draft_rows_after_registration():
@@ -42,15 +46,10 @@ def test_top_k_on_zero_draft_rows_after_registration():
     rows: the original raises in `k.max()`; patched, empty stays empty and other rows
     are still masked."""
     code = (
-        "from vllm.plugins import load_general_plugins\n"
-        "load_general_plugins()\n"
-        "import torch\n"
         "from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch\n"
         "empty = apply_top_k_top_p_pytorch(torch.zeros(0, 7), torch.zeros(0, dtype=torch.int64), None, True)\n"
         "rows = apply_top_k_top_p_pytorch(torch.tensor([[1., 3., 2.], [5., 4., 6.]]), torch.tensor([1, 3]), None, True)\n"
         "print(list(empty.shape), rows.tolist())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
     inf = float("-inf")
-    assert out.stdout.strip().splitlines()[-1] == str([0, 7]) + " " + str([[inf, 3.0, inf], [5.0, 4.0, 6.0]])
+    assert _last_line_after_registration(code) == f"{[0, 7]} {[[inf, 3.0, inf], [5.0, 4.0, 6.0]]}"
