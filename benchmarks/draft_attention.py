@@ -79,18 +79,21 @@ def _draft(args, device: torch.device, dtype: torch.dtype) -> SparrowDraftForCau
 
 def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
     """A drafter whose cache holds `rows` committed rows per request (random K/V)."""
-    k = args.spec_tokens
-    cache = TextKVCache(1, args.batch, rows + k + 1, args.kv_heads, args.head_dim, dtype, device)
+    k, block = args.spec_tokens, args.block_size
+    width = -(-(rows + 2 * k + 1 + args.reps * (k + 1)) // block) + 1
+    cache = TextKVCache(1, args.batch * width, block, args.batch, width, args.kv_heads,
+                        args.head_dim, dtype, device)
     cache.k.normal_()
     cache.v.normal_()
     drafter = TextAnchoredDrafter(
         model, cache, None, [VISUAL_TOKEN] if filter_visual else [], max_model_len=1 << 20
     )
     req_ids = [f"r{i}" for i in range(args.batch)]
-    for r in req_ids:
-        cache.prepare(r, 0, set(req_ids), [0] * (args.batch + 1))
-    # every request has seen its V + T prompt rows; `rows` of them are cached
+    slots = [cache.prepare(r, 0, set(req_ids), [0] * (args.batch + 1)) for r in req_ids]
+    # every request has seen its V + T prompt rows; `rows` of them are cached (in blocks)
+    cache.reserve(slots, [rows] * args.batch, k, set(req_ids))
     cache.lengths[: args.batch] = rows
+    cache.sync(slots, [rows] * args.batch)
     cache.next_seq[: args.batch] = args.visual_len_now + args.text_len
     return drafter, req_ids
 
@@ -129,16 +132,21 @@ def _step_seconds(args, drafter, req_ids, device, dtype) -> float:
 
 
 def _op_seconds(args, cache_rows: int, device, dtype) -> float:
-    b, hq, hk, d = args.batch, args.heads, args.kv_heads, args.head_dim
-    pool_k = torch.randn(b, cache_rows + 1, hk, d, device=device, dtype=dtype)
+    b, hq, hk, d, block = args.batch, args.heads, args.kv_heads, args.head_dim, args.block_size
+    width = -(-(cache_rows + 1) // block) + 1
+    pool_k = torch.randn(b * width, block, hk, d, device=device, dtype=dtype)
     pool_v = torch.randn_like(pool_k)
+    # each request's blocks scattered over the pool, as after many allocations
+    table = torch.randperm(b * width, device=device).view(b, width).to(torch.int32)
     q = torch.randn(b, hq, d, device=device, dtype=dtype)
     kn, vn = torch.randn(b, hk, d, device=device, dtype=dtype), torch.randn(b, hk, d, device=device, dtype=dtype)
     cu = torch.arange(b + 1, device=device)
     slots = torch.arange(b, device=device)
     prefix = torch.full((b,), cache_rows, device=device)
+    first = torch.zeros(b, dtype=torch.int64, device=device)
     return _median_seconds(
-        lambda: text_window_attention(q, kn, vn, cu, pool_k, pool_v, slots, prefix, max_new_rows=1),
+        lambda: text_window_attention(q, kn, vn, cu, pool_k, pool_v, table, slots, prefix, first,
+                                      max_new_rows=1),
         device, args.reps,
     )
 
@@ -236,6 +244,7 @@ def main() -> None:
     p.add_argument("--text-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--spec-tokens", type=int, default=4)
+    p.add_argument("--block-size", type=int, default=16, help="text rows per cache block")
     # Qwen2.5-VL-7B attention geometry; a smaller vocabulary keeps the CPU run short
     p.add_argument("--hidden", type=int, default=3584)
     p.add_argument("--intermediate", type=int, default=18944)

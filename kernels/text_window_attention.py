@@ -1,9 +1,10 @@
-"""Triton kernel: text-window attention of new draft rows over the slot-indexed KV pool.
+"""Triton kernel: text-window attention of new draft rows over the paged text-row cache.
 
 Same contract as `reference.py` beside it. One program handles BLOCK_M new rows of one
-request for one query head: it streams the request's cached rows from the pool (ring index
-a % C, only those inside the window of the block's rows) and then the new rows themselves
-(causal), with an fp32 online softmax. Inputs may be fp32, fp16 or bf16; scores and
+request for one query head: it streams the request's cached rows through its block table
+(absolute row a in block table[(a // S) % M] at offset a % S; only rows from first_rows[b]
+on and inside the window of the program's rows) and then the new rows themselves (causal),
+with an fp32 online softmax. Inputs may be fp32, fp16 or bf16; scores and
 accumulators are fp32. Head dims that are not powers of two are padded with masks.
 
 Grid: (batch, cdiv(max_new_rows, BLOCK_M), num_q_heads). `max_new_rows` is a host int the
@@ -41,12 +42,15 @@ def _attend_tile(
 
 @triton.jit
 def _text_window_attention_kernel(
-    q_ptr, k_new_ptr, v_new_ptr, cu_ptr, k_pool_ptr, v_pool_ptr, slot_ptr, prefix_ptr, out_ptr,
+    q_ptr, k_new_ptr, v_new_ptr, cu_ptr, k_pool_ptr, v_pool_ptr, table_ptr, slot_ptr, prefix_ptr,
+    first_ptr, out_ptr,
     stride_qt, stride_qh,
     stride_kt, stride_kh,
-    stride_ps, stride_pc, stride_ph,
+    stride_pb, stride_pr, stride_ph,
+    stride_ts,
     stride_ot, stride_oh,
-    capacity, window, scale,
+    table_width, window, scale,
+    BLOCK_SIZE: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -65,6 +69,7 @@ def _text_window_attention_kernel(
         return
     slot = tl.load(slot_ptr + b).to(tl.int64)
     prefix = tl.load(prefix_ptr + b)
+    first = tl.load(first_ptr + b)
 
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -78,20 +83,22 @@ def _text_window_attention_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
-    # 1. cached rows [lo, prefix): only those the block's first row can see
-    lo = tl.maximum(prefix - capacity, 0)
+    # 1. cached rows [lo, prefix): only those still cached that the block's first row sees
+    lo = tl.maximum(first, 0)
     if HAS_WINDOW:
         lo = tl.maximum(lo, prefix + m_block * BLOCK_M - window + 1)
-    pool_k = k_pool_ptr + slot * stride_ps + kv_head * stride_ph
-    pool_v = v_pool_ptr + slot * stride_ps + kv_head * stride_ph
+    table = table_ptr + slot * stride_ts
+    pool_k = k_pool_ptr + kv_head * stride_ph
+    pool_v = v_pool_ptr + kv_head * stride_ph
     for n0 in range(lo, prefix, BLOCK_N):
         key_pos = n0 + tl.arange(0, BLOCK_N)
         key_ok = key_pos < prefix
-        ring = key_pos % capacity
+        block = tl.load(table + (key_pos // BLOCK_SIZE) % table_width, mask=key_ok, other=0)
+        cell = block.to(tl.int64) * stride_pb + (key_pos % BLOCK_SIZE) * stride_pr
         acc, m_i, l_i = _attend_tile(
             q, acc, m_i, l_i,
-            pool_k + ring[:, None] * stride_pc + offs_d[None, :],
-            pool_v + ring[:, None] * stride_pc + offs_d[None, :],
+            pool_k + cell[:, None] + offs_d[None, :],
+            pool_v + cell[:, None] + offs_d[None, :],
             key_pos, q_pos, key_ok, window, scale, HAS_WINDOW, d_mask,
         )
 
@@ -124,14 +131,18 @@ def text_window_attention_triton(
     v_new: torch.Tensor,
     # [B + 1] int
     cu_seqlens: torch.Tensor,
-    # [S, C, Hkv, D]
+    # [num_blocks, S, Hkv, D]
     k_pool: torch.Tensor,
-    # [S, C, Hkv, D]
+    # [num_blocks, S, Hkv, D]
     v_pool: torch.Tensor,
+    # [num_slots, M] int
+    block_table: torch.Tensor,
     # [B] int
     slot_ids: torch.Tensor,
     # [B] int
     prefix_lens: torch.Tensor,
+    # [B] int
+    first_rows: torch.Tensor,
     window: int | None,
     scale: float,
     max_new_rows: int,
@@ -145,12 +156,15 @@ def text_window_attention_triton(
     block_n = 64 if head_dim <= 64 else 32
     grid = (batch, triton.cdiv(max_new_rows, block_m), num_heads)
     _text_window_attention_kernel[grid](
-        q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, out,
+        q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
+        first_rows, out,
         q.stride(0), q.stride(1),
         k_new.stride(0), k_new.stride(1),
         k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
+        block_table.stride(0),
         out.stride(0), out.stride(1),
-        k_pool.shape[1], window if window is not None else 0, scale,
+        block_table.shape[1], window if window is not None else 0, scale,
+        BLOCK_SIZE=k_pool.shape[1],
         GROUP=num_heads // k_new.shape[1],
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,

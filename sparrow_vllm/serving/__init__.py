@@ -7,10 +7,11 @@
     v1_proposer.py     adapter for the V1 runner (vllm/v1/worker/gpu_model_runner.py)
     v2_speculator.py   adapter for Model Runner V2 (vllm/v1/worker/gpu/)
     drafter.py         TextAnchoredDrafter: the one drafting implementation both adapters call
-    text_kv_cache.py   TextKVCache: the draft's own cache of text rows
+    text_kv_cache.py   TextKVCache: the draft's own paged cache of text rows
     attention.py       text-window attention, the op (backend choice)
     ../../kernels/     its PyTorch reference and Triton kernel (sparrow_vllm.kernels)
 
 Support modules: vllm_draft.py (the draft as a vLLM model), target_adapter.py (what the
-draft needs from a target family).
+draft needs from a target family), draft_loading.py (start-up: checks, cache sizing),
+serving_options.py (Sparrow's keys in --speculative-config).
 """

@@ -1,4 +1,4 @@
-"""The draft's one public attention op: text-window attention over the slot-indexed pool.
+"""The draft's one public attention op: text-window attention over the paged text-row cache.
 
 Backends:
   "triton"     kernels/text_window_attention.py; the default on CUDA. On CPU it runs only
@@ -71,8 +71,10 @@ def _validate(
     cu_seqlens: torch.Tensor,
     k_pool: torch.Tensor,
     v_pool: torch.Tensor,
+    block_table: torch.Tensor,
     slot_ids: torch.Tensor,
     prefix_lens: torch.Tensor,
+    first_rows: torch.Tensor,
     window: int | None,
 ) -> None:
     if q.dim() != 3 or k_new.dim() != 3 or k_new.shape != v_new.shape:
@@ -91,7 +93,8 @@ def _validate(
         )
     if k_pool.dim() != 4 or k_pool.shape != v_pool.shape or k_pool.shape[2:] != k_new.shape[1:]:
         raise ValueError(
-            "k_pool / v_pool must be [S, C, Hkv, D] matching k_new's heads and head_dim; got "
+            "k_pool / v_pool must be [num_blocks, S, Hkv, D] matching k_new's heads and "
+            "head_dim; got "
             f"{tuple(k_pool.shape)}, {tuple(v_pool.shape)}"
         )
     dtypes = {q.dtype, k_new.dtype, v_new.dtype, k_pool.dtype, v_pool.dtype}
@@ -100,21 +103,29 @@ def _validate(
             f"q, k_new, v_new and the pools must share one dtype among {_SUPPORTED_DTYPES}; "
             f"got {sorted(map(str, dtypes))}: cast them first"
         )
-    for name, index in (("cu_seqlens", cu_seqlens), ("slot_ids", slot_ids), ("prefix_lens", prefix_lens)):
+    indices = {"cu_seqlens": cu_seqlens, "block_table": block_table, "slot_ids": slot_ids,
+               "prefix_lens": prefix_lens, "first_rows": first_rows}
+    for name, index in indices.items():
         if index.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be int32 or int64, got {index.dtype}")
-    if len({t.device for t in (q, k_new, v_new, k_pool, v_pool, cu_seqlens, slot_ids, prefix_lens)}) != 1:
+    if len({t.device for t in (q, k_new, v_new, k_pool, v_pool, *indices.values())}) != 1:
         raise ValueError("all tensors must be on one device; move them first")
+    if block_table.dim() != 2 or block_table.stride(-1) != 1:
+        raise ValueError(
+            f"block_table must be [num_slots, M] with contiguous rows; got "
+            f"{tuple(block_table.shape)} with strides {block_table.stride()}"
+        )
     if any(t.stride(-1) != 1 for t in (q, k_new, v_new, k_pool, v_pool)):
         raise ValueError("the last (head_dim) dimension of every tensor must be contiguous; "
                          "call .contiguous() first")
     if k_new.stride() != v_new.stride() or k_pool.stride() != v_pool.stride():
         raise ValueError("k and v tensors must share strides (allocate them alike)")
     batch = slot_ids.shape[0]
-    if cu_seqlens.shape != (batch + 1,) or prefix_lens.shape != (batch,):
+    if cu_seqlens.shape != (batch + 1,) or prefix_lens.shape != (batch,) or first_rows.shape != (batch,):
         raise ValueError(
-            f"cu_seqlens must be [B + 1] and prefix_lens [B] for B = {batch} slots; got "
-            f"{tuple(cu_seqlens.shape)} and {tuple(prefix_lens.shape)}"
+            f"cu_seqlens must be [B + 1], prefix_lens and first_rows [B] for B = {batch} "
+            f"slots; got {tuple(cu_seqlens.shape)}, {tuple(prefix_lens.shape)} and "
+            f"{tuple(first_rows.shape)}"
         )
     if window is not None and window < 1:
         raise ValueError(f"window must be None or >= 1, got {window}")
@@ -129,14 +140,18 @@ def text_window_attention(
     v_new: torch.Tensor,
     # [B + 1] int, new rows of request b are cu_seqlens[b]:cu_seqlens[b + 1]
     cu_seqlens: torch.Tensor,
-    # [S, C, Hkv, D] key pool (absolute row a of a slot lives at a % C)
+    # [num_blocks, S, Hkv, D] key blocks (S rows each)
     k_pool: torch.Tensor,
-    # [S, C, Hkv, D] value pool
+    # [num_blocks, S, Hkv, D] value blocks
     v_pool: torch.Tensor,
-    # [B] int, pool slot per request
+    # [num_slots, M] int, absolute row a of slot s lives in block block_table[s, (a // S) % M]
+    block_table: torch.Tensor,
+    # [B] int, table row (slot) per request
     slot_ids: torch.Tensor,
-    # [B] int, rows already in the pool per request
+    # [B] int, committed rows per request (absolute count)
     prefix_lens: torch.Tensor,
+    # [B] int, first absolute row still cached per request (older ones were dropped)
+    first_rows: torch.Tensor,
     window: int | None = None,
     scale: float | None = None,
     backend: str | None = None,
@@ -147,7 +162,8 @@ def text_window_attention(
     `max_new_rows` (a host int, any upper bound of the rows per request) lets the Triton
     path launch without reading `cu_seqlens` back from the device.
     """
-    _validate(q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window)
+    _validate(q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
+              first_rows, window)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     chosen = select_backend(q.device, backend)
     _calls[chosen] += 1
@@ -157,9 +173,10 @@ def text_window_attention(
         if max_new_rows is None:
             max_new_rows = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if len(slot_ids) else 0
         return text_window_attention_triton(
-            q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window, scale,
-            max_new_rows,
+            q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
+            first_rows, window, scale, max_new_rows,
         )
     return text_window_attention_reference(
-        q, k_new, v_new, cu_seqlens, k_pool, v_pool, slot_ids, prefix_lens, window, scale
+        q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
+        first_rows, window, scale,
     )

@@ -1,29 +1,142 @@
 """Building the drafter from a checkpoint: what both runner adapters share at start-up.
 
 `SparrowDraftSetup` validates the draft against the target (so a mismatch fails when the
-server starts), sizes the TextKVCache and builds the TextAnchoredDrafter. The adapters only
-pass in what their runner knows.
+server starts), sizes the TextKVCache from the text-row budget and builds the
+TextAnchoredDrafter. The adapters only pass in what their runner knows.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import torch
 
 from sparrow_vllm.checkpoint import DraftCheckpoint, check_draft_for_target
 from sparrow_vllm.config import SparrowConfigError
 from sparrow_vllm.serving.drafter import TextAnchoredDrafter
+from sparrow_vllm.serving.serving_options import DEFAULT_FREE_MEMORY_FRACTION, SparrowServingOptions
 from sparrow_vllm.serving.target_adapter import language_model_of, visual_placeholder_ids
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 logger = logging.getLogger(__name__)
 
-CACHE_LIMIT_ENV = "SPARROW_DRAFT_CACHE_MAX_GIB"
-DEFAULT_CACHE_MAX_GIB = 4.0
+# an explicit budget may take at most this share of the free device memory
+MAX_BUDGET_FREE_FRACTION = 0.5
+_BOOKKEEPING_BYTES_PER_ROW = 16  # row_seq and row_token (int64 each)
+
+
+@dataclass(frozen=True)
+class TextCachePlan:
+    """How the draft cache of one engine is laid out, and why."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    block_size: int
+    num_blocks: int
+    num_slots: int
+    table_width: int
+    # blocks one request needs for a decode step (its rows and the draft chain)
+    min_blocks_per_request: int
+    # blocks every running sequence at full context (or full window) would need
+    full_need_blocks: int
+    budget_source: str
+
+    @property
+    def text_rows(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def nbytes(self) -> int:
+        kv = TextKVCache.nbytes_for(self.num_layers, self.num_blocks, self.block_size,
+                                    self.num_kv_heads, self.head_dim, self.dtype)
+        bookkeeping = (self.num_blocks + 1) * self.block_size * _BOOKKEEPING_BYTES_PER_ROW
+        return kv + bookkeeping + (self.num_slots + 1) * (self.table_width * 4 + 24)
+
+    def describe(self) -> str:
+        return (
+            f"{self.num_blocks} blocks x {self.block_size} text rows = {self.text_rows} rows "
+            f"({self.nbytes / 2**20:.1f} MiB; {self.budget_source}), {self.num_slots} request "
+            f"slots, up to {self.table_width * self.block_size} rows per request"
+        )
+
+
+def row_bytes(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Bytes of one cached text row (K and V of every draft layer, plus bookkeeping)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * num_layers * num_kv_heads * head_dim * elem + _BOOKKEEPING_BYTES_PER_ROW
+
+
+def plan_text_cache(
+    *,
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    window: int | None,
+    num_speculative_tokens: int,
+    max_model_len: int,
+    max_num_seqs: int,
+    options: SparrowServingOptions,
+    free_bytes: int,
+) -> TextCachePlan:
+    """Size the draft cache from the text-row budget (explicit, or a share of
+    `free_bytes`), never from max_model_len x max_num_seqs alone."""
+    block = options.text_block_size
+    k = num_speculative_tokens
+    # a request's rows live in a window (or its context) plus one step's rows and chain
+    per_request = (window if window is not None else max_model_len) + 2 * k + 1
+    table_width = -(-per_request // block) + 1
+    min_blocks = -(-(2 * k + 1) // block) + 1
+    floor_blocks = max_num_seqs * min_blocks
+    full_need = max_num_seqs * table_width
+    per_block = block * row_bytes(num_layers, num_kv_heads, head_dim, dtype)
+    if options.text_row_budget is not None:
+        blocks = -(-options.text_row_budget // block)
+        source = f"text_row_budget={options.text_row_budget}"
+        if blocks < floor_blocks:
+            raise SparrowConfigError(
+                f"text_row_budget={options.text_row_budget} is below the {floor_blocks * block} "
+                f"text rows the draft cache needs so that each of max_num_seqs={max_num_seqs} "
+                f"requests can draft ({min_blocks} blocks of {block} rows each for "
+                f"num_speculative_tokens={k}); raise text_row_budget in --speculative-config "
+                "or lower --max-num-seqs"
+            )
+        if blocks * per_block > MAX_BUDGET_FREE_FRACTION * free_bytes:
+            raise SparrowConfigError(
+                f"text_row_budget={options.text_row_budget} needs "
+                f"{blocks * per_block / 2**30:.2f} GiB, more than "
+                f"{MAX_BUDGET_FREE_FRACTION:.0%} of the {free_bytes / 2**30:.2f} GiB free on the "
+                "device; lower text_row_budget in --speculative-config (or leave it out for a "
+                "default sized from free memory)"
+            )
+    else:
+        share = int(DEFAULT_FREE_MEMORY_FRACTION * free_bytes) // per_block
+        blocks = min(full_need, max(floor_blocks, share))
+        source = (
+            f"default: {DEFAULT_FREE_MEMORY_FRACTION:.0%} of {free_bytes / 2**30:.1f} GiB free"
+            + (", capped at every sequence's full context" if blocks == full_need else "")
+            + (", raised to the per-sequence minimum" if blocks == floor_blocks > share else "")
+        )
+    return TextCachePlan(
+        num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
+        block_size=block, num_blocks=blocks,
+        num_slots=2 * max_num_seqs,  # paused (preempted) requests keep their rows
+        table_width=table_width, min_blocks_per_request=min_blocks,
+        full_need_blocks=full_need, budget_source=source,
+    )
+
+
+def free_device_memory(device: torch.device) -> int:
+    """Bytes free on `device` now (host memory available for a CPU engine)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
 
 
 class SparrowDraftSetup:
@@ -35,6 +148,7 @@ class SparrowDraftSetup:
         self.checkpoint: DraftCheckpoint = check_draft_for_target(
             spec.draft_model_config.model, self.target_config, target_supports_aux_hidden_states=True
         )
+        self.options = SparrowServingOptions.of(spec)
         self.num_speculative_tokens: int = spec.num_speculative_tokens
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.max_num_seqs: int = vllm_config.scheduler_config.max_num_seqs
@@ -58,23 +172,22 @@ class SparrowDraftSetup:
             self.max_model_len,
         )
 
-    def _allocate_cache(self, dtype: torch.dtype, device: torch.device) -> TextKVCache:
-        layers, window = self.checkpoint.layers, self.checkpoint.sparrow.window
-        rows = window if window is not None else self.max_model_len
-        capacity = rows + self.num_speculative_tokens + 1
-        slots = 2 * self.max_num_seqs  # paused (preempted) requests keep their rows
-        shape = (layers.num_hidden_layers, slots, capacity, layers.num_key_value_heads, layers.head_dim)
-        nbytes = TextKVCache.nbytes_for(*shape, dtype)
-        limit = float(os.environ.get(CACHE_LIMIT_ENV, DEFAULT_CACHE_MAX_GIB))
-        if nbytes > limit * 2**30:
-            raise SparrowConfigError(
-                f"The Sparrow draft cache would take {nbytes / 2**30:.2f} GiB ({slots} slots "
-                f"x {capacity} text rows) > {CACHE_LIMIT_ENV}={limit}. Use a draft with a text "
-                f"window (--window), lower --max-num-seqs or --max-model-len, or raise "
-                f"{CACHE_LIMIT_ENV}."
-            )
-        logger.info(
-            "Sparrow draft cache: %d slots x %d text rows, %.1f MiB, window=%s",
-            slots, capacity, nbytes / 2**20, window,
+    def plan(self, dtype: torch.dtype, device: torch.device) -> TextCachePlan:
+        layers = self.checkpoint.layers
+        return plan_text_cache(
+            num_layers=layers.num_hidden_layers, num_kv_heads=layers.num_key_value_heads,
+            head_dim=layers.head_dim, dtype=dtype, window=self.checkpoint.sparrow.window,
+            num_speculative_tokens=self.num_speculative_tokens,
+            max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
+            options=self.options, free_bytes=free_device_memory(device),
         )
-        return TextKVCache(*shape, dtype, device)
+
+    def _allocate_cache(self, dtype: torch.dtype, device: torch.device) -> TextKVCache:
+        plan = self.plan(dtype, device)
+        logger.info("Sparrow draft cache: %s, window=%s", plan.describe(), self.checkpoint.sparrow.window)
+        layers = self.checkpoint.layers
+        return TextKVCache(
+            plan.num_layers, plan.num_blocks, plan.block_size, plan.num_slots, plan.table_width,
+            layers.num_key_value_heads, layers.head_dim, dtype, device,
+            window=self.checkpoint.sparrow.window,
+        )

@@ -5,7 +5,8 @@ One step, for the rows the target verified (EAGLE pairing, row i = (x_{i+1}, h_i
      sample row (its last valid row, which carries the next token);
   2. run the draft on them, attending over the request's cached text rows (only the last
      W with a window) and causally among themselves;
-  3. commit the text rows' K/V to the TextKVCache (visual rows never enter it);
+  3. commit the text rows' K/V to the paged TextKVCache (visual rows never enter it; the
+     host backs the rows with blocks before the write, from host-known bounds);
   4. draft a chain of K tokens from the sample rows; chain rows are scratch.
 """
 
@@ -81,6 +82,7 @@ class TextAnchoredDrafter:
         self.max_model_len = max_model_len
         self.steps = 0  # drafting steps run (engine tests read it to see which path ran)
         self._last_batch: tuple[str, ...] | None = None
+        self._last_slot_list: list[int] = []
         self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
 
     def step(
@@ -116,11 +118,18 @@ class TextAnchoredDrafter:
         counts.scatter_add_(0, row_req, keep.long())
 
         if inputs.max_query_len <= num_tokens + 1:
-            # decode: all rows, kept ones first (grouped by request), no host sync
+            # decode: all rows, kept ones first (grouped by request), no host sync; each
+            # request commits at most max_query_len rows
             order = torch.argsort((~keep).long() * batch + row_req, stable=True)
+            new_rows = [inputs.max_query_len] * batch
         else:
-            # prefill chunk: only the kept rows (visual rows cost nothing further)
+            # prefill chunk: only the kept rows (visual rows cost nothing further); this
+            # synchronises anyway, so read the exact row counts with it
             order = torch.nonzero(keep).squeeze(1)
+            lengths, new_rows = torch.stack((self.cache.lengths[slots], counts)).tolist()
+            self.cache.sync(self._last_slot_list, lengths)
+        self.cache.reserve(self._last_slot_list, new_rows, max(num_tokens - 1, 0),
+                           set(inputs.req_ids))
         rows = _NewRows(_cumsum0(counts), slots, self.cache.lengths[slots], inputs.max_query_len)
         records: list[tuple[torch.Tensor, torch.Tensor]] = []
         out = self.model(
@@ -133,6 +142,7 @@ class TextAnchoredDrafter:
         row_seq = inputs.seq_start[row_req] + local
         self._commit(records, rows, row_req[order], commit, row_seq[order], input_ids[order])
         self.cache.next_seq[slots] = inputs.seq_start + inputs.num_valid
+        self.cache.after_write()
 
         if num_tokens == 0:  # e.g. vLLM's dynamic speculation chose K = 0 this step
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
@@ -179,6 +189,7 @@ class TextAnchoredDrafter:
         starts = inputs.seq_start.tolist()
         slots = [self.cache.prepare(r, s, active, next_seq) for r, s in zip(key, starts, strict=True)]
         self._last_batch = key
+        self._last_slot_list = slots
         self._last_slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
         return self._last_slots
 
@@ -195,15 +206,17 @@ class TextAnchoredDrafter:
         # [R] input token of each row
         tokens: torch.Tensor,
     ) -> None:
-        """Write committed rows to their ring positions, the others to the trash slot."""
+        """Write committed rows to their cells, the others to the trash block."""
         cache = self.cache
-        slot, ring, n_commit = commit_targets(rows.slot_ids, rows.prefix_lens, req, commit,
-                                              cache.capacity, cache.trash_slot)
+        block, offset, n_commit = commit_targets(
+            cache.block_table, rows.slot_ids, rows.prefix_lens, cache.first_row[rows.slot_ids],
+            req, commit, cache.block_size, cache.trash_block,
+        )
         for layer, (k_new, v_new) in enumerate(records):
-            cache.k[layer, slot, ring] = k_new
-            cache.v[layer, slot, ring] = v_new
-        cache.row_seq[slot, ring] = seq
-        cache.row_token[slot, ring] = tokens
+            cache.k[layer, block, offset] = k_new
+            cache.v[layer, block, offset] = v_new
+        cache.row_seq[block, offset] = seq
+        cache.row_token[block, offset] = tokens
         cache.lengths.scatter_add_(0, rows.slot_ids, n_commit)
 
     def _draft_chain(
@@ -231,10 +244,12 @@ class TextAnchoredDrafter:
                 torch.clamp(pos + step, max=self.max_model_len - 1),
                 self._attend_fn(rows, records),
             )
-            ring = rows.prefix_lens % self.cache.capacity
+            block, offset = scratch_cells(self.cache.block_table, slots, rows.prefix_lens,
+                                          self.cache.first_row[slots], self.cache.block_size,
+                                          self.cache.trash_block)
             for layer, (k_new, v_new) in enumerate(records):
-                self.cache.k[layer, slots, ring] = k_new
-                self.cache.v[layer, slots, ring] = v_new
+                self.cache.k[layer, block, offset] = k_new
+                self.cache.v[layer, block, offset] = v_new
             tokens, probs = sample(hidden)
             drafted.append(tokens)
             drafted_probs.append(probs)
@@ -254,38 +269,71 @@ class TextAnchoredDrafter:
                 record.append((k, v))
             return text_window_attention(
                 q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
-                rows.slot_ids, rows.prefix_lens, window=window, max_new_rows=rows.max_rows,
+                cache.block_table, rows.slot_ids, rows.prefix_lens, cache.first_row[rows.slot_ids],
+                window=window, max_new_rows=rows.max_rows,
             )
 
         return attend
 
 
 def commit_targets(
-    # [B] pool slot of each request
+    # [num_slots + 1, M] physical block of each table column
+    block_table: torch.Tensor,
+    # [B] table row (slot) of each request
     slot_ids: torch.Tensor,
     # [B] rows each request committed before this write
     prefix_lens: torch.Tensor,
+    # [B] first absolute row each request still caches (after this step's allocation)
+    first_rows: torch.Tensor,
     # [R] request of each row
     req: torch.Tensor,
     # [R] bool, the row is committed (a request's committed rows in sequence order)
     commit: torch.Tensor,
-    capacity: int,
-    trash_slot: int,
+    block_size: int,
+    trash_block: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where one write stores each row: (slot [R], ring index [R], committed rows per
-    request [B]). Absolute row a of a request goes to ring index a % capacity. A request
-    that commits more rows than its ring holds keeps only its last `capacity` rows; the
-    earlier ones go to the trash slot like uncommitted rows, so no two rows of one write
-    land in the same cell of a real slot (an indexed store with duplicate indices leaves
-    the winner undefined on CUDA)."""
+    """Where one write stores each row: (block [R], offset [R], committed rows per
+    request [B]). The k-th committed row of request b this step is absolute row
+    prefix_lens[b] + k. Rows below the request's first cached row (given up when blocks ran
+    out) go to the trash block like uncommitted rows. The allocator backs every row from
+    first_rows[b] up with a distinct block and spans fewer than M columns, so no two rows
+    of one write land in the same cell of a real block (an indexed store with duplicate
+    indices leaves the winner undefined on CUDA)."""
     n_commit = torch.zeros_like(prefix_lens)
     n_commit.scatter_add_(0, req, commit.long())
     # absolute row = cached rows + rank among this request's committed rows
     rank = torch.cumsum(commit.long(), 0) - 1 - _cumsum0(n_commit)[:-1][req]
-    stored = commit & (rank >= n_commit[req] - capacity)
-    slot = torch.where(stored, slot_ids[req], trash_slot)
-    ring = torch.where(stored, (prefix_lens[req] + rank) % capacity, 0)
-    return slot, ring, n_commit
+    row = prefix_lens[req] + rank
+    stored = commit & (row >= first_rows[req])
+    block, offset = _cells(block_table, slot_ids[req], row, stored, block_size, trash_block)
+    return block, offset, n_commit
+
+
+def scratch_cells(
+    # [num_slots + 1, M]
+    block_table: torch.Tensor,
+    # [B] slot of each request
+    slot_ids: torch.Tensor,
+    # [B] absolute row of each request's scratch row
+    rows: torch.Tensor,
+    # [B] first cached row of each request
+    first_rows: torch.Tensor,
+    block_size: int,
+    trash_block: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([B] block, [B] offset)
+    """Cells of one draft-chain row per request (trash for rows given up)."""
+    return _cells(block_table, slot_ids, rows, rows >= first_rows, block_size, trash_block)
+
+
+def _cells(
+    block_table: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, stored: torch.Tensor,
+    block_size: int, trash_block: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block, offset) of absolute `rows` of `slots`; (trash_block, 0) where not `stored`."""
+    rows = rows.clamp(min=0)
+    block = block_table[slots, (rows // block_size) % block_table.shape[1]].long()
+    block = torch.where(stored, block, trash_block)
+    return block, torch.where(stored, rows % block_size, 0)
 
 
 def _cumsum0(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ Ledger (what / why / how / what upstream change removes it):
 1. EngineArgs.create_speculative_config (vllm/engine/arg_utils.py)
    why:  SpeculativeConfig.method is a closed Literal; "sparrow" is rejected.
    how:  for method "sparrow", validate the draft against the target (so a bad draft fails
-         at start-up, before any worker), then build the config as method "eagle". The
+         at start-up, before any worker), take Sparrow's own keys (serving_options.py:
+         text_row_budget, text_block_size) out of the dict, then build the config as
+         method "eagle" and attach the options to it as `sparrow_options`. The
          draft's architecture (SparrowDraftForCausalLM, renamed EagleSparrowDraftForCausalLM
          by EAGLEConfig) marks it as Sparrow in every process.
    gone: when vLLM accepts plugin-registered speculative methods.
@@ -152,8 +154,17 @@ def _patch_arg_utils(module: ModuleType) -> None:
                 target_model_config.hf_config,
                 _target_supports_aux_hidden_states(target_model_config),
             )
-            self.speculative_config = {**spec, "method": "eagle"}
+            from sparrow_vllm.serving.serving_options import OPTIONS_ATTRIBUTE, SparrowServingOptions
+
+            rest, options = SparrowServingOptions.pop_from(spec)
+            self.speculative_config = {**rest, "method": "eagle"}
             logger.info("Sparrow speculative decoding with draft %s", spec["model"])
+            try:
+                created = original(self, target_model_config, target_parallel_config)
+            finally:
+                self.speculative_config = spec
+            setattr(created, OPTIONS_ATTRIBUTE, options)
+            return created
         return original(self, target_model_config, target_parallel_config)
 
     setattr(create_speculative_config, _MARK, True)

@@ -46,3 +46,35 @@ def layer_config(**overrides) -> DraftLayerConfig:
     )
     fields.update(overrides)
     return DraftLayerConfig(**fields)
+
+
+def paged_pools(
+    rows: list,  # per request: [n_b, Hkv, D] the request's absolute rows 0..n_b-1
+    block_size: int,
+    first_rows: list[int] | None = None,
+    table_width: int | None = None,
+    seed: int = 0,
+):
+    """Store each request's rows in shuffled physical blocks of one pool, as the draft
+    cache does: absolute row a of request b in block table[b, (a // S) % M] at a % S.
+    Rows below first_rows[b] are not stored (their blocks hold noise). Returns
+    (pool [num_blocks, S, Hkv, D], block_table [B, M] int32)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    first_rows = first_rows or [0] * len(rows)
+    spans = [(f // block_size, -(-r.shape[0] // block_size)) for r, f in zip(rows, first_rows, strict=True)]
+    width = table_width or max([hi - lo for lo, hi in spans] + [1]) + 1
+    num_blocks = sum(hi - lo for lo, hi in spans) + 2
+    template = rows[0]
+    pool = torch.randn((num_blocks, block_size, *template.shape[1:]), generator=g).to(template.dtype)
+    table = torch.full((len(rows), width), num_blocks - 1, dtype=torch.int32)
+    physical = torch.randperm(num_blocks - 1, generator=g).tolist()
+    for b, (r, (lo, hi)) in enumerate(zip(rows, spans, strict=True)):
+        assert hi - lo <= width, "a request spans more blocks than the table has columns"
+        for logical in range(lo, hi):
+            blk = physical.pop()
+            table[b, logical % width] = blk
+            for a in range(max(logical * block_size, first_rows[b]), min((logical + 1) * block_size, r.shape[0])):
+                pool[blk, a % block_size] = r[a]
+    return pool.to(template.device), table.to(template.device)

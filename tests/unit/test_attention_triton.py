@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 from sparrow_vllm.kernels.reference import text_window_attention_reference  # noqa: E402
 
 from sparrow_vllm.serving.attention import backend_calls, text_window_attention  # noqa: E402
+from tests.unit.helpers import paged_pools  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -35,27 +36,32 @@ def tolerance(dtype: torch.dtype) -> dict[str, float]:
     }[dtype]
 
 
-def make_case(prefixes, news, heads, kv_heads, head_dim, dtype, capacity=None, seed=0):
+def make_case(prefixes, news, heads, kv_heads, head_dim, dtype, block_size=16, firsts=None,
+              table_width=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     batch = len(prefixes)
-    capacity = capacity or max(max(prefixes) + max(news), 1)
-    slots = torch.randperm(batch + 1, generator=g)[:batch]
     total = sum(news)
 
     def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(dtype).to(DEVICE)
+        return torch.randn(*shape, generator=g).to(dtype)
 
-    case = {
-        "q": rnd(total, heads, head_dim),
-        "k_new": rnd(total, kv_heads, head_dim),
-        "v_new": rnd(total, kv_heads, head_dim),
+    cached = [rnd(p, kv_heads, head_dim) for p in prefixes]
+    k_pool, table = paged_pools(cached, block_size, firsts, table_width, seed=seed)
+    v_pool, _ = paged_pools([rnd(*c.shape) for c in cached], block_size, firsts, table_width, seed=seed)
+    # request b uses table row slots[b] (rows are shuffled like the cache's slots)
+    slots = torch.randperm(batch, generator=g)
+    return {
+        "q": rnd(total, heads, head_dim).to(DEVICE),
+        "k_new": rnd(total, kv_heads, head_dim).to(DEVICE),
+        "v_new": rnd(total, kv_heads, head_dim).to(DEVICE),
         "cu_seqlens": torch.tensor([0, *torch.tensor(news).cumsum(0).tolist()], device=DEVICE),
-        "k_pool": rnd(batch + 1, capacity, kv_heads, head_dim),
-        "v_pool": rnd(batch + 1, capacity, kv_heads, head_dim),
+        "k_pool": k_pool.to(DEVICE),
+        "v_pool": v_pool.to(DEVICE),
+        "block_table": table[torch.argsort(slots)].contiguous().to(DEVICE),
         "slot_ids": slots.to(DEVICE),
         "prefix_lens": torch.tensor(prefixes, device=DEVICE),
+        "first_rows": torch.tensor(firsts or [0] * batch, device=DEVICE),
     }
-    return case
 
 
 def check(case, window, dtype):
@@ -91,10 +97,14 @@ def test_kernel_half_precision(dtype):
     check(case, 4, dtype)
 
 
-def test_ring_buffer_wrap():
-    # capacity 6 < cached rows: rows live at a % 6, the window keeps reads inside the ring
-    case = make_case([9, 14], [1, 2], 2, 2, 64, torch.float32, capacity=6)
-    check(case, 3, torch.float32)
+@pytest.mark.parametrize("block_size", [1, 5, 64])
+def test_block_sizes_first_rows_and_table_wrap(block_size):
+    # rows dropped below first_rows; a table narrower than the request's span of rows
+    # reuses columns (a // S) % M, as the window does
+    case = make_case([9, 40, 3], [1, 2, 17], 2, 2, 64, torch.float32, block_size=block_size,
+                     firsts=[2, 31, 0], table_width=-(-40 // block_size) + 1)
+    check(case, None, torch.float32)
+    check(case, 6, torch.float32)
 
 
 @pytest.mark.gpu
@@ -104,9 +114,10 @@ def test_ring_buffer_wrap():
 @pytest.mark.parametrize("heads, kv_heads, head_dim", [(28, 4, 128), (16, 16, 64), (12, 1, 96), (8, 2, 80)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("new_rows", [1, 5, 70])
-def test_kernel_full_grid_gpu(batch, window, heads, kv_heads, head_dim, dtype, new_rows):
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_kernel_full_grid_gpu(batch, window, heads, kv_heads, head_dim, dtype, new_rows, block_size):
     g = torch.Generator().manual_seed(batch)
     prefixes = torch.randint(0, 300, (batch,), generator=g).tolist()
     prefixes[0] = 0
-    case = make_case(prefixes, [new_rows] * batch, heads, kv_heads, head_dim, dtype)
+    case = make_case(prefixes, [new_rows] * batch, heads, kv_heads, head_dim, dtype, block_size)
     check(case, window, dtype)

@@ -32,10 +32,10 @@ def _draft(window=None, layers=2):
     return model
 
 
-def _drafter(model, window=None, slots=4, k=3):
-    capacity = (window if window is not None else 256) + k + 1
-    cache = TextKVCache(model.draft.layer_config.num_hidden_layers, slots, capacity, 2, 8,
-                        torch.float32, "cpu")
+def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4):
+    rows = (window if window is not None else 256) + 2 * k + 1
+    cache = TextKVCache(model.draft.layer_config.num_hidden_layers, blocks, block_size, slots,
+                        -(-rows // block_size) + 1, 2, 8, torch.float32, "cpu", window=window)
     return TextAnchoredDrafter(model, cache, window, [VISUAL], max_model_len=512)
 
 
@@ -105,9 +105,15 @@ def _one_shot(model, seq, end, window):
 
 
 @pytest.mark.parametrize("window", [None, 1, 4])
-def test_chunks_rejections_and_visual_rows_match_one_pass(window):
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize("exact_lengths", [True, False])
+def test_chunks_rejections_and_visual_rows_match_one_pass(window, block_size, exact_lengths, monkeypatch):
+    """exact_lengths=False: the host never sees the device's row counts between prefill
+    steps (a CUDA copy that has not landed) and allocates from its upper bound alone."""
     model = _draft(window)
-    drafter = _drafter(model, window)
+    drafter = _drafter(model, window, block_size=block_size)
+    if not exact_lengths:
+        monkeypatch.setattr(drafter.cache._mirror, "refresh", lambda rows: None)
     a = Sequence(40, visual=[(5, 17)], seed=1)
     b = Sequence(40, seed=2)
     # prefill in chunks (a's second chunk is mostly visual), b joins later
@@ -120,6 +126,26 @@ def test_chunks_rejections_and_visual_rows_match_one_pass(window):
         ea, eb = ea + nva, eb + nvb
         torch.testing.assert_close(hidden[0], _one_shot(model, a, ea, window), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(hidden[1], _one_shot(model, b, eb, window), atol=1e-5, rtol=1e-4)
+        _check_cache(drafter.cache)
+
+
+def _check_cache(cache):
+    """Invariants of the paged cache: each physical block belongs to at most one request,
+    held + free blocks = the pool, each request's rows [first_row, length) are backed by
+    its own blocks, and reading them back gives consecutive target rows."""
+    held = [b for state in cache._rows.values() for b in state.blocks.values()]
+    assert len(held) == len(set(held))
+    assert sorted(held + cache._free_blocks) == list(range(cache.num_blocks))
+    for req_id, slot in cache._slot_of.items():
+        state = cache._rows[slot]
+        first, length = int(cache.first_row[slot]), int(cache.lengths[slot])
+        assert first == state.first_row and state.known_len <= length <= state.upper_len
+        for row in range(first, length):
+            logical = row // cache.block_size
+            assert logical in state.blocks, (req_id, row)
+            assert int(cache.block_table[slot, logical % cache.table_width]) == state.blocks[logical]
+        seq, _ = cache.committed(req_id)
+        assert seq == sorted(seq) and len(seq) == max(length - first, 0)
 
 
 def test_cache_holds_only_text_rows():
@@ -141,44 +167,93 @@ def test_rejected_rows_are_not_committed():
     assert drafter.cached_rows()["a"]["seq"] == list(range(12))
 
 
-def test_window_keeps_cache_bounded():
+def test_window_returns_blocks_behind_it():
     drafter = _drafter(_draft(window=4), window=4)
-    a = Sequence(60)
+    cache = drafter.cache
+    a = Sequence(80)
     _step(drafter, [("a", a, 0, 50, 50)])
-    assert drafter.cached_rows()["a"]["seq"] == list(range(50 - drafter.cache.capacity, 50))
+    end = 50
+    for _ in range(8):
+        _step(drafter, [("a", a, end, 4, 3)])
+        end += 3
+        seq = drafter.cached_rows()["a"]["seq"]
+        assert seq[-4:] == list(range(end - 4, end))  # the window is always there
+        assert cache.blocks_held("a") <= cache.table_width
+        _check_cache(cache)
+    assert cache.free_blocks >= cache.num_blocks - cache.table_width
 
 
 def test_one_write_never_stores_two_rows_in_one_cell():
-    """A prefill chunk with more text rows than the ring holds: only the request's last
-    `capacity` committed rows go to its slot, each to its own cell (the rest to trash), so
-    the result does not depend on which duplicate write a backend keeps."""
-    capacity, trash = 8, 9
-    # request 0: 13 rows, two of them not committed (visual); request 1: 3 rows
-    commit = torch.tensor([True] * 5 + [False] * 2 + [True] * 6 + [True] * 3)
-    req = torch.tensor([0] * 13 + [1] * 3)
-    slot, ring, n_commit = commit_targets(torch.tensor([2, 5]), torch.tensor([5, 2]), req, commit,
-                                          capacity, trash)
-    assert n_commit.tolist() == [11, 3]
-    stored = slot != trash
-    cells = list(zip(slot[stored].tolist(), ring[stored].tolist(), strict=True))
-    assert len(cells) == len(set(cells)) == capacity + 3
-    # request 0 keeps its committed rows 3..10 (absolute rows 8..15), in ring order
-    rows_0 = torch.nonzero(commit[:13]).flatten()[3:]
-    assert torch.equal(torch.nonzero(stored[:13]).flatten(), rows_0)
-    assert ring[rows_0].tolist() == [a % capacity for a in range(5 + 3, 5 + 11)]
-    assert slot[13:].tolist() == [5, 5, 5] and ring[13:].tolist() == [2, 3, 4]
+    """A prefill chunk with more text rows than the block table addresses: only the last
+    rows are stored, each in its own cell of its own block (the rest go to the trash
+    block), so the result does not depend on which duplicate write a backend keeps. Read
+    back through the table, the stored rows are exactly the last ones."""
+    drafter = _drafter(_draft(window=4), window=4, block_size=4)
+    cache = drafter.cache
+    a = Sequence(60)
+    _step(drafter, [("a", a, 0, 50, 50)])
+    seq = drafter.cached_rows()["a"]["seq"]
+    assert seq == list(range(50 - len(seq), 50)) and len(seq) >= 4
+    slot = cache.slot_of("a")
+    rows = torch.arange(int(cache.first_row[slot]), 50)
+    cells = list(zip(cache.block_table[slot, (rows // 4) % cache.table_width].tolist(),
+                     (rows % 4).tolist(), strict=True))
+    assert len(set(cells)) == len(cells) and cache.trash_block not in {b for b, _ in cells}
+    _check_cache(cache)
 
 
-def test_finished_request_frees_its_slot():
+def test_commit_targets_sends_rows_below_first_row_to_trash():
+    table = torch.tensor([[3, 1, 0], [2, 4, 5]], dtype=torch.int32)
+    commit = torch.tensor([True, False, True, True, True, True])
+    req = torch.tensor([0, 0, 0, 0, 1, 1])
+    block, offset, n_commit = commit_targets(
+        table, torch.tensor([0, 1]), torch.tensor([2, 5]), torch.tensor([3, 0]), req, commit,
+        block_size=2, trash_block=9)
+    assert n_commit.tolist() == [3, 2]
+    # request 0 commits absolute rows 2, 3, 4: row 2 is below its first row
+    assert block.tolist() == [9, 9, 1, 0, 5, 2] and offset.tolist() == [0, 0, 1, 0, 1, 0]
+
+
+def test_finished_and_aborted_requests_return_their_blocks():
     drafter = _drafter(_draft(), slots=2)
-    a, b, c = Sequence(20, seed=1), Sequence(20, seed=2), Sequence(20, seed=3)
-    _step(drafter, [("a", a, 0, 5, 5), ("b", b, 0, 5, 5)])
-    slot_a = drafter.cache.slot_of("a")
+    cache = drafter.cache
+    a, b, c = Sequence(40, seed=1), Sequence(40, seed=2), Sequence(20, seed=3)
+    _step(drafter, [("a", a, 0, 30, 30), ("b", b, 0, 5, 5)])
+    slot_a, held_a, free = cache.slot_of("a"), cache.blocks_held("a"), cache.free_blocks
+    assert held_a >= 30 // cache.block_size
     drafter.release("a")
-    assert "a" not in drafter.cached_rows()
+    assert "a" not in drafter.cached_rows() and cache.free_blocks == free + held_a
     _step(drafter, [("c", c, 0, 5, 5)])
-    assert drafter.cache.slot_of("c") == slot_a
+    assert cache.slot_of("c") == slot_a
     assert drafter.cached_rows()["c"]["seq"] == list(range(5))
+    _check_cache(cache)
+
+
+def test_out_of_blocks_degrades_drafts_not_the_step(caplog):
+    """Three requests with long prompts and a pool that holds far fewer rows: every step
+    still drafts, each request keeps its newest rows, the pool is never oversubscribed,
+    and each starved request is logged once."""
+    model = _draft()
+    drafter = _drafter(model, slots=4, blocks=12, block_size=4)
+    seqs = {r: Sequence(80, seed=i) for i, r in enumerate("abc")}
+    with caplog.at_level("WARNING"):
+        _step(drafter, [(r, s, 0, 30, 30) for r, s in seqs.items()])
+        ends = dict.fromkeys(seqs, 30)
+        for _ in range(6):
+            drafts, _ = _step(drafter, [(r, s, ends[r], 4, 2) for r, s in seqs.items()])
+            assert drafts.shape == (3, 3)
+            for r in ends:
+                ends[r] += 2
+            _check_cache(drafter.cache)
+    for r in seqs:
+        seq = drafter.cached_rows()[r]["seq"]
+        assert seq[-1] == ends[r] - 1 and seq == list(range(ends[r] - len(seq), ends[r]))
+    starved = [m for m in caplog.messages if "out of blocks" in m]
+    assert starved and len(starved) == len(set(starved)) <= 3
+    # the newest rows drive the draft: a starved request's sample row equals one pass over
+    # the rows it still has (same positions), as with a window of that length
+    seq_a = drafter.cached_rows()["a"]["seq"]
+    assert len(seq_a) < ends["a"]
 
 
 def test_recompute_after_preemption_rewinds():
@@ -203,6 +278,16 @@ def test_paused_request_is_evicted_only_when_slots_run_out():
     assert set(drafter.cached_rows()) == {"r1", "r2"}
 
 
+def test_paused_request_gives_its_blocks_first_when_the_pool_runs_dry():
+    drafter = _drafter(_draft(), slots=4, blocks=12, block_size=4)
+    seqs = [Sequence(60, seed=s) for s in range(2)]
+    _step(drafter, [("r0", seqs[0], 0, 30, 30)])
+    _step(drafter, [("r1", seqs[1], 0, 30, 30)])  # r0 paused; r1 needs its blocks
+    assert set(drafter.cached_rows()) == {"r1"}
+    assert drafter.cached_rows()["r1"]["seq"] == list(range(30))
+    _check_cache(drafter.cache)
+
+
 def test_drafts_have_k_columns():
     model = _draft()
     drafter = _drafter(model, k=4)
@@ -225,7 +310,7 @@ def test_zero_draft_tokens_still_commits_rows():
 def test_cuda_decode_step_does_not_synchronise():
     model = _draft().cuda()
     model.own_embedding, model.own_lm_head = model.own_embedding.cuda(), model.own_lm_head.cuda()
-    cache = TextKVCache(2, 4, 64, 2, 8, torch.float32, "cuda")
+    cache = TextKVCache(2, 64, 16, 4, 34, 2, 8, torch.float32, "cuda")
     drafter = TextAnchoredDrafter(model, cache, None, [VISUAL], max_model_len=512)
     a = Sequence(40)
 

@@ -1,0 +1,64 @@
+"""Sparrow's own keys in `--speculative-config`: how the draft cache is sized.
+
+    --speculative-config '{"method": "sparrow", "model": "<draft>", "num_speculative_tokens": 4,
+                           "text_row_budget": 200000, "text_block_size": 16}'
+
+vLLM's SpeculativeConfig forbids unknown keys, so ledger entry 1 (vllm_patches.py) takes
+these out of the dict for method "sparrow", validates them here and hands them to the
+workers on the SpeculativeConfig object (`sparrow_options`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sparrow_vllm.config import SparrowConfigError
+
+OPTIONS_ATTRIBUTE = "sparrow_options"
+DEFAULT_FREE_MEMORY_FRACTION = 0.02
+
+
+class SparrowServingOptions(BaseModel):
+    """Serving-time settings of a Sparrow draft (not part of the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text_row_budget: int | None = Field(
+        None,
+        ge=1,
+        description="Text rows the draft cache holds across all requests (its K/V blocks). "
+        "Default: what fits in "
+        f"{DEFAULT_FREE_MEMORY_FRACTION:.0%} of the device memory free once the weights are "
+        "loaded, at most what every running sequence at full context needs. A request "
+        "that finds no free block drafts from fewer text rows; its output stays exact.",
+    )
+    text_block_size: int = Field(
+        16, ge=1, le=4096, description="Text rows per block of the draft cache."
+    )
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(cls.model_fields)
+
+    @classmethod
+    def pop_from(cls, speculative_config: dict[str, Any]) -> tuple[dict[str, Any], SparrowServingOptions]:
+        """(the dict without Sparrow's keys, the validated options)."""
+        speculative_config = {k.replace("-", "_"): v for k, v in speculative_config.items()}
+        mine = {k: v for k, v in speculative_config.items() if k in cls.model_fields}
+        rest = {k: v for k, v in speculative_config.items() if k not in cls.model_fields}
+        try:
+            return rest, cls(**mine)
+        except ValidationError as err:
+            raise SparrowConfigError(
+                f"Invalid Sparrow settings in --speculative-config: {err.errors()[0]['msg']} "
+                f"({', '.join(str(e['loc'][0]) for e in err.errors())}); "
+                + "; ".join(f"{name}: {f.description}" for name, f in cls.model_fields.items())
+            ) from err
+
+    @classmethod
+    def of(cls, speculative_config: Any) -> SparrowServingOptions:
+        """The options the API server attached to vLLM's SpeculativeConfig (defaults when
+        the engine was built without them, e.g. by a test building VllmConfig itself)."""
+        return getattr(speculative_config, OPTIONS_ATTRIBUTE, None) or cls()
