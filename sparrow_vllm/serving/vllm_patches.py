@@ -154,7 +154,10 @@ def _patch_arg_utils(module: ModuleType) -> None:
                 target_model_config.hf_config,
                 _target_supports_aux_hidden_states(target_model_config),
             )
-            from sparrow_vllm.serving.serving_options import OPTIONS_ATTRIBUTE, SparrowServingOptions
+            from sparrow_vllm.serving.serving_options import (
+                OPTIONS_ATTRIBUTE,
+                SparrowServingOptions,
+            )
 
             rest, options = SparrowServingOptions.pop_from(spec)
             self.speculative_config = {**rest, "method": "eagle"}
