@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import json
+import sys
 from pathlib import Path
 
 import torch

@@ -190,4 +190,5 @@ class SparrowDraftSetup:
             plan.num_layers, plan.num_blocks, plan.block_size, plan.num_slots, plan.table_width,
             layers.num_key_value_heads, layers.head_dim, dtype, device,
             window=self.checkpoint.sparrow.window,
+            reuse_rows=self.options.reuse_text_rows,
         )

@@ -20,6 +20,7 @@ import torch
 from sparrow_vllm.modeling.draft_model import AttentionFn
 from sparrow_vllm.serving.attention import text_window_attention
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 # hidden [B, H] -> (tokens [B], probabilities [B, vocab] or None)
@@ -79,6 +80,7 @@ class TextAnchoredDrafter:
         self.window = window
         self.device = cache.k.device
         self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=self.device)
+        cache.placeholder_ids = frozenset(placeholder_ids)
         self.max_model_len = max_model_len
         self.steps = 0  # drafting steps run (engine tests read it to see which path ran)
         self._last_batch: tuple[str, ...] | None = None
@@ -155,6 +157,11 @@ class TextAnchoredDrafter:
         self.cache.release(req_id)
         self._last_batch = None
 
+    def on_requests_added(self, contents: dict[str, RequestContent]) -> None:
+        """New requests' prompts (their rows can then be reused by later requests)."""
+        for req_id, content in contents.items():
+            self.cache.register_content(req_id, content)
+
     def on_requests_resumed(self, req_ids: set[str]) -> None:
         """Preempted requests are back (to be recomputed): rewind them next step."""
         if req_ids:
@@ -185,6 +192,7 @@ class TextAnchoredDrafter:
         if key == self._last_batch:
             return self._last_slots
         active = set(key)
+        self.cache.retire_released()
         next_seq = self.cache.next_seq.tolist()
         starts = inputs.seq_start.tolist()
         slots = [self.cache.prepare(r, s, active, next_seq) for r, s in zip(key, starts, strict=True)]

@@ -1,7 +1,8 @@
 """Sparrow's own keys in `--speculative-config`: how the draft cache is sized.
 
     --speculative-config '{"method": "sparrow", "model": "<draft>", "num_speculative_tokens": 4,
-                           "text_row_budget": 200000, "text_block_size": 16}'
+                           "text_row_budget": 200000, "text_block_size": 16,
+                           "reuse_text_rows": true}'
 
 vLLM's SpeculativeConfig forbids unknown keys, so ledger entry 1 (vllm_patches.py) takes
 these out of the dict for method "sparrow", validates them here and hands them to the
@@ -36,6 +37,12 @@ class SparrowServingOptions(BaseModel):
     )
     text_block_size: int = Field(
         16, ge=1, le=4096, description="Text rows per block of the draft cache."
+    )
+    reuse_text_rows: bool = Field(
+        True,
+        description="Keep finished requests' text rows in the draft cache, keyed by content, "
+        "for later requests whose prefix vLLM serves from its prefix cache (the next turn of "
+        "a chat); evicted least recently used within text_row_budget.",
     )
 
     @classmethod

@@ -23,6 +23,12 @@ decode step allocates without reading the device. When the pool runs dry a reque
 first takes blocks of paused requests, then gives up its own oldest rows, then the
 oldest rows of the request holding most blocks: drafts get worse for those requests
 (logged once each), outputs stay exact, the server never fails for it.
+
+Rows outlive their request when its content is known (`register_content`): a finished
+request's blocks stay in the pool as reusable rows (text_row_reuse.py), shared by
+reference count with later requests whose prefix vLLM served from its prefix cache, and
+are evicted least recently used before any live request loses rows. A block shared with
+another holder is copied before a request writes into it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+
+from sparrow_vllm.serving.host_mirror import LengthMirror, to_device
+from sparrow_vllm.serving.text_row_reuse import (
+    RequestContent,
+    ReusableRows,
+    ReuseIndex,
+    matching_rows,
+    row_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +78,7 @@ class TextKVCache:
         dtype: torch.dtype,
         device: torch.device | str,
         window: int | None = None,
+        reuse_rows: bool = True,
     ) -> None:
         shape = (num_layers, num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -85,7 +101,17 @@ class TextKVCache:
         self._slot_of: OrderedDict[str, int] = OrderedDict()
         self._rows: dict[int, _SlotRows] = {}
         self._table_writes: dict[tuple[int, int], int] = {}  # (slot, column) -> block
-        self._mirror = _LengthMirror(self.lengths)
+        self._mirror = LengthMirror(self.lengths)
+        self.starved_requests = 0  # requests that gave up rows for lack of blocks, ever
+        self._refs = [0] * num_blocks  # holders (requests, reusable entries) of each block
+        # visual placeholder token ids: rows whose input token is one are never stored
+        # (the drafter sets them; row keys need them)
+        self.placeholder_ids: frozenset[int] = frozenset()
+        self.reuse_rows = reuse_rows
+        self._reuse = ReuseIndex()
+        self._content: dict[str, RequestContent] = {}
+        # released requests whose rows may become reusable: (content, rows, length on device)
+        self._retiring: list[tuple[RequestContent, _SlotRows, torch.Tensor]] = []
 
     @staticmethod
     def nbytes_for(
@@ -112,27 +138,60 @@ class TextKVCache:
     def free_blocks(self) -> int:
         return len(self._free_blocks)
 
+    def stats(self) -> dict[str, int]:
+        """Pool size and use, for logs and tests."""
+        return {
+            "num_blocks": self.num_blocks,
+            "block_size": self.block_size,
+            "free_blocks": len(self._free_blocks),
+            "live_requests": len(self._slot_of),
+            "starved_requests": self.starved_requests,
+            "reusable_entries": len(self._reuse.entries),
+            "reused_rows": self._reuse.reused_rows,
+        }
+
+    def register_content(self, req_id: str, content: RequestContent) -> None:
+        """The prompt of a request vLLM just added: keys its rows for reuse."""
+        if self.reuse_rows:
+            self._content[req_id] = content
+
     def prepare(self, req_id: str, seq_start: int, active: set[str], next_seq: list[int]) -> int:
         """The slot of `req_id`, set up for rows starting at target index `seq_start`
-        (`next_seq`: the host copy of `self.next_seq`)."""
+        (`next_seq`: the host copy of `self.next_seq`). Call `retire_released()` first."""
         slot = self._slot_of.get(req_id)
         if slot is None:
             slot = self._allocate_slot(req_id, active)
+            if seq_start > 0 and req_id in self._content:
+                self._adopt_reusable_rows(slot, self._rows[slot], self._content[req_id], seq_start, active)
         else:
             self._slot_of.move_to_end(req_id)
             if seq_start < next_seq[slot]:
-                self._rewind(slot, seq_start)
+                self._rewind(slot, seq_start, active)
         return slot
 
-    def release(self, req_id: str) -> None:
+    def release(self, req_id: str, keep_rows: bool = True) -> None:
+        """A request finished, was aborted or preempted: free its slot; its rows become
+        reusable (at the next `retire_released`) when its content is known."""
         slot = self._slot_of.pop(req_id, None)
+        content = self._content.pop(req_id, None)
         if slot is None:
             return
         state = self._rows.pop(slot)
-        self._free_blocks.extend(state.blocks.values())
+        if keep_rows and content is not None and state.first_row == 0 and state.blocks:
+            self._retiring.append((content, state, self.lengths[slot].clone()))
+        else:
+            for block in state.blocks.values():
+                self._unref(block)
         self._table_writes = {key: b for key, b in self._table_writes.items() if key[0] != slot}
         self._reset_device(slot)
         self._free_slots.append(slot)
+
+    def retire_released(self) -> None:
+        """Turn released requests' rows into reusable entries (reads their row counts and
+        tokens back from the device: call it only on a step that synchronises anyway)."""
+        for content, state, length in self._retiring:
+            self._retire(content, state, int(length))
+        self._retiring.clear()
 
     def committed(self, req_id: str) -> tuple[list[int], list[int]]:
         """(target sequence indices, input token ids) of the rows stored for `req_id`."""
@@ -181,7 +240,85 @@ class TextKVCache:
         """Start the asynchronous read-back of `lengths` the next reserve() may use."""
         self._mirror.snapshot()
 
+    # ---- reuse ----------------------------------------------------------------------------
+
+    def _retire(self, content: RequestContent, state: _SlotRows, length: int) -> None:
+        block_list = [state.blocks.get(j) for j in range(-(-length // self.block_size))]
+        rows = 0
+        if length and None not in block_list:
+            index = torch.tensor(block_list, device=self.device)
+            seq = self.row_seq[index].flatten()[:length].tolist()
+            tokens = self.row_token[index].flatten()[:length].tolist()
+            prompt = list(content.prompt_token_ids)
+            # generated tokens are the input tokens of the rows past the prompt
+            generated = [t for s, t in zip(seq, tokens, strict=True) if s >= len(prompt) - 1]
+            keys = row_keys(prompt + generated, content.mm_items, self.placeholder_ids,
+                            len(prompt) + len(generated))
+            rows = matching_rows(seq, keys)
+        keep = -(-rows // self.block_size)
+        for logical, block in state.blocks.items():
+            if logical >= keep:
+                self._unref(block)
+        if rows:
+            self._reuse.add(ReusableRows(block_list[:keep], rows, [k for _, k in keys[:rows]]))
+
+    def _adopt_reusable_rows(
+        self, slot: int, state: _SlotRows, content: RequestContent, seq_start: int, active: set[str]
+    ) -> None:
+        """Start a request whose first `seq_start` target rows came from vLLM's prefix
+        cache with the longest run of reusable rows matching its prompt."""
+        keys = row_keys(content.prompt_token_ids, content.mm_items, self.placeholder_ids, seq_start)
+        match = self._reuse.longest_match(keys)
+        if match is None:
+            return
+        entry, rows = match
+        full, partial = divmod(rows, self.block_size)
+        for logical in range(full):
+            self._refs[entry.blocks[logical]] += 1
+            self._hold(slot, state, logical, entry.blocks[logical])
+        if partial:
+            copy = self._take_block(slot, state, full, active)
+            if copy is None:
+                rows = full * self.block_size
+            else:
+                self._copy_block(entry.blocks[full], copy)
+                self._hold(slot, state, full, copy)
+        state.known_len = state.upper_len = rows
+        self.lengths[slot] = rows
+        self._reuse.reused_rows += rows
+        self._flush()
+
+    def _copy_block(self, src: int, dst: int) -> None:
+        if src == dst:
+            return
+        for pool in (self.k, self.v):
+            pool[:, dst] = pool[:, src]
+        for rows in (self.row_seq, self.row_token):
+            rows[dst] = rows[src]
+
+    def _own(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> bool:
+        """Make `logical` a block only this request holds before it writes into it."""
+        block = state.blocks[logical]
+        if self._refs[block] == 1:
+            return True
+        copy = self._take_block(slot, state, logical, active)
+        if copy is None:
+            return False
+        self._copy_block(block, copy)
+        self._unref(block)
+        self._hold(slot, state, logical, copy)
+        return True
+
     # ---- internals ----------------------------------------------------------------------
+
+    def _hold(self, slot: int, state: _SlotRows, logical: int, block: int) -> None:
+        state.blocks[logical] = block
+        self._table_writes[(slot, logical % self.table_width)] = block
+
+    def _unref(self, block: int) -> None:
+        self._refs[block] -= 1
+        if self._refs[block] == 0:
+            self._free_blocks.append(block)
 
     def _cells(self, slot: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         columns = (rows // self.block_size) % self.table_width
@@ -208,7 +345,7 @@ class TextKVCache:
             self.first_row[slot] = row
 
     def _free_block(self, slot: int, state: _SlotRows, logical: int) -> None:
-        self._free_blocks.append(state.blocks.pop(logical))
+        self._unref(state.blocks.pop(logical))
         self._table_writes[(slot, logical % self.table_width)] = self.trash_block
 
     def _back(self, slot: int, state: _SlotRows, end: int, active: set[str]) -> None:
@@ -221,14 +358,24 @@ class TextKVCache:
                 if block is None:
                     self._starve(slot, state, (logical + 1) * self.block_size)
                     return
-                state.blocks[logical] = block
-                self._table_writes[(slot, logical % self.table_width)] = block
+                self._hold(slot, state, logical, block)
             logical -= 1
 
     def _take_block(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> int | None:
+        """A free block with one holder (the caller), or None."""
+        while not self._free_blocks:
+            entry = self._reuse.pop_oldest()  # reusable rows go first, oldest first
+            if entry is None:
+                break
+            for block in entry.blocks:
+                self._unref(block)
         if not self._free_blocks:
             self._reclaim(slot, state, logical, active)
-        return self._free_blocks.pop() if self._free_blocks else None
+        if not self._free_blocks:
+            return None
+        block = self._free_blocks.pop()
+        self._refs[block] = 1
+        return block
 
     def _reclaim(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> None:
         """Free at least one block: a paused request's rows, else the oldest block of a
@@ -240,7 +387,7 @@ class TextKVCache:
                 "Sparrow draft cache out of blocks: dropping the cached rows of paused request "
                 "%s (its output stays exact; its acceptance may drop after it resumes)", paused,
             )
-            self.release(paused)
+            self.release(paused, keep_rows=False)
             return
         donors = sorted(((len(s.blocks), d) for d, s in self._rows.items() if d != slot), reverse=True)
         richer = [d for n, d in donors if n > len(state.blocks) + 1]
@@ -266,6 +413,7 @@ class TextKVCache:
     def _starve(self, slot: int, state: _SlotRows, first_row: int) -> None:
         if not state.starved:
             state.starved = True
+            self.starved_requests += 1
             logger.warning(
                 "Sparrow draft cache out of blocks: request %s drafts without its text rows "
                 "before row %d (output stays exact; its acceptance may drop). Raise "
@@ -278,7 +426,7 @@ class TextKVCache:
         if not self._table_writes:
             return
         (slots, columns), blocks = zip(*self._table_writes, strict=True), self._table_writes.values()
-        index = _to_device([*slots, *columns, *blocks], self.device).view(3, -1)
+        index = to_device([*slots, *columns, *blocks], self.device).view(3, -1)
         self.block_table[index[0], index[1]] = index[2].to(torch.int32)
         self._table_writes.clear()
 
@@ -295,7 +443,7 @@ class TextKVCache:
                 "(its output stays exact; its acceptance may drop after it resumes)",
                 victim,
             )
-            self.release(victim)
+            self.release(victim, keep_rows=False)
         slot = self._free_slots.pop()
         self._slot_of[req_id] = slot
         self._rows[slot] = _SlotRows(req_id)
@@ -309,57 +457,22 @@ class TextKVCache:
         self.block_table[slot] = self.trash_block
         self._mirror.forget([slot])
 
-    def _rewind(self, slot: int, seq_start: int) -> None:
+    def _rewind(self, slot: int, seq_start: int, active: set[str]) -> None:
         """Forget rows at target index >= seq_start (preemption, recompute)."""
         state = self._rows[slot]
         length = int(self.lengths[slot])
         first = min(state.first_row, length)
         blocks, offsets = self._cells(slot, torch.arange(first, length, device=self.device))
         keep = int((self.row_seq[blocks, offsets] < seq_start).sum())
-        state.known_len = state.upper_len = first + keep
-        self.lengths[slot] = first + keep
-        self.next_seq[slot] = seq_start
-        last_block = (first + keep - 1) // self.block_size if keep else -1
+        new_length = first + keep
+        last_block = (new_length - 1) // self.block_size if keep else -1
         for logical in [j for j in state.blocks if j > last_block]:
             self._free_block(slot, state, logical)
+        if keep and new_length % self.block_size and not self._own(slot, state, last_block, active):
+            self._free_block(slot, state, last_block)  # no block to copy a shared one into
+            new_length = last_block * self.block_size
+        state.known_len = state.upper_len = new_length
+        self.lengths[slot] = new_length
+        self.next_seq[slot] = seq_start
         self._flush()
         self._mirror.forget([slot])
-
-
-class _LengthMirror:
-    """A host copy of `lengths` taken after each write without waiting for the device (a
-    non-blocking copy into pinned memory and an event on CUDA; the tensor itself on CPU).
-    reserve() uses the latest copy, once it has landed, to make each request's bound exact
-    again; slots changed on the host since the copy are left out."""
-
-    def __init__(self, lengths: torch.Tensor) -> None:
-        self.lengths = lengths
-        self.on_cuda = lengths.device.type == "cuda"
-        self.host = torch.zeros(lengths.shape, dtype=lengths.dtype, pin_memory=self.on_cuda)
-        self.event = torch.cuda.Event() if self.on_cuda else None
-        self.valid: set[int] = set()  # slots the latest copy still describes
-
-    def snapshot(self) -> None:
-        if self.event is not None:
-            self.host.copy_(self.lengths, non_blocking=True)
-            self.event.record()
-        self.valid = set(range(self.lengths.shape[0]))
-
-    def forget(self, slots: list[int]) -> None:
-        self.valid.difference_update(slots)
-
-    def refresh(self, rows: dict[int, _SlotRows]) -> None:
-        if not self.valid or (self.event is not None and not self.event.query()):
-            return
-        values = (self.host if self.event is not None else self.lengths).tolist()
-        for slot in self.valid & rows.keys():
-            rows[slot].known_len = rows[slot].upper_len = values[slot]
-        self.valid = set()
-
-
-def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    """A small host list on `device` without a blocking copy."""
-    host = torch.tensor(values, dtype=torch.int64)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host

@@ -18,6 +18,7 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 
 from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
+from sparrow_vllm.serving.text_row_reuse import request_contents
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ class SparrowProposer(EagleProposer):
     def on_request_finished(self, req_id: str) -> None:
         if self.drafter is not None:
             self.drafter.release(req_id)
+
+    def on_requests_added(self, new_reqs: list[Any]) -> None:
+        """vLLM's NewRequestData of this step's new requests (their prompts key the rows)."""
+        if self.drafter is not None:
+            self.drafter.on_requests_added(request_contents(new_reqs))
 
     def on_requests_resumed(self, req_ids: set[str]) -> None:
         if self.drafter is not None:

@@ -36,6 +36,7 @@ from vllm.v1.worker.gpu.spec_decode.speculator import DraftModelSpeculator
 
 from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
+from sparrow_vllm.serving.text_row_reuse import request_contents
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,11 @@ class SparrowSpeculator(DraftModelSpeculator):
         comes back as a new one and is drafted from what it is recomputed with."""
         if self.drafter is not None:
             self.drafter.release(req_id)
+
+    def on_requests_added(self, new_reqs: list[Any]) -> None:
+        """vLLM's NewRequestData of this step's new requests (their prompts key the rows)."""
+        if self.drafter is not None:
+            self.drafter.on_requests_added(request_contents(new_reqs))
 
     def cached_rows(self) -> dict[str, dict[str, list[int]]]:
         assert self.drafter is not None, "load_model() first"

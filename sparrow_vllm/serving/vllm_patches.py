@@ -28,10 +28,13 @@ Ledger (what / why / how / what upstream change removes it):
 4. GPUModelRunner._update_states
    why:  a preempted request that resumes is recomputed from an earlier position; the
          draft cache must rewind it, and the drafter skips host bookkeeping on steps whose
-         batch is unchanged, so it must be told.
+         batch is unchanged, so it must be told. New requests' prompts (token ids and
+         multimodal hashes) key the text rows the draft cache keeps for reuse after a
+         prefix-cache hit.
    how:  before the original, pass `scheduled_cached_reqs.resumed_req_ids` to
-         `drafter.on_requests_resumed`.
-   gone: with a drafter hook for resumed requests.
+         `drafter.on_requests_resumed` and `scheduled_new_reqs` to
+         `drafter.on_requests_added`.
+   gone: with drafter hooks for resumed and new requests.
 
 5. vllm.v1.worker.gpu.model_runner.init_speculator (Model Runner V2; the name the module
    imported from vllm/v1/worker/gpu/spec_decode/__init__.py)
@@ -41,7 +44,7 @@ Ledger (what / why / how / what upstream change removes it):
          the original.
    gone: with a speculator registry in Model Runner V2.
 
-6. GPUModelRunner.__init__ and GPUModelRunner._remove_request (Model Runner V2,
+6. GPUModelRunner.__init__, _remove_request and add_requests (Model Runner V2,
    vllm/v1/worker/gpu/model_runner.py; the CPU V2 runner subclasses it)
    why:  V2 asks the target for auxiliary hidden states only for methods eagle3 / dflash /
          dspark / extract_hidden_states; a Sparrow draft whose feature layer is not the
@@ -50,7 +53,9 @@ Ledger (what / why / how / what upstream change removes it):
    how:  after __init__, set `use_aux_hidden_state_outputs` from the draft config (vLLM
          then picks the layer from `eagle_aux_hidden_state_layer_ids`, as on V1); after
          _remove_request, call `speculator.on_request_finished(req_id)`.
-   gone: with a speculator hook for hidden-state needs and removed requests.
+         After add_requests, pass `scheduled_new_reqs` to `speculator.on_requests_added`
+         (prompts key the reusable text rows, as in entry 4).
+   gone: with a speculator hook for hidden-state needs, new and removed requests.
 
 7. Not a patch: CUDA graphs on V2. SparrowSpeculator.init_cudagraph_manager / capture
    capture nothing and log once at WARNING on CUDA. The drafting step selects each
@@ -203,9 +208,11 @@ def _patch_model_runner(module: ModuleType) -> None:
 
     @functools.wraps(original_update)
     def _update_states(self: Any, scheduler_output: Any) -> Any:
-        resumed = getattr(getattr(self, "drafter", None), "on_requests_resumed", None)
+        drafter = getattr(self, "drafter", None)
+        resumed = getattr(drafter, "on_requests_resumed", None)
         if resumed is not None:
             resumed(set(scheduler_output.scheduled_cached_reqs.resumed_req_ids))
+            drafter.on_requests_added(scheduler_output.scheduled_new_reqs)
         return original_update(self, scheduler_output)
 
     for fn in (__init__, _on_request_state_removed, _update_states):
@@ -223,6 +230,7 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
     runner_cls = module.GPUModelRunner
     original_init = runner_cls.__init__
     original_remove = runner_cls._remove_request
+    original_add = runner_cls.add_requests
 
     @functools.wraps(original_factory)
     def init_speculator(vllm_config: Any, device: Any, req_states: Any) -> Any:
@@ -248,11 +256,19 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
             finished(req_id)
         return removed
 
-    for fn in (init_speculator, __init__, _remove_request):
+    @functools.wraps(original_add)
+    def add_requests(self: Any, scheduler_output: Any) -> None:
+        original_add(self, scheduler_output)
+        added = getattr(getattr(self, "speculator", None), "on_requests_added", None)
+        if added is not None:
+            added(scheduler_output.scheduled_new_reqs)
+
+    for fn in (init_speculator, __init__, _remove_request, add_requests):
         setattr(fn, _MARK, True)
     module.init_speculator = init_speculator
     runner_cls.__init__ = __init__
     runner_cls._remove_request = _remove_request
+    runner_cls.add_requests = add_requests
 
 
 # ---- 8. CPU build: the rejection sampler's per-token expansion ----------------------------

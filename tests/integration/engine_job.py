@@ -92,6 +92,8 @@ def _runner_info(worker) -> dict:
         "adapter": None if adapter is None else f"{type(adapter).__module__}.{type(adapter).__name__}",
         "sparrow_adapter": getattr(adapter, "adapter_name", None),
         "sparrow_steps": getattr(getattr(adapter, "drafter", None), "steps", None),
+        "draft_cache": (adapter.drafter.cache.stats()
+                        if getattr(adapter, "drafter", None) is not None else None),
     }
 
 

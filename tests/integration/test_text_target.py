@@ -119,6 +119,26 @@ def test_prefix_cache_hits_keep_output_exact(toy_models, runner, tmp_path):
     assert_ran_on(spec, runner)
     assert spec["outputs"][0] == base["outputs"][0]
     assert spec["outputs"][1] == base["outputs"][0]
+    # round 2's prefix hits start the draft from round 1's rows, not from scratch
+    assert spec["runner_info"]["draft_cache"]["reused_rows"] > 0, spec["runner_info"]
+
+
+def test_text_budget_smaller_than_the_requests_keeps_output_exact(toy_models, baseline, runner, tmp_path):
+    """A text_row_budget of the minimum (2 blocks of 16 rows for each of 6 sequences) for
+    6 concurrent requests whose text exceeds one block: requests give up their oldest rows
+    for lack of blocks, the greedy output is still the target's, and the budget set in
+    --speculative-config is what the worker allocated."""
+    spec = {**sparrow(toy_models["text_draft"]), "text_row_budget": 192, "text_block_size": 16}
+    engine = {**HARD_SCHEDULING, "num_gpu_blocks_override": 64, "max_num_seqs": 6}
+    job = {"target": str(toy_models["text_target"]), "speculative_config": spec,
+           "engine": engine, "prompts": PROMPTS}
+    run = run_engine_job(job, tmp_path, runner=runner)
+    assert_ran_on(run, runner)
+    assert run["outputs"] == baseline["outputs"]
+    cache = run["runner_info"]["draft_cache"]
+    assert (cache["num_blocks"], cache["block_size"]) == (12, 16)
+    assert cache["starved_requests"] > 0, cache
+    assert run["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 0
 
 
 def test_probabilistic_drafting_keeps_greedy_output(toy_models, baseline, runner, tmp_path):

@@ -133,9 +133,12 @@ def _check_cache(cache):
     """Invariants of the paged cache: each physical block belongs to at most one request,
     held + free blocks = the pool, each request's rows [first_row, length) are backed by
     its own blocks, and reading them back gives consecutive target rows."""
-    held = [b for state in cache._rows.values() for b in state.blocks.values()]
-    assert len(held) == len(set(held))
-    assert sorted(held + cache._free_blocks) == list(range(cache.num_blocks))
+    holders = [b for state in cache._rows.values() for b in state.blocks.values()]
+    holders += [b for entry in cache._reuse.entries.values() for b in entry.blocks]
+    holders += [b for _, state, _ in cache._retiring for b in state.blocks.values()]
+    for block in range(cache.num_blocks):
+        assert cache._refs[block] == holders.count(block), block
+    assert sorted(cache._free_blocks) == [b for b in range(cache.num_blocks) if cache._refs[b] == 0]
     for req_id, slot in cache._slot_of.items():
         state = cache._rows[slot]
         first, length = int(cache.first_row[slot]), int(cache.lengths[slot])
