@@ -5,7 +5,8 @@ the target's hidden states of that tail only and starts the request from there. 
 benchmark runs 6-turn chats (a ~200-token system prompt, a toy-world video in the first
 user turn, then one question per turn, each answer fed back) with Sparrow, one request at
 a time, for two block sizes with prefix caching on and off, and reports per turn the
-acceptance length and the share of prompt tokens served from the prefix cache. Writes
+acceptance length and the share of prompt tokens served from the prefix cache, with the
+draft cache's reuse of finished requests' text rows (`reuse_text_rows`) on and off. Writes
 OUT.json and OUT.md. Answers have a fixed length (EOS ignored): the toy target, trained on
 single-turn questions without a system prompt, would otherwise end these chats at once;
 acceptance is the draft's agreement with the target on this text. vLLM's CPU attention needs block sizes that are multiples of 32 (the
@@ -66,7 +67,8 @@ def run_config(config: dict) -> dict:
               limit_mm_per_prompt={"video": 1}, max_model_len=4096, max_num_seqs=1,
               block_size=config["block_size"], enable_prefix_caching=config["prefix_caching"],
               speculative_config={"method": "sparrow", "model": config["draft"],
-                                  "num_speculative_tokens": config["k"]})
+                                  "num_speculative_tokens": config["k"],
+                                  "reuse_text_rows": config["reuse_text_rows"]})
     tokenizer = llm.get_tokenizer()
     # the toy target learned single-turn questions without a system prompt and ends such
     # chats at once; EOS is ignored so every turn has `max_tokens` tokens to draft
@@ -92,7 +94,13 @@ def run_config(config: dict) -> dict:
                 "counters": counter_delta(before, after),
                 **{name.split(":")[1]: float(after.get(name) or 0) - float(before.get(name) or 0) for name in PREFIX},
             })
-    return {"config": config, "turns": turns}
+    return {"config": config, "turns": turns, "draft_cache": llm.collective_rpc(_draft_cache_stats)[0]}
+
+
+def _draft_cache_stats(worker) -> dict:
+    runner = worker.model_runner
+    adapter = getattr(runner, "speculator", None) or runner.drafter
+    return adapter.drafter.cache.stats()
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -105,7 +113,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             mine = [t for t in run["turns"] if t["turn"] == turn]
             queries = sum(t["prefix_cache_queries"] for t in mine)
             rows.append({
-                "block_size": config["block_size"], "prefix_caching": config["prefix_caching"], "turn": turn,
+                "block_size": config["block_size"], "prefix_caching": config["prefix_caching"],
+                "reuse_text_rows": config["reuse_text_rows"], "turn": turn,
                 "prompt_tokens": sum(t["prompt_tokens"] for t in mine) / len(mine),
                 "cached_share": sum(t["prefix_cache_hits"] for t in mine) / queries if queries else 0.0,
                 "acceptance_length": acceptance(counter_sum([t["counters"] for t in mine]))["acceptance_length"],
@@ -118,10 +127,11 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| block size | prefix caching | turn | prompt tokens | cached share | acceptance length | loss vs off |",
-             "|" + "---|" * 7]
+    lines = ["| block size | prefix caching | draft rows reused | turn | prompt tokens | cached share | acceptance length | loss vs off |",
+             "|" + "---|" * 8]
     for r in rows:
-        lines.append(f"| {r['block_size']} | {'on' if r['prefix_caching'] else 'off'} | {r['turn']} "
+        reuse = ("yes" if r["reuse_text_rows"] else "no") if r["prefix_caching"] else "-"
+        lines.append(f"| {r['block_size']} | {'on' if r['prefix_caching'] else 'off'} | {reuse} | {r['turn']} "
                      f"| {r['prompt_tokens']:.0f} | {r['cached_share']:.2f} | {r['acceptance_length']:.2f} "
                      f"| {100 * r['loss_vs_off']:+.1f}% |")
     return "\n".join(lines) + "\n"
@@ -155,18 +165,22 @@ def main() -> None:
     parser.add_argument("--system-tokens", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--modes", default="off,on-no-reuse,on",
+                        help="prefix caching off; on without reusing draft rows; on with reuse")
     parser.add_argument("--out", type=Path, default=Path("artifacts/prefix_cache_chats"))
     args = parser.parse_args()
     if not 1 <= args.turns <= len(QUESTIONS):
         raise SystemExit(f"--turns must be 1..{len(QUESTIONS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     runs = []
+    modes = {"off": (False, True), "on-no-reuse": (True, False), "on": (True, True)}
     for block_size in (int(b) for b in args.block_sizes.split(",")):
-        for caching in (True, False):
+        for mode in args.modes.split(","):
+            caching, reuse = modes[mode]
             config = {"target": args.target, "draft": args.draft, "block_size": block_size, "prefix_caching": caching,
-                      "scenes": args.scenes, "turns": args.turns, "frames": args.frames,
+                      "reuse_text_rows": reuse, "scenes": args.scenes, "turns": args.turns, "frames": args.frames,
                       "system_tokens": args.system_tokens, "max_tokens": args.max_tokens, "k": args.k}
-            name = f"block{block_size}-{'on' if caching else 'off'}"
+            name = f"block{block_size}-{mode}"
             logger.info("engine %s: %d chats of %d turns", name, args.scenes, args.turns)
             runs.append(_run_in_subprocess(config, Path(f"{args.out}-runs"), name))
     rows = summarise(runs)

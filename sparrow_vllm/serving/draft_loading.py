@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 # an explicit budget may take at most this share of the free device memory
 MAX_BUDGET_FREE_FRACTION = 0.5
 _BOOKKEEPING_BYTES_PER_ROW = 16  # row_seq and row_token (int64 each)
+# decode steps the host's row bound may run ahead of the device's count before the
+# allocator reads the count back (CUDA copies of it normally land within one step)
+DRIFT_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,9 @@ def plan_text_cache(
     `free_bytes`), never from max_model_len x max_num_seqs alone."""
     block = options.text_block_size
     k = num_speculative_tokens
-    # a request's rows live in a window (or its context) plus one step's rows and chain
-    per_request = (window if window is not None else max_model_len) + 2 * k + 1
+    # a request's rows live in a window (or its context) plus one step's rows and chain,
+    # plus slack for the host's bound running ahead of the device for a few steps
+    per_request = (window if window is not None else max_model_len) + 2 * k + 1 + DRIFT_STEPS * (k + 1)
     table_width = -(-per_request // block) + 1
     min_blocks = -(-(2 * k + 1) // block) + 1
     floor_blocks = max_num_seqs * min_blocks

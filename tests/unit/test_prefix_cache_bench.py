@@ -21,9 +21,9 @@ def _turn(turn, drafts, accepted, queries, hits):
 
 
 def test_summarise_per_turn_and_loss_against_caching_off():
-    on = {"config": {"block_size": 16, "prefix_caching": True},
+    on = {"config": {"block_size": 16, "prefix_caching": True, "reuse_text_rows": True},
           "turns": [_turn(1, 10, 20, 100, 0), _turn(2, 10, 15, 100, 80), _turn(2, 10, 15, 100, 60)]}
-    off = {"config": {"block_size": 16, "prefix_caching": False},
+    off = {"config": {"block_size": 16, "prefix_caching": False, "reuse_text_rows": True},
            "turns": [_turn(1, 10, 20, 100, 0), _turn(2, 10, 20, 100, 0), _turn(2, 10, 20, 100, 0)]}
     rows = bench.summarise([on, off])
     by = {(r["prefix_caching"], r["turn"]): r for r in rows}
@@ -32,7 +32,7 @@ def test_summarise_per_turn_and_loss_against_caching_off():
     assert by[(True, 2)]["cached_share"] == pytest.approx(0.7)
     assert by[(True, 2)]["loss_vs_off"] == pytest.approx(1 - 2.5 / 3.0)
     assert by[(False, 2)]["loss_vs_off"] == 0
-    assert "| 16 | on | 2 |" in bench.markdown(rows)
+    assert "| 16 | on | yes | 2 |" in bench.markdown(rows)
 
 
 def test_system_prompt_is_toy_words_of_the_asked_length():
