@@ -97,11 +97,13 @@ def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, r
 
 
 def test_prefix_cache_hits_keep_output_exact(toy_models, runner, tmp_path):
-    # 100 shared tokens: at least two full KV blocks, since vLLM recomputes the last
-    # matched block for EAGLE-style drafts
+    # 100 shared tokens in KV blocks of 32 (the CPU default, 128, would hold none): at
+    # least two full blocks, since vLLM recomputes the last matched block for EAGLE-style
+    # drafts
     shared = " " + " ".join(WORDS * 10)
     prompts = [{"text": shared + " " + w} for w in WORDS[:4]]
-    engine = {**HARD_SCHEDULING, "enable_prefix_caching": True, "num_gpu_blocks_override": 32}
+    engine = {**HARD_SCHEDULING, "enable_prefix_caching": True, "num_gpu_blocks_override": 32,
+              "block_size": 32}
     base = run_engine_job(
         {"target": str(toy_models["text_target"]), "engine": engine, "prompts": prompts},
         tmp_path,
