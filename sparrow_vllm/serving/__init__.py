@@ -13,5 +13,7 @@
 
 Support modules: vllm_draft.py (the draft as a vLLM model), target_adapter.py (what the
 draft needs from a target family), draft_loading.py (start-up: checks, cache sizing),
-serving_options.py (Sparrow's keys in --speculative-config).
+serving_options.py (Sparrow's keys in --speculative-config), text_row_reuse.py (content
+keys of text rows, reused after prefix-cache hits), host_mirror.py (device counts the
+allocator reads without waiting).
 """
