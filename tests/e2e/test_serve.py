@@ -30,8 +30,8 @@ def _video_data_url(path: Path, frames: int = 8, size: int = 112) -> str:
     return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _spec(draft: Path) -> list[str]:
-    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": 3}
+def _spec(draft: Path, **sparrow_keys) -> list[str]:
+    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": 3, **sparrow_keys}
     return ["--speculative-config", json.dumps(spec)]
 
 
@@ -47,7 +47,9 @@ def _counter(metrics_text: str, name: str) -> float:
 def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path, runner):
     from openai import OpenAI
 
-    server = start_server(toy_models["vl_target"], _spec(toy_models["vl_draft"]), runner)
+    # Sparrow's own key in --speculative-config reaches the engine process
+    server = start_server(toy_models["vl_target"], _spec(toy_models["vl_draft"], text_row_budget=2048),
+                          runner)
     server.wait_ready()
     client = OpenAI(base_url=server.url + "/v1", api_key="unused")
     model = client.models.list().data[0].id
@@ -80,7 +82,8 @@ def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path, r
     # The plugin's INFO lines reach vLLM's own log, and name the runner adapter that drafted.
     log = server.log.read_text()
     assert ADAPTER_LOG[runner] in log
-    assert "Sparrow draft cache:" in log and "Sparrow draft attention:" in log
+    assert "Sparrow draft cache: 128 blocks x 16 text rows = 2048 rows" in log
+    assert "text_row_budget=2048" in log and "Sparrow draft attention:" in log
     other = next(r for r in RUNNERS if r != runner)
     assert ADAPTER_LOG[other] not in log
 
@@ -98,3 +101,12 @@ def test_bad_draft_fails_at_startup_with_the_fix(toy_models, start_server, tmp_p
     assert code != 0
     assert "hidden_size=256 but the target has 128" in log
     assert "sparrow-vllm init-draft" in log
+
+
+def test_text_budget_too_small_fails_at_startup_with_the_fix(toy_models, start_server):
+    server = start_server(toy_models["vl_target"], _spec(toy_models["vl_draft"], text_row_budget=16))
+    code = server.proc.wait(timeout=240)
+    log = server.log.read_text()
+    assert code != 0
+    assert "text_row_budget=16 is below the 128 text rows" in log
+    assert "raise text_row_budget in --speculative-config" in log
