@@ -25,15 +25,18 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from sparrow_vllm.config import DraftLayerConfig
+from sparrow_vllm.families import resolve_family
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.serving.attention import select_backend, text_window_attention
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 VISUAL_TOKEN = 0
@@ -77,6 +80,18 @@ def _draft(args, device: torch.device, dtype: torch.dtype) -> SparrowDraftForCau
     return model
 
 
+def _visual_rows(filter_visual: bool, device) -> VisualRows:
+    """Sparrow's rule (a Qwen2.5-VL-like family whose placeholder is VISUAL_TOKEN), or, for
+    the full-visual draft, a text family: every row is text, so visual rows are cached."""
+    if filter_visual:
+        config = SimpleNamespace(model_type="qwen2_5_vl", image_token_id=VISUAL_TOKEN,
+                                 video_token_id=VISUAL_TOKEN, vision_start_token_id=-1,
+                                 vision_end_token_id=-1)
+    else:
+        config = SimpleNamespace(model_type="qwen2")
+    return VisualRows(resolve_family(config), "visual", torch.device(device))
+
+
 def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
     """A drafter whose cache holds `rows` committed rows per request (random K/V)."""
     k, block = args.spec_tokens, args.block_size
@@ -85,9 +100,7 @@ def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
                         args.head_dim, dtype, device)
     cache.k.normal_()
     cache.v.normal_()
-    drafter = TextAnchoredDrafter(
-        model, cache, None, [VISUAL_TOKEN] if filter_visual else [], max_model_len=1 << 20
-    )
+    drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(filter_visual, device), max_model_len=1 << 20)
     req_ids = [f"r{i}" for i in range(args.batch)]
     slots = [cache.prepare(r, 0, set(req_ids), [0] * (args.batch + 1)) for r in req_ids]
     # every request has seen its V + T prompt rows; `rows` of them are cached (in blocks)

@@ -6,11 +6,12 @@ does not fit its target fails there with a message that names the fix.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -22,11 +23,12 @@ from sparrow_vllm.config import (
     SparrowConfigError,
     build_config_json,
     parse_config_json,
-    text_config_of,
 )
+from sparrow_vllm.families import TargetFamily
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.provenance import provenance
 
+logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 # Optional tensors a draft may carry instead of sharing the target's.
@@ -115,8 +117,8 @@ def _check_weights_complete(weights: Path) -> None:
         raise _corrupt_weights(weights, f"{size} bytes, its header describes {needed}")
 
 
-def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, target: Any) -> None:
-    text = text_config_of(target)
+def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, family: TargetFamily) -> None:
+    text = family.text_config
     problems = []
     checks = [
         ("hidden_size", layers.hidden_size, text.hidden_size),
@@ -128,6 +130,8 @@ def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, targ
     for name, draft_value, target_value in checks:
         if draft_value != target_value:
             problems.append(f"{name}={draft_value} but the target has {target_value}")
+    if not problems and sparrow.target_architecture != family.architecture:
+        _warn_other_architecture(sparrow.target_architecture, family.architecture)
     if problems:
         raise SparrowConfigError(
             "The Sparrow draft does not match the target model: "
@@ -135,6 +139,15 @@ def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, targ
             + ". Use a draft made for this target (`sparrow-vllm init-draft --target "
             "<target dir>`, then train it with `sparrow-vllm self-distill`)."
         )
+
+
+@functools.cache
+def _warn_other_architecture(draft_for: str, target: str) -> None:
+    logger.warning(
+        "The Sparrow draft was made for %s but the target is %s. Shapes agree, so output stays "
+        "exact, but the draft learned another model's hidden states: expect low acceptance. "
+        "Train a draft for this target (`sparrow-vllm self-distill` or `train`).", draft_for, target,
+    )
 
 
 def _check_weights(path: Path, layers: DraftLayerConfig, sparrow: SparrowConfig) -> tuple[bool, bool]:
@@ -167,19 +180,18 @@ def _check_weights(path: Path, layers: DraftLayerConfig, sparrow: SparrowConfig)
 
 
 def check_draft_for_target(
-    path: str | Path, target_config: Any, target_supports_aux_hidden_states: bool
+    path: str | Path, family: TargetFamily, vllm_aux_hidden_states: bool | None = None
 ) -> DraftCheckpoint:
-    """Validate a draft directory against the target's HF config (no weights loaded)."""
+    """Validate a draft directory against its target's family adapter (no weights loaded).
+
+    vllm_aux_hidden_states: whether the target's vLLM model returns intermediate layers
+    (what the engine finds); None takes the family's own record of it. A draft that reads
+    a layer vLLM cannot return is refused here, at training as at serving time.
+    """
     path = Path(path)
     layers, sparrow = read_draft_config(path)
-    _check_against_target(layers, sparrow, target_config)
-    if sparrow.aux_layer_index() is not None and not target_supports_aux_hidden_states:
-        raise SparrowConfigError(
-            f"The draft reads the target's layer feature {sparrow.feature_layer!r}, but "
-            f"the target ({getattr(target_config, 'architectures', ['?'])[0]}) cannot "
-            "return intermediate hidden states in vLLM (no EAGLE-3 aux-hidden-state "
-            "support). Use a draft with feature_layer='final'."
-        )
+    _check_against_target(layers, sparrow, family)
+    family.check_feature_layer(sparrow.aux_layer_index(), sparrow.feature_layer, vllm_aux_hidden_states)
     own_embed, own_head = _check_weights(path, layers, sparrow)
     return DraftCheckpoint(path, layers, sparrow, own_embed, own_head)
 

@@ -11,13 +11,14 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from sparrow_vllm.config import SparrowConfig
+from sparrow_vllm.config import FrameText, SparrowConfig
+from sparrow_vllm.toy_targets import ARCHES as TOY_ARCHES
 from sparrow_vllm.training.settings import TrainSettings
 
 logger = logging.getLogger("sparrow_vllm.cli")
 
 # SparrowConfig fields a user sets when making a draft; their help text is the schema's.
-_DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "fc_bias")
+_DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "frame_text", "fc_bias")
 
 
 def _feature(value: str) -> str | int:
@@ -56,13 +57,15 @@ def add_sparrow_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = _feature
         elif name == "window":
             kwargs["type"] = int
+        elif get_origin(field.annotation) is Literal:
+            kwargs["choices"] = get_args(field.annotation)
         else:
             kwargs["type"] = type(field.default)
         parser.add_argument(flag, **kwargs)
 
 
 def _cmd_toy_target(args: argparse.Namespace) -> None:
-    from sparrow_vllm.toy_target import build_toy_target
+    from sparrow_vllm.toy_targets import build_toy_target
 
     out = build_toy_target(args.arch, args.out, num_layers=args.num_target_layers, seed=args.seed)
     logger.info("toy %s target written to %s", args.arch, out)
@@ -70,10 +73,11 @@ def _cmd_toy_target(args: argparse.Namespace) -> None:
 
 def _cmd_init_draft(args: argparse.Namespace) -> None:
     from sparrow_vllm.checkpoint import save_draft
-    from sparrow_vllm.draft_factory import load_target_config, new_draft
+    from sparrow_vllm.draft_factory import new_draft
+    from sparrow_vllm.families import load_family
 
     fields = {name: getattr(args, name) for name in _DRAFT_FIELDS}
-    model = new_draft(load_target_config(args.target), seed=args.seed, **fields)
+    model = new_draft(load_family(args.target), seed=args.seed, **fields)
     out = save_draft(args.out, model, command=sys.argv)
     logger.info("random Sparrow draft written to %s", out)
 
@@ -100,14 +104,16 @@ def _bridge_layer(value: str) -> int | None:
 
 
 def _feature_spec(args: argparse.Namespace, target_dir: str) -> Any:
-    from sparrow_vllm.draft_factory import load_target_config, sparrow_config_for
+    from sparrow_vllm.draft_factory import sparrow_config_for
+    from sparrow_vllm.families import load_family
     from sparrow_vllm.training.features import FeatureSpec
     from sparrow_vllm.training.pipeline import default_bridge_layer
 
-    config = load_target_config(target_dir)
-    aux = sparrow_config_for(config, feature_layer=args.feature_layer).aux_layer_index()
-    bridge = default_bridge_layer(config) if args.bridge_layer == "default" else _bridge_layer(args.bridge_layer)
-    return FeatureSpec(feature_layer=aux, bridge_layer=bridge, max_seq_len=args.max_seq_len, video_fps=args.video_fps)
+    family = load_family(target_dir)
+    aux = sparrow_config_for(family, feature_layer=args.feature_layer).aux_layer_index()
+    bridge = default_bridge_layer(family) if args.bridge_layer == "default" else _bridge_layer(args.bridge_layer)
+    return FeatureSpec(feature_layer=aux, bridge_layer=bridge, max_seq_len=args.max_seq_len,
+                       video_fps=args.video_fps, frame_text=args.frame_text)
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,12 +170,23 @@ def _cmd_toy_world(args: argparse.Namespace) -> None:
     build.run(args)
 
 
+def _cmd_check(args: argparse.Namespace) -> None:
+    from sparrow_vllm.check import CheckSettings, run_check
+
+    report = run_check(args.target, args.draft, settings_from(args, CheckSettings), workdir=args.workdir)
+    if args.json:
+        Path(args.json).write_text(report.model_dump_json(indent=2) + "\n")
+    print(report.summary())
+    if not report.passed:
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparrow-vllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("toy-target", help="write a tiny offline target (random weights)")
-    p.add_argument("--arch", choices=["qwen2", "qwen2_5_vl"], required=True)
+    p.add_argument("--arch", choices=TOY_ARCHES, required=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-target-layers", type=int, default=2, help="decoder layers")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -215,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for shards + index.json")
     p.add_argument("--feature", dest="feature_layer", type=_feature, default="final",
                    help=SparrowConfig.model_fields["feature_layer"].description)
+    p.add_argument("--frame-text", dest="frame_text", choices=get_args(FrameText), default="visual",
+                   help=SparrowConfig.model_fields["frame_text"].description)
     p.add_argument("--bridge-layer", default="default",
                    help="target layer m* whose visual states IVSB uses: an index, 'default' "
                    "(L // 2) or 'none' (no visual states; train with --no-ivsb)")
@@ -263,6 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows the draft sees at visual positions (default: its serving form)")
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=_cmd_eval_acceptance)
+
+    p = sub.add_parser(
+        "check",
+        help="before deploying: validate a target + draft and prove Sparrow keeps the output",
+        description="Validates the pair, then serves the target's prompt kinds (text, image, "
+        "video, video+image as its family takes them) greedily with the target alone and with "
+        "Sparrow, each in a fresh vLLM engine, and compares the outputs token for token. "
+        "Reports acceptance length, the runner, adapter and draft attention backend that ran, "
+        "the draft cache's memory, and visual rows found in the draft cache (must be 0). "
+        "Exits 1 with the reasons on any mismatch.",
+    )
+    p.add_argument("--target", required=True, help="target model directory (HF format)")
+    p.add_argument("--draft", required=True, help="Sparrow draft directory")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--workdir", help="keep the engines' jobs, results and logs here")
+    from sparrow_vllm.check import CheckSettings
+
+    add_settings_arguments(p, CheckSettings)
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("toy-world", help="the synthetic video world: data, target, drafts")
     from sparrow_vllm.toy_world.build import add_arguments

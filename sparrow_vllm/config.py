@@ -16,6 +16,9 @@ DRAFT_ARCHITECTURE = "SparrowDraftForCausalLM"
 CHECKPOINT_FORMAT_VERSION = 1
 
 FeatureLayer = Literal["final", "penultimate"] | int
+# What the draft does with text a family writes inside a video (Qwen3-VL's "<t seconds>"
+# timestamps and vision markers between frames): skip it as visual, or cache it as text.
+FrameText = Literal["visual", "text"]
 
 
 class SparrowConfigError(ValueError):
@@ -53,6 +56,15 @@ class SparrowConfig(BaseModel):
         description="Text window W: the draft attends only to the last W text rows. "
         "None keeps every text row of the request.",
         json_schema_extra={"cli": "--window"},
+    )
+    frame_text: FrameText = Field(
+        "visual",
+        description="Text a target writes between the frames of one video (Qwen3-VL: a "
+        "'<t seconds>' timestamp and vision markers per frame): 'visual' treats it as part "
+        "of the video, so the draft skips it and its cost stays flat in video length; "
+        "'text' caches it as text rows (a few rows per frame). No effect for families "
+        "without such text. Training and serving read the same value.",
+        json_schema_extra={"cli": "--frame-text"},
     )
     fc_bias: bool = Field(
         True,
@@ -133,21 +145,14 @@ class DraftLayerConfig(BaseModel):
         return self
 
 
-def text_config_of(target_config: Any) -> Any:
-    """The text (language model) part of an HF config, for VLMs and text models alike."""
-    get_text = getattr(target_config, "get_text_config", None)
-    return get_text() if callable(get_text) else target_config
-
-
 def rope_theta_of(text_config: Any) -> float:
     params = getattr(text_config, "rope_parameters", None) or {}
     theta = params.get("rope_theta") if isinstance(params, dict) else None
     return float(theta or getattr(text_config, "rope_theta", None) or 10000.0)
 
 
-def layer_config_from_target(target_config: Any, num_layers: int) -> DraftLayerConfig:
+def layer_config_from_target(text: Any, num_layers: int) -> DraftLayerConfig:
     """Draft layer fields copied from the target's text config."""
-    text = text_config_of(target_config)
     heads = text.num_attention_heads
     return DraftLayerConfig(
         model_type="qwen2",

@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 
 from sparrow_vllm.checkpoint import save_draft
-from sparrow_vllm.draft_factory import load_target_config, new_draft
+from sparrow_vllm.draft_factory import new_draft
 from sparrow_vllm.eagle_export import export_eagle
-from sparrow_vllm.toy_target import build_toy_target
+from sparrow_vllm.families import load_family
+from sparrow_vllm.toy_targets import build_toy_target
 from sparrow_vllm.training.self_distill import SelfDistillSettings, self_distill
 
 JOB = Path(__file__).parent / "integration" / "engine_job.py"
@@ -43,7 +44,7 @@ DISTILL = SelfDistillSettings(num_prompts=1024, steps=1500, seed=0)
 
 
 def _trained_draft(root: Path, target: Path, name: str, **fields) -> Path:
-    fresh = save_draft(root / f"{name}-init", new_draft(load_target_config(target), **fields))
+    fresh = save_draft(root / f"{name}-init", new_draft(load_family(target), **fields))
     return self_distill(target, fresh, root / name, DISTILL)
 
 
@@ -59,6 +60,22 @@ def build_toy_models(root: Path) -> dict[str, Path]:
         "vl_target": vl,
         "vl_draft": _trained_draft(root, vl, "vl-draft", feature_layer="penultimate", window=24),
     }
+
+
+# The families beyond Qwen2.5-VL: a toy target each and a briefly self-distilled draft
+# reading the final hidden state (the one layer every family's vLLM model returns).
+FAMILY_ARCHES = ("qwen2_vl", "qwen3_vl", "llava_onevision")
+FAMILY_DISTILL = SelfDistillSettings(num_prompts=512, steps=600, seed=0)
+
+
+def build_family_models(root: Path) -> dict[str, dict[str, Path]]:
+    """arch -> {"target", "draft"} for FAMILY_ARCHES (~1 min each on CPU)."""
+    out = {}
+    for i, arch in enumerate(FAMILY_ARCHES):
+        target = build_toy_target(arch, root / f"{arch}-target", seed=10 + i)
+        fresh = save_draft(root / f"{arch}-draft-init", new_draft(load_family(target)))
+        out[arch] = {"target": target, "draft": self_distill(target, fresh, root / f"{arch}-draft", FAMILY_DISTILL)}
+    return out
 
 
 def runner_env(runner: str) -> dict[str, str]:

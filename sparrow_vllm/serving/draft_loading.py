@@ -16,10 +16,12 @@ import torch
 
 from sparrow_vllm.checkpoint import DraftCheckpoint, check_draft_for_target
 from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.families import TargetFamily, resolve_family
 from sparrow_vllm.serving.drafter import TextAnchoredDrafter
 from sparrow_vllm.serving.serving_options import DEFAULT_FREE_MEMORY_FRACTION, SparrowServingOptions
-from sparrow_vllm.serving.target_adapter import language_model_of, visual_placeholder_ids
+from sparrow_vllm.serving.target_adapter import language_model_of
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -148,9 +150,10 @@ class SparrowDraftSetup:
 
     def __init__(self, vllm_config: Any) -> None:
         spec = vllm_config.speculative_config
-        self.target_config = vllm_config.model_config.hf_config
+        self.family: TargetFamily = resolve_family(vllm_config.model_config.hf_config)
+        # the engine checked the feature layer against vLLM's model class at start-up
         self.checkpoint: DraftCheckpoint = check_draft_for_target(
-            spec.draft_model_config.model, self.target_config, target_supports_aux_hidden_states=True
+            spec.draft_model_config.model, self.family, vllm_aux_hidden_states=True
         )
         self.options = SparrowServingOptions.of(spec)
         self.num_speculative_tokens: int = spec.num_speculative_tokens
@@ -172,7 +175,7 @@ class SparrowDraftSetup:
             model,
             self._allocate_cache(dtype, device),
             self.checkpoint.sparrow.window,
-            visual_placeholder_ids(self.target_config),
+            VisualRows(self.family, self.checkpoint.sparrow.frame_text, device),
             self.max_model_len,
         )
 

@@ -21,6 +21,7 @@ from sparrow_vllm.modeling.draft_model import AttentionFn
 from sparrow_vllm.serving.attention import text_window_attention
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
+from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
 # hidden [B, H] -> (tokens [B], probabilities [B, vocab] or None)
@@ -72,20 +73,21 @@ class TextAnchoredDrafter:
         model: SparrowDraftForCausalLM,
         cache: TextKVCache,
         window: int | None,
-        placeholder_ids: list[int],
+        visual_rows: VisualRows,
         max_model_len: int,
     ) -> None:
         self.model = model
         self.cache = cache
         self.window = window
         self.device = cache.k.device
-        self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=self.device)
-        cache.placeholder_ids = frozenset(placeholder_ids)
+        self.visual_rows = visual_rows
+        cache.visual_token_mask = visual_rows.token_mask
         self.max_model_len = max_model_len
         self.steps = 0  # drafting steps run (engine tests read it to see which path ran)
         self._last_batch: tuple[str, ...] | None = None
         self._last_slot_list: list[int] = []
         self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._last_spans: torch.Tensor | None = None  # [B, R, 2] frame-text segments
 
     def step(
         self, inputs: StepInputs, num_tokens: int, sample: SampleFn
@@ -112,7 +114,8 @@ class TextAnchoredDrafter:
         row_req = torch.repeat_interleave(arange_b, qlen, output_size=n_rows)
         local = torch.arange(n_rows, device=self.device) - qsl[:-1][row_req]
         is_valid = local < inputs.num_valid[row_req]
-        is_text = ~torch.isin(input_ids, self.placeholder_ids)
+        row_seq = inputs.seq_start[row_req] + local
+        is_text = self.visual_rows.is_text(input_ids, row_seq + 1, row_req, self._last_spans)
         is_sample = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
         is_sample[inputs.sample_idx] = True
         keep = is_valid & (is_text | is_sample)
@@ -141,7 +144,6 @@ class TextAnchoredDrafter:
             self._attend_fn(rows, records),
         )
         commit = (keep & is_text)[order]
-        row_seq = inputs.seq_start[row_req] + local
         self._commit(records, rows, row_req[order], commit, row_seq[order], input_ids[order])
         self.cache.next_seq[slots] = inputs.seq_start + inputs.num_valid
         self.cache.after_write()
@@ -155,12 +157,14 @@ class TextAnchoredDrafter:
 
     def release(self, req_id: str) -> None:
         self.cache.release(req_id)
+        self.visual_rows.release(req_id)
         self._last_batch = None
 
     def on_requests_added(self, contents: dict[str, RequestContent]) -> None:
         """New requests' prompts (their rows can then be reused by later requests)."""
         for req_id, content in contents.items():
             self.cache.register_content(req_id, content)
+            self.visual_rows.add_request(req_id, content.prompt_token_ids)
 
     def on_requests_resumed(self, req_ids: set[str]) -> None:
         """Preempted requests are back (to be recomputed): rewind them next step."""
@@ -199,6 +203,7 @@ class TextAnchoredDrafter:
         self._last_batch = key
         self._last_slot_list = slots
         self._last_slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        self._last_spans = self.visual_rows.batch_spans(key)
         return self._last_slots
 
     def _commit(

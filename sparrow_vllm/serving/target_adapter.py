@@ -1,18 +1,8 @@
-"""What the draft needs from a target model, per family, in one place."""
+"""The target's vLLM text model as the draft sees it (family rules: sparrow_vllm.families)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-# Config attributes that hold an image/video placeholder token id, across VLM families
-# (Qwen2-VL / Qwen2.5-VL: *_token_id; LLaVA-OneVision: *_token_index).
-_PLACEHOLDER_ATTRS = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
-
-
-def visual_placeholder_ids(target_config: Any) -> list[int]:
-    """Token ids whose positions carry visual embeddings (empty for text targets)."""
-    ids = {getattr(target_config, name, None) for name in _PLACEHOLDER_ATTRS}
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
 def language_model_of(target_model: Any) -> Any:

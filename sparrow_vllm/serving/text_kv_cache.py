@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -108,9 +109,9 @@ class TextKVCache:
         self._mirror = LengthMirror(self.lengths)
         self.starved_requests = 0  # requests that gave up rows for lack of blocks, ever
         self._refs = [0] * num_blocks  # holders (requests, reusable entries) of each block
-        # visual placeholder token ids: rows whose input token is one are never stored
-        # (the drafter sets them; row keys need them)
-        self.placeholder_ids: frozenset[int] = frozenset()
+        # token ids -> per token, visual or not: rows whose input token is visual are never
+        # stored (the drafter sets the family's rule; row keys need it)
+        self.visual_token_mask: Callable[[Sequence[int]], list[bool]] = lambda ids: [False] * len(ids)
         self.reuse_rows = reuse_rows
         self._reuse = ReuseIndex()
         self._content: dict[str, RequestContent] = {}
@@ -141,6 +142,12 @@ class TextKVCache:
     @property
     def free_blocks(self) -> int:
         return len(self._free_blocks)
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes the cache holds (K/V pools, row bookkeeping, block table)."""
+        tensors = (self.k, self.v, self.row_seq, self.row_token, self.block_table, self.lengths)
+        return sum(t.nbytes for t in tensors)
 
     def stats(self) -> dict[str, int]:
         """Pool size and use, for logs and tests."""
@@ -256,8 +263,8 @@ class TextKVCache:
             prompt = list(content.prompt_token_ids)
             # generated tokens are the input tokens of the rows past the prompt
             generated = [t for s, t in zip(seq, tokens, strict=True) if s >= len(prompt) - 1]
-            keys = row_keys(prompt + generated, content.mm_items, self.placeholder_ids,
-                            len(prompt) + len(generated))
+            visual = self.visual_token_mask(prompt) + [False] * len(generated)
+            keys = row_keys(prompt + generated, content.mm_items, visual, len(prompt) + len(generated))
             rows = matching_rows(seq, keys)
         keep = -(-rows // self.block_size)
         for logical, block in state.blocks.items():
@@ -271,7 +278,8 @@ class TextKVCache:
     ) -> None:
         """Start a request whose first `seq_start` target rows came from vLLM's prefix
         cache with the longest run of reusable rows matching its prompt."""
-        keys = row_keys(content.prompt_token_ids, content.mm_items, self.placeholder_ids, seq_start)
+        keys = row_keys(content.prompt_token_ids, content.mm_items,
+                        self.visual_token_mask(content.prompt_token_ids), seq_start)
         match = self._reuse.longest_match(keys)
         if match is None:
             return

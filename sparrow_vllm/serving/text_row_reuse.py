@@ -55,12 +55,12 @@ def request_contents(new_reqs: Iterable[Any]) -> dict[str, RequestContent]:
 def row_keys(
     tokens: Sequence[int],
     mm_items: Iterable[tuple[int, int, str]],
-    placeholder_ids: frozenset[int],
+    visual: Sequence[bool],
     end: int,
 ) -> list[tuple[int, int]]:
     """(target index i, content key) of each text row i with i + 1 < end, in order. Row i is
-    a text row when its input token tokens[i + 1] is not a visual placeholder (the rows
-    the drafter commits)."""
+    a text row when its input token tokens[i + 1] is not visual (`visual`, per token, the
+    family's rule: the rows the drafter commits)."""
     identifiers = {offset: ident for offset, _, ident in mm_items}
     keys: list[tuple[int, int]] = []
     h = 0
@@ -68,7 +68,7 @@ def row_keys(
         if pos in identifiers:
             h = hash((h, identifiers[pos]))
         h = hash((h, tokens[pos]))
-        if pos >= 1 and tokens[pos] not in placeholder_ids:
+        if pos >= 1 and not visual[pos]:
             keys.append((pos - 1, h))  # row pos - 1 is complete once x[pos] is known
     return keys
 

@@ -148,17 +148,18 @@ def _patch_arg_utils(module: ModuleType) -> None:
         spec = self.speculative_config
         if spec and spec.get("method") == SPARROW_METHOD:
             from sparrow_vllm.checkpoint import check_draft_for_target
+            from sparrow_vllm.families import resolve_family
 
             if not spec.get("model"):
                 raise ValueError(
                     'method "sparrow" needs a draft: --speculative-config '
                     '\'{"method":"sparrow","model":"<draft dir>","num_speculative_tokens":4}\''
                 )
+            family = resolve_family(target_model_config.hf_config)
             check_draft_for_target(
-                spec["model"],
-                target_model_config.hf_config,
-                _target_supports_aux_hidden_states(target_model_config),
+                spec["model"], family, _target_supports_aux_hidden_states(target_model_config)
             )
+            logger.info("Sparrow target family: %s", family.describe())
             from sparrow_vllm.serving.serving_options import (
                 OPTIONS_ATTRIBUTE,
                 SparrowServingOptions,

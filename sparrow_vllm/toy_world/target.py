@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparrow_vllm.toy_target import build_toy_target
+from sparrow_vllm.toy_targets import build_toy_target
 from sparrow_vllm.toy_world.render import render
 from sparrow_vllm.toy_world.scene import QUESTIONS, WORDS, sample_scene
 from sparrow_vllm.training.trainer import warmup_cosine
@@ -113,9 +113,9 @@ def train_target(target_dir: str | Path, out_dir: str | Path, settings: TargetTr
     first_step past the earlier run's steps) on toy-world questions; write it to `out_dir`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from sparrow_vllm.training.serving_positions import use_serving_positions
+    from sparrow_vllm.families import load_family
 
-    use_serving_positions()
+    load_family(str(target_dir)).use_serving_positions()
     torch.manual_seed(settings.seed)
     processor = AutoProcessor.from_pretrained(str(target_dir))
     model = AutoModelForImageTextToText.from_pretrained(str(target_dir), dtype=torch.float32)
@@ -147,9 +147,9 @@ def evaluate(
     (black) one, or the video of another scene ("shuffled")."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from sparrow_vllm.training.serving_positions import use_serving_positions
+    from sparrow_vllm.families import load_family
 
-    use_serving_positions()
+    load_family(str(target_dir)).use_serving_positions()
     processor = AutoProcessor.from_pretrained(str(target_dir))
     model = AutoModelForImageTextToText.from_pretrained(str(target_dir), dtype=torch.float32).eval()
     scenes = [sample_scene(seed, i) for i in range(num_scenes)]

@@ -3,7 +3,8 @@
 Per sample (a `FeatureRecord`, a dict of tensors):
     input_ids    [n] int64   prompt + answer, visual placeholders expanded
     positions    [n] int64   row 0 of M-RoPE (plain positions for text-only targets)
-    visual_mask  [n] bool    image/video placeholder tokens
+    visual_mask  [n] bool    tokens the draft treats as visual: placeholders, and with
+                             frame_text="visual" the text between frames of one video
     features     [n, H]      the hidden state that feeds the draft (final pre-LM-head
                              state, or the layer the draft config names)
     bridge       [v, H]      layer-m* hidden states at the v visual positions (IVSB)
@@ -31,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sparrow_vllm.config import FrameText
 from sparrow_vllm.training.data import ConversationDataset, ConversationSample
 from sparrow_vllm.training.skips import SampleError, SkipReport
 from sparrow_vllm.training.target import TargetFeatures
@@ -52,16 +54,13 @@ class FeatureSpec:
     # frame rate of the sampled frames, for M-RoPE time positions, where a row does not give
     # its video's duration ("video_seconds")
     video_fps: float = 2.0
+    # what the draft does with text between the frames of one video (SparrowConfig.frame_text)
+    frame_text: FrameText = "visual"
 
 
 class FeatureExtractor:
     def __init__(self, target: TargetFeatures, processor: Any, spec: FeatureSpec) -> None:
         self.target, self.processor, self.spec = target, processor, spec
-        config = target.config
-        self.visual_ids = [
-            i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
-            if i is not None
-        ]
 
     def _inputs(self, sample: ConversationSample, with_answer: bool) -> tuple[dict[str, Any], int]:
         messages = sample.messages(include_last_answer=False)
@@ -123,7 +122,7 @@ class FeatureExtractor:
                 pad = inputs["mm_token_type_ids"].new_zeros((1, extra))
                 inputs["mm_token_type_ids"] = torch.cat((inputs["mm_token_type_ids"], pad), dim=1)
         ids = inputs["input_ids"][0]
-        visual = torch.isin(ids, torch.tensor(self.visual_ids, dtype=ids.dtype))
+        visual = torch.tensor(self.target.family.visual_token_mask(ids.tolist(), self.spec.frame_text))
         states = self.target.forward_states(inputs, self.spec.feature_layer, self.spec.bridge_layer)
         record = {
             "input_ids": ids.long(),

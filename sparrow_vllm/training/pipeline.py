@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights
-from sparrow_vllm.config import text_config_of
 from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.families import TargetFamily
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.training.data import ConversationDataset
 from sparrow_vllm.training.features import (
@@ -27,9 +27,9 @@ from sparrow_vllm.training.trainer import Trainer, setup_distributed
 logger = logging.getLogger(__name__)
 
 
-def default_bridge_layer(target_config: Any) -> int:
+def default_bridge_layer(family: TargetFamily) -> int:
     """m* = L // 2, the layer whose visual states IVSB bridges."""
-    return text_config_of(target_config).num_hidden_layers // 2
+    return family.num_layers // 2
 
 
 def extract_features(
@@ -44,6 +44,7 @@ def extract_features(
         "target": str(Path(target_dir).resolve()), "data": str(Path(data).resolve()),
         "feature_layer": spec.feature_layer, "bridge_layer": spec.bridge_layer,
         "num_frames": num_frames, "regenerate_tokens": regenerate_tokens, "video_fps": spec.video_fps,
+        "frame_text": spec.frame_text,
     }
     return write_feature_shards(extractor, dataset, out_dir, shard_size, regenerate_tokens, meta)
 
@@ -74,16 +75,23 @@ def _check_features(shards: FeatureShards, draft: SparrowDraftModel, settings: T
             f"{shards.dir} holds features of layer {meta.get('feature_layer')} (None = final) but "
             f"the draft's feature_layer needs {want}; extract again with the draft's --feature"
         )
+    frame_text = meta.get("frame_text", "visual")
+    if frame_text != draft.sparrow_config.frame_text:
+        raise ValueError(
+            f"{shards.dir} marks frame text as {frame_text!r} but the draft's frame_text is "
+            f"{draft.sparrow_config.frame_text!r}; extract again with --frame-text "
+            f"{draft.sparrow_config.frame_text} (training and serving must agree)"
+        )
     if settings.train_row_mode() == "bridge" and meta.get("bridge_layer") is None:
         raise ValueError(f"{shards.dir} has no bridge states; extract with --bridge-layer or train with --no-ivsb")
 
 
 def make_draft(target: TargetFeatures, init_draft: str | Path | None, fields: dict[str, Any], seed: int) -> SparrowDraftModel:
     if init_draft is not None:
-        checkpoint = check_draft_for_target(init_draft, target.config, target_supports_aux_hidden_states=True)
+        checkpoint = check_draft_for_target(init_draft, target.family)
         draft, _ = load_draft_weights(checkpoint, target.model.dtype, "cpu")
         return draft
-    return new_draft(target.config, seed=seed, **fields)
+    return new_draft(target.family, seed=seed, **fields)
 
 
 def train_draft(
@@ -110,9 +118,10 @@ def train_draft(
     else:
         bridge = None
         if settings.train_row_mode() == "bridge":
-            bridge = bridge_layer if bridge_layer is not None else default_bridge_layer(target.config)
+            bridge = bridge_layer if bridge_layer is not None else default_bridge_layer(target.family)
         spec = FeatureSpec(feature_layer=draft.sparrow_config.aux_layer_index(), bridge_layer=bridge,
-                           max_seq_len=max_seq_len, video_fps=video_fps)
+                           max_seq_len=max_seq_len, video_fps=video_fps,
+                           frame_text=draft.sparrow_config.frame_text)
         dataset = ConversationDataset(data, media_root=media_root, num_frames=num_frames)
         source = OnlineFeatures(dataset, FeatureExtractor(target, target.processor, spec))
     embed = target.model.get_input_embeddings()

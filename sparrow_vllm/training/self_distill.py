@@ -87,7 +87,7 @@ def self_distill(
 ) -> Path:
     torch.manual_seed(settings.seed)
     target = load_hf_target(target_dir)
-    checkpoint = check_draft_for_target(draft_dir, target.config, target_supports_aux_hidden_states=True)
+    checkpoint = check_draft_for_target(draft_dir, target.family)
     draft, _ = load_draft_weights(checkpoint, torch.float32, "cpu")
     prompts = _random_prompts(target.tokenizer, settings)
     sequences = _greedy_sequences(target, prompts, settings.new_tokens)

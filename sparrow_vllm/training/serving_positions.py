@@ -1,14 +1,15 @@
 """Train with the M-RoPE positions vLLM serves with.
 
-What: transformers 5.x's Qwen2.5-VL `get_rope_index` starts the text after an image or
+What: transformers 5.x's Qwen2-VL and Qwen2.5-VL `get_rope_index` start the text after an image or
 video at `start + max(grid_h, grid_w)`, ignoring the video's time extent; vLLM 0.32
 (`Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions`, like the original Qwen
 code) starts it after the largest position of the block, time included. A model trained
 with one rule and served with the other sees every text token after a video shifted; the
 toy-world target answered nothing in vLLM until this was fixed.
-How: `use_serving_positions()` wraps `get_rope_index` so that each block of text starts
-at the previous block's largest position + 1, as vLLM does. Idempotent; training,
-feature extraction and the toy world's target training and evaluation call it.
+How: `use_serving_positions(module, model)` wraps a model class's `get_rope_index` so that
+each block of text starts at the previous block's largest position + 1, as vLLM does.
+Idempotent; each Qwen VL family adapter names its class (`TargetFamily.use_serving_positions`),
+and training, feature extraction and the toy world's target call it through the family.
 Remove when transformers and vLLM agree on the rule.
 """
 
@@ -59,13 +60,15 @@ def _wrap(original: Any) -> Any:
     return get_rope_index
 
 
-def use_serving_positions() -> None:
-    """Make transformers' Qwen2.5-VL positions follow vLLM's rule (see the module doc)."""
-    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+def use_serving_positions(module: str, model: str) -> None:
+    """Make transformers' M-RoPE positions of `module.model` (a Qwen VL model class whose
+    `get_rope_index` has the signature above) follow vLLM's rule (see the module doc)."""
+    import importlib
 
-    cls = qwen.Qwen2_5_VLModel
+    cls = getattr(importlib.import_module(module), model)
     if cls in _PATCHED:
         return
     cls.get_rope_index = _wrap(cls.get_rope_index)
     _PATCHED.add(cls)
-    logger.info("transformers Qwen2.5-VL positions now follow vLLM's rule (text after a video starts after its last position)")
+    logger.info("transformers %s positions now follow vLLM's rule (text after a video starts "
+                "after its last position)", model)

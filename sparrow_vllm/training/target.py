@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from sparrow_vllm.families import TargetFamily, resolve_family
+
 
 @dataclass
 class TargetStates:
@@ -23,8 +25,12 @@ class TargetStates:
 class TargetFeatures:
     model: Any
     tokenizer: Any
-    config: Any
+    family: TargetFamily
     processor: Any = None
+
+    @property
+    def config(self) -> Any:
+        return self.family.config
 
     def _text_model(self) -> Any:
         model = self.model.model
@@ -70,15 +76,13 @@ def load_hf_target(path: str | Path) -> TargetFeatures:
         AutoTokenizer,
     )
 
-    from sparrow_vllm.training.serving_positions import use_serving_positions
-
-    use_serving_positions()
-    config = AutoConfig.from_pretrained(str(path))
-    is_vlm = getattr(config, "vision_config", None) is not None
+    family = resolve_family(AutoConfig.from_pretrained(str(path)))
+    family.use_serving_positions()
+    is_vlm = family.is_multimodal
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     model = auto.from_pretrained(str(path), dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     processor = AutoProcessor.from_pretrained(str(path)) if is_vlm else tokenizer
-    return TargetFeatures(model=model, tokenizer=tokenizer, config=config, processor=processor)
+    return TargetFeatures(model=model, tokenizer=tokenizer, family=family, processor=processor)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparrow_vllm.toy_target import build_toy_target
+from sparrow_vllm.toy_targets import build_toy_target
 from sparrow_vllm.toy_world.dataset import write_dataset
 from sparrow_vllm.toy_world.scene import WORDS
 from sparrow_vllm.training.features import FeatureSpec

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights
-from sparrow_vllm.draft_factory import load_target_config, new_draft
+from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.families import load_family
 from sparrow_vllm.training.features import FeatureShards
 from sparrow_vllm.training.settings import TrainSettings
 from sparrow_vllm.training.target import load_hf_target
@@ -22,7 +23,7 @@ QUICK = dict(batch_size=4, lr=3e-3, warmup=2, val_samples=2, val_every=1000, val
 
 def _trainer(world, out: Path, **settings) -> Trainer:
     target = load_hf_target(world["target"])
-    draft = new_draft(target.config, window=16)
+    draft = new_draft(target.family, window=16)
     return Trainer(
         draft, target.model.get_input_embeddings(), target.model.get_output_embeddings(),
         FeatureShards(world["features"]), TrainSettings(**{**QUICK, **settings}), out,
@@ -59,7 +60,7 @@ def test_validation_reports_acceptance_and_saves_a_loadable_draft(tiny_world, tm
     out = trainer.save_draft(["test"])
     config = json.loads((out / "config.json").read_text())
     assert config["provenance"]["command"] == ["test"]
-    checkpoint = check_draft_for_target(out, load_target_config(tiny_world["target"]), True)
+    checkpoint = check_draft_for_target(out, load_family(tiny_world["target"]))
     load_draft_weights(checkpoint, torch.float32, "cpu")
     assert json.loads((out / "validation.json").read_text())[-1]["step"] == 2
 
@@ -84,7 +85,7 @@ def test_two_processes_train_with_ddp(tiny_world, tmp_path):
         "--val-every", "4", nproc=2,
     )
     assert "on 2 process(es)" in proc.stderr
-    checkpoint = check_draft_for_target(tmp_path / "ddp", load_target_config(tiny_world["target"]), True)
+    checkpoint = check_draft_for_target(tmp_path / "ddp", load_family(tiny_world["target"]))
     assert checkpoint.sparrow.window is None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from sparrow_vllm.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.families import TargetFamily, resolve_family
 
 
 def target_config(hidden: int = 32, vocab: int = 64, layers: int = 4, heads: int = 4, kv: int = 2):
@@ -20,7 +21,22 @@ def target_config(hidden: int = 32, vocab: int = 64, layers: int = 4, heads: int
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         max_position_embeddings=512,
         architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
     )
+
+
+def text_family(**kwargs) -> TargetFamily:
+    """The Qwen2 (text) family adapter of target_config(**kwargs)."""
+    return resolve_family(target_config(**kwargs))
+
+
+def vl_family(video: int, image: int | None = None, start: int = -2, end: int = -3,
+              model_type: str = "qwen2_5_vl") -> TargetFamily:
+    """A Qwen VL family adapter whose placeholder / marker ids are the given ones."""
+    return resolve_family(SimpleNamespace(
+        model_type=model_type, architectures=["ToyVL"], image_token_id=image if image is not None else video,
+        video_token_id=video, vision_start_token_id=start, vision_end_token_id=end,
+    ))
 
 
 def sparrow_config(**overrides) -> SparrowConfig:

@@ -9,7 +9,7 @@ import pytest
 
 from sparrow_vllm.checkpoint import check_draft_for_target
 from sparrow_vllm.cli import build_parser, main
-from sparrow_vllm.draft_factory import load_target_config
+from sparrow_vllm.families import load_family
 
 
 def test_console_script_is_installed():
@@ -27,7 +27,7 @@ def test_toy_target_and_init_draft(tmp_path, arch):
     main(["toy-target", "--arch", arch, "--out", str(target)])
     main(["init-draft", "--target", str(target), "--out", str(draft), "--layers", "2",
           "--feature", "penultimate", "--window", "16", "--no-fc-bias"])
-    ckpt = check_draft_for_target(draft, load_target_config(target), target_supports_aux_hidden_states=True)
+    ckpt = check_draft_for_target(draft, load_family(target))
     assert ckpt.sparrow.num_layers == 2 and ckpt.sparrow.window == 16
     assert ckpt.sparrow.aux_layer_index() == 1 and not ckpt.sparrow.fc_bias
     raw = json.loads((draft / "config.json").read_text())
@@ -40,6 +40,19 @@ def test_bad_feature_value_is_reported(tmp_path, capsys):
     main(["toy-target", "--arch", "qwen2", "--out", str(tmp_path / "t")])
     with pytest.raises(ValueError, match="outside 1..2"):
         main(["init-draft", "--target", str(tmp_path / "t"), "--out", str(tmp_path / "d"), "--feature", "7"])
+
+
+def test_toy_target_offers_every_arch(tmp_path):
+    from sparrow_vllm.toy_targets import ARCHES
+
+    sub = build_parser()._subparsers._group_actions[0].choices["toy-target"]
+    (arch,) = [a for a in sub._actions if a.dest == "arch"]
+    assert tuple(arch.choices) == ARCHES == ("qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
+    main(["toy-target", "--arch", "llava_onevision", "--out", str(tmp_path / "t"), "--num-target-layers", "1"])
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["architectures"] == ["LlavaOnevisionForConditionalGeneration"]
+    assert config["text_config"]["num_hidden_layers"] == 1
+    assert (tmp_path / "t" / "video_preprocessor_config.json").exists()
 
 
 def test_parser_lists_the_tools():

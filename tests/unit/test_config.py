@@ -14,7 +14,8 @@ from sparrow_vllm.checkpoint import (
 )
 from sparrow_vllm.config import SparrowConfigError, build_config_json, parse_config_json
 from sparrow_vllm.draft_factory import new_draft
-from tests.unit.helpers import layer_config, sparrow_config, target_config
+from sparrow_vllm.families import resolve_family
+from tests.unit.helpers import layer_config, sparrow_config, target_config, text_family
 
 
 def test_feature_layer_resolves_to_vllm_aux_index():
@@ -75,12 +76,12 @@ def test_bad_config_json_names_the_fix(mutate, message):
 
 @pytest.fixture
 def draft_dir(tmp_path):
-    model = new_draft(target_config(), num_layers=1)
+    model = new_draft(text_family(), num_layers=1)
     return save_draft(tmp_path / "draft", model, command=["test"])
 
 
 def test_saved_checkpoint_matches_its_target(draft_dir):
-    ckpt = check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=False)
+    ckpt = check_draft_for_target(draft_dir, text_family(), vllm_aux_hidden_states=False)
     assert ckpt.sparrow.target_hidden_size == 32
     assert not ckpt.has_own_embedding and not ckpt.has_own_lm_head
     raw = json.loads((draft_dir / "config.json").read_text())
@@ -98,15 +99,15 @@ def test_saved_checkpoint_matches_its_target(draft_dir):
 )
 def test_mismatched_target_is_rejected(draft_dir, target, message):
     with pytest.raises(SparrowConfigError, match=message):
-        check_draft_for_target(draft_dir, target, target_supports_aux_hidden_states=True)
+        check_draft_for_target(draft_dir, resolve_family(target))
 
 
 def test_feature_layer_needs_aux_support(tmp_path):
-    model = new_draft(target_config(), feature_layer="penultimate")
+    model = new_draft(text_family(), feature_layer="penultimate")
     path = save_draft(tmp_path / "d", model)
     with pytest.raises(SparrowConfigError, match="feature_layer='final'"):
-        check_draft_for_target(path, target_config(), target_supports_aux_hidden_states=False)
-    check_draft_for_target(path, target_config(), target_supports_aux_hidden_states=True)
+        check_draft_for_target(path, text_family(), vllm_aux_hidden_states=False)
+    check_draft_for_target(path, text_family(), vllm_aux_hidden_states=True)
 
 
 def _rewrite_weights(path, change):
@@ -127,12 +128,12 @@ def _rewrite_weights(path, change):
 def test_weights_that_do_not_match_config_are_rejected(draft_dir, change, message):
     _rewrite_weights(draft_dir, change)
     with pytest.raises(SparrowConfigError, match=message):
-        check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=True)
+        check_draft_for_target(draft_dir, text_family())
 
 
 def test_own_lm_head_is_accepted(draft_dir):
     _rewrite_weights(draft_dir, lambda t: t.update({"lm_head.weight": torch.zeros(64, 32)}))
-    ckpt = check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=True)
+    ckpt = check_draft_for_target(draft_dir, text_family())
     assert ckpt.has_own_lm_head
 
 
@@ -152,4 +153,4 @@ def test_truncated_weights_name_the_draft_and_the_fix(draft_dir, keep):
     data = weights.read_bytes()
     weights.write_bytes(data[: max(9, int(len(data) * keep))])
     with pytest.raises(SparrowConfigError, match="model.safetensors is not a readable safetensors file.*Copy the draft again"):
-        check_draft_for_target(draft_dir, target_config(), target_supports_aux_hidden_states=True)
+        check_draft_for_target(draft_dir, text_family())

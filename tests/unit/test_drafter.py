@@ -14,9 +14,10 @@ import torch
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter, commit_targets
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 from sparrow_vllm.training.attention import causal_text_attention
-from tests.unit.helpers import layer_config, sparrow_config
+from tests.unit.helpers import layer_config, sparrow_config, vl_family
 
 VOCAB, HIDDEN, VISUAL = 64, 32, 60
 
@@ -36,7 +37,11 @@ def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4):
     rows = (window if window is not None else 256) + 2 * k + 1
     cache = TextKVCache(model.draft.layer_config.num_hidden_layers, blocks, block_size, slots,
                         -(-rows // block_size) + 1, 2, 8, torch.float32, "cpu", window=window)
-    return TextAnchoredDrafter(model, cache, window, [VISUAL], max_model_len=512)
+    return TextAnchoredDrafter(model, cache, window, _visual_rows(), max_model_len=512)
+
+
+def _visual_rows(family=None, frame_text="visual", device="cpu"):
+    return VisualRows(family or vl_family(VISUAL), frame_text, torch.device(device))
 
 
 class Sequence:
@@ -314,7 +319,7 @@ def test_cuda_decode_step_does_not_synchronise():
     model = _draft().cuda()
     model.own_embedding, model.own_lm_head = model.own_embedding.cuda(), model.own_lm_head.cuda()
     cache = TextKVCache(2, 64, 16, 4, 34, 2, 8, torch.float32, "cuda")
-    drafter = TextAnchoredDrafter(model, cache, None, [VISUAL], max_model_len=512)
+    drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(device="cuda"), max_model_len=512)
     a = Sequence(40)
 
     def cuda_inputs(parts):

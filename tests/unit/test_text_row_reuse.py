@@ -11,18 +11,21 @@ from sparrow_vllm.serving.text_row_reuse import RequestContent, matching_rows, r
 from sparrow_vllm.training.attention import causal_text_attention
 from tests.unit.test_drafter import VISUAL, Sequence, _check_cache, _draft, _drafter, _step
 
-PH = frozenset({VISUAL})
+
+def _visual(tokens):
+    return [t == VISUAL for t in tokens]
 
 
 def test_keys_follow_content_and_multimodal_identity():
     tokens = [1, 2, VISUAL, VISUAL, 3, 4, 5]
     video_a, video_b = ((2, 2, "video-a"),), ((2, 2, "video-b"),)
-    keys = row_keys(tokens, video_a, PH, len(tokens))
+    keys = row_keys(tokens, video_a, _visual(tokens), len(tokens))
     # rows whose input token is text: 0 (x1), 3 (x4), 4 (x5), 5 (x6)
     assert [i for i, _ in keys] == [0, 3, 4, 5]
-    assert row_keys(tokens + [9], video_a, PH, len(tokens)) == keys  # same prefix, same keys
-    assert row_keys(tokens, video_a, PH, 5) == keys[:2]  # rows with i + 1 < end
-    other = row_keys(tokens, video_b, PH, len(tokens))
+    longer = tokens + [9]
+    assert row_keys(longer, video_a, _visual(longer), len(tokens)) == keys  # same prefix, same keys
+    assert row_keys(tokens, video_a, _visual(tokens), 5) == keys[:2]  # rows with i + 1 < end
+    other = row_keys(tokens, video_b, _visual(tokens), len(tokens))
     assert other[0] == keys[0] and all(a != b for a, b in zip(other[1:], keys[1:], strict=True))
     assert matching_rows([0, 3, 5], keys) == 2  # a missing row ends the run
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparrow_vllm.serving.text_row_reuse import RequestContent
+from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.training.acceptance import chain_drafts, simulate
 from sparrow_vllm.training.rows import attention_mask, build_rows, previous_text_row
+from tests.unit.helpers import vl_family
 from tests.unit.test_drafter import VISUAL, Sequence, _draft, _drafter, _step
 
 
-def _record(seq: Sequence, bridge_dim: int | None = None) -> dict[str, torch.Tensor]:
+def _record(seq: Sequence, bridge_dim: int | None = None, family=None) -> dict[str, torch.Tensor]:
     n = len(seq.x)
-    visual = seq.x == VISUAL
+    visual = seq.x == VISUAL if family is None else torch.tensor(family.visual_token_mask(seq.x.tolist()))
     record = {
         "input_ids": seq.x, "positions": torch.arange(n), "visual_mask": visual,
         "features": seq.h, "target_next": torch.roll(seq.x, -1), "loss_start": torch.tensor(n // 2),
@@ -84,12 +87,42 @@ def test_simulation_steps_like_vllm():
     assert stats.acceptance_length == pytest.approx(3.0)
 
 
+# family -> its visual segment in a 40-token sequence (placeholders VISUAL; Qwen3-VL's
+# frames carry timestamp text and markers between them)
+START, END = 61, 62
+FAMILY_SEGMENTS = {
+    "qwen2_vl": [VISUAL] * 11,
+    "qwen2_5_vl": [VISUAL] * 11,
+    "qwen3_vl": [1, 2, START, VISUAL, VISUAL, END, 3, 4, START, VISUAL, VISUAL, VISUAL, END],
+    "llava_onevision": [VISUAL] * 11,
+}
+
+
+def _family(name):
+    if name == "llava_onevision":
+        from types import SimpleNamespace
+
+        from sparrow_vllm.families import resolve_family
+
+        return resolve_family(SimpleNamespace(model_type=name, image_token_index=VISUAL, video_token_index=VISUAL))
+    return vl_family(VISUAL, start=START, end=END, model_type=name)
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILY_SEGMENTS))
 @pytest.mark.parametrize("window", [None, 2, 5])
-def test_training_chain_equals_serving_drafts(window):
+def test_training_chain_equals_serving_drafts(window, family_name):
+    """Per family: training marks visual rows with the family's rule (the features'
+    visual_mask), serving skips rows with the same rule (VisualRows), and the drafts agree."""
+    family = _family(family_name)
     model = _draft(window)
     drafter = _drafter(model, window, k=3)
-    seq = Sequence(40, visual=[(4, 15)], seed=3)
-    rows = build_rows(_record(seq), "text")
+    drafter.visual_rows = VisualRows(family, "visual", torch.device("cpu"))
+    drafter.cache.visual_token_mask = drafter.visual_rows.token_mask
+    seq = Sequence(40, seed=3)
+    segment = torch.tensor(FAMILY_SEGMENTS[family_name])
+    seq.x[4 : 4 + len(segment)] = segment
+    drafter.on_requests_added({"a": RequestContent(tuple(seq.x[:22].tolist()))})
+    rows = build_rows(_record(seq, family=family), "text")
     drafts = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, window, 3)
     row_of = {int(s): r for r, s in enumerate(rows.source)}
     # chains from a subset of start rows are the same chains

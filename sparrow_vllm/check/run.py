@@ -1,0 +1,185 @@
+"""`sparrow-vllm check`: is this draft safe and useful for this target, on this vLLM?
+
+1. Validate the pair (family, shapes, feature layer) without starting vLLM.
+2. Serve the family's prompt kinds (text, image, video, video+image) greedily with the
+   target alone, then with Sparrow, each engine in its own process.
+3. Compare the outputs token for token; read acceptance length, the runner and adapter
+   that drafted, the draft attention backend, the draft cache's memory, and whether the
+   draft cache held any visual row after a visual prefill.
+Any mismatch is a failure with its reason; the report is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from sparrow_vllm.check.prompts import prompt_kinds
+from sparrow_vllm.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.families import TargetFamily, load_family
+
+logger = logging.getLogger(__name__)
+
+Runner = Literal["v1", "v2", "auto"]
+RUNNER_ENV = {"v1": {"VLLM_USE_V2_MODEL_RUNNER": "0"}, "v2": {"VLLM_USE_V2_MODEL_RUNNER": "1"}, "auto": {}}
+
+
+class CheckSettings(BaseModel):
+    """How `sparrow-vllm check` runs the target."""
+
+    runner: Runner = Field("auto", description="vLLM model runner: v1, v2 (Model Runner V2), "
+                           "or auto (vLLM's own choice: V2 on CUDA, V1 on CPU).")
+    num_speculative_tokens: int = Field(3, ge=1, description="Drafts per step (K).")
+    max_tokens: int = Field(32, ge=1, description="Greedy tokens generated per prompt.")
+    dtype: str = Field("float32", description="Engine dtype. float32 makes the target's "
+                       "numerics independent of batch shape, so greedy equality is exact.")
+    max_model_len: int = Field(4096, ge=64, description="Engine context length.")
+    timeout_s: float = Field(1800, gt=0, description="Limit for each engine process.")
+    enforce_eager: bool = Field(True, description="No CUDA graphs (faster start-up for a check).")
+
+
+class PromptResult(BaseModel):
+    kind: str
+    prompt_tokens: int
+    equal: bool
+    first_difference: int | None = Field(None, description="Index of the first differing token.")
+
+
+class CheckReport(BaseModel):
+    target: str
+    draft: str
+    family: str = ""
+    settings: CheckSettings
+    passed: bool = False
+    failures: list[str] = Field(default_factory=list)
+    prompts: list[PromptResult] = Field(default_factory=list)
+    acceptance_length: float | None = Field(None, description="Mean tokens per verify step, 1 + accepted / drafts.")
+    runner_class: str | None = None
+    drafted_on: str | None = Field(None, description="The Sparrow runner adapter that drafted: v1 or v2.")
+    adapter: str | None = None
+    attention_backend_calls: dict[str, int] = Field(default_factory=dict)
+    draft_cache: dict[str, int] | None = None
+    visual_rows_in_draft_cache: int | None = Field(None, description="Visual rows cached after a visual prefill (0 is right).")
+    text_rows_in_draft_cache: int | None = Field(None, description="Text rows cached after that prefill.")
+
+    def summary(self) -> str:
+        lines = [f"sparrow-vllm check: {'PASSED' if self.passed else 'FAILED'}  target={self.target}  draft={self.draft}",
+                 f"  family {self.family}", f"  runner {self.runner_class}; Sparrow adapter {self.drafted_on}"]
+        for p in self.prompts:
+            lines.append(f"  {p.kind:<12} {p.prompt_tokens:>6} prompt tokens  "
+                         + ("output equal" if p.equal else f"DIFFERS at token {p.first_difference}"))
+        if self.acceptance_length is not None:
+            lines.append(f"  acceptance length {self.acceptance_length:.2f} tokens per step")
+        if self.draft_cache:
+            lines.append(f"  draft cache {self.draft_cache['bytes'] / 2**20:.1f} MiB "
+                         f"({self.draft_cache['num_blocks']} blocks x {self.draft_cache['block_size']} rows); "
+                         f"attention backend calls {self.attention_backend_calls}")
+        lines += [f"  FAILURE: {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def _engine_args(family: TargetFamily, settings: CheckSettings) -> dict[str, Any]:
+    args: dict[str, Any] = {"dtype": settings.dtype, "max_model_len": settings.max_model_len,
+                            "enforce_eager": settings.enforce_eager}
+    if family.modalities:
+        args["limit_mm_per_prompt"] = {m: 1 for m in family.modalities}
+    return args
+
+
+def _run_engine(job: dict[str, Any], settings: CheckSettings, workdir: Path, name: str) -> dict[str, Any]:
+    job_path, result_path, log_path = (workdir / f"{name}.{ext}" for ext in ("job.json", "result.json", "log"))
+    job_path.write_text(json.dumps(job))
+    env = {**os.environ, **RUNNER_ENV[settings.runner], "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    logger.info("check: starting the %s engine (log: %s)", name, log_path)
+    with log_path.open("w") as log:
+        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.check.engine_run", str(job_path), str(result_path)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=settings.timeout_s)
+    if proc.returncode != 0 or not result_path.exists():
+        tail = "\n".join(log_path.read_text().splitlines()[-25:])
+        raise RuntimeError(f"the {name} engine failed (exit {proc.returncode}); last log lines:\n{tail}")
+    return json.loads(result_path.read_text())
+
+
+def _first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _visual_rows_cached(family: TargetFamily, checkpoint: DraftCheckpoint, inspected: dict[str, Any]) -> int:
+    """Cached rows whose input token the family's rule calls visual (row i carries token i + 1)."""
+    visual = family.visual_token_mask(inspected["prompt_token_ids"], checkpoint.sparrow.frame_text)
+    return sum(1 for i in inspected["seq"] if i + 1 < len(visual) and visual[i + 1])
+
+
+def run_check(target: str | Path, draft: str | Path, settings: CheckSettings | None = None,
+              workdir: str | Path | None = None) -> CheckReport:
+    settings = settings or CheckSettings()
+    report = CheckReport(target=str(target), draft=str(draft), settings=settings)
+    try:
+        family = load_family(str(target))
+        checkpoint = check_draft_for_target(draft, family)
+    except SparrowConfigError as error:
+        report.failures.append(str(error))
+        return report
+    report.family = family.describe()
+    kinds = prompt_kinds(family)
+    job = {"target": str(target), "kinds": kinds, "max_tokens": settings.max_tokens,
+           "engine": _engine_args(family, settings)}
+    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": settings.num_speculative_tokens}
+    with tempfile.TemporaryDirectory(prefix="sparrow-check-") as tmp:
+        root = Path(workdir) if workdir is not None else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            alone = _run_engine(job, settings, root, "target-alone")
+            sparrow = _run_engine({**job, "speculative_config": spec}, settings, root, "sparrow")
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            report.failures.append(str(error))
+            return report
+    _compare(report, kinds, alone, sparrow)
+    _read_worker(report, family, checkpoint, sparrow)
+    report.passed = not report.failures
+    return report
+
+
+def _compare(report: CheckReport, kinds: list[str], alone: dict[str, Any], sparrow: dict[str, Any]) -> None:
+    for kind, ids, want, got in zip(kinds, alone["prompt_token_ids"], alone["outputs"], sparrow["outputs"], strict=True):
+        diff = _first_difference(want, got)
+        report.prompts.append(PromptResult(kind=kind, prompt_tokens=len(ids), equal=diff is None, first_difference=diff))
+        if diff is not None:
+            report.failures.append(
+                f"the {kind} prompt's output with Sparrow differs from the target alone at token {diff} "
+                f"({got[diff] if diff < len(got) else 'end'} vs {want[diff] if diff < len(want) else 'end'}): "
+                "Sparrow must never change the target's output; report this with the JSON report attached"
+            )
+
+
+def _read_worker(report: CheckReport, family: TargetFamily, checkpoint: DraftCheckpoint, sparrow: dict[str, Any]) -> None:
+    worker = sparrow["worker"]
+    report.runner_class, report.adapter = worker["runner_class"], worker["adapter"]
+    report.drafted_on = worker["sparrow_adapter"]
+    report.attention_backend_calls = worker["attention_backend_calls"]
+    report.draft_cache = worker["draft_cache"]
+    drafts = sparrow["metrics"].get("vllm:spec_decode_num_drafts") or 0
+    accepted = sparrow["metrics"].get("vllm:spec_decode_num_accepted_tokens") or 0
+    if not worker["sparrow_adapter"] or not worker["sparrow_steps"] or not drafts:
+        report.failures.append(f"Sparrow did not draft (adapter {worker['adapter']}, steps {worker['sparrow_steps']}, "
+                               f"drafts {drafts}); check the engine log for the plugin's start-up lines")
+    else:
+        report.acceptance_length = 1 + accepted / drafts
+    if "inspected" in sparrow:
+        report.visual_rows_in_draft_cache = _visual_rows_cached(family, checkpoint, sparrow["inspected"])
+        report.text_rows_in_draft_cache = len(sparrow["inspected"]["seq"]) - report.visual_rows_in_draft_cache
+        if report.visual_rows_in_draft_cache:
+            report.failures.append(f"the draft cache held {report.visual_rows_in_draft_cache} visual rows after "
+                                   f"a {sparrow['inspected']['kind']} prefill; Sparrow's draft must cache text rows only")
