@@ -67,7 +67,11 @@ def inspect_after_prefill(llm: Any, prompt: dict[str, Any], params: Any) -> dict
             break
     rows = {"seq": [], "tokens": []}
     if llm.llm_engine.vllm_config.speculative_config is not None:
-        rows = llm.collective_rpc(cached_rows)[0].get("inspect", rows)
+        # the one live request (vLLM gives it an internal id derived from "inspect")
+        live = list(llm.collective_rpc(cached_rows)[0].values())
+        if len(live) != 1:
+            raise RuntimeError(f"expected one live request in the draft cache, found {len(live)}")
+        rows = live[0]
     engine.abort_request(["inspect"])
     return {"prompt_token_ids": prompt_ids, **rows}
 
