@@ -14,6 +14,8 @@ The job names the target, the speculative config (or none), engine settings, pro
   distribution   per sampling setting, `samples` sampled outputs of one prompt in one
                  batch, and the acceptance counters of that setting (distribution)
   seeded_outputs the outputs of requests with per-request seeds, twice (seeded_round)
+  step_inputs    what the target handed the Sparrow drafter at each step, and the
+                 prompts' token ids (record_step_inputs)
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ def toy_scene_prompt(spec: dict, tokenizer) -> dict:
 def build_prompt(spec: dict, tokenizer=None) -> dict:
     if spec.get("toy_scene"):
         return toy_scene_prompt(spec["toy_scene"], tokenizer)
+    if spec.get("chat"):  # a `sparrow-vllm check` prompt: the target's own chat template
+        from sparrow_vllm.check.prompts import build_prompt as check_prompt
+
+        return check_prompt(spec["chat"], tokenizer, spec.get("seed", 0))
     media, data = [], {}
     if spec.get("video"):
         media.append(VIDEO)
@@ -109,6 +115,28 @@ def _install_draft_recorder(worker):
 
     drafter.propose = recording_propose
     return True
+
+
+def _install_step_recorder(worker):
+    """Record what the target hands the drafter (StepInputs) at every step."""
+    drafter = _speculative_adapter(worker).drafter
+    drafter.recorded_inputs = []
+    step = drafter.step
+
+    def recording_step(inputs, num_tokens, sample):
+        drafter.recorded_inputs.append({
+            "token_ids": inputs.token_ids.tolist(), "positions": inputs.positions.tolist(),
+            "hidden_states": inputs.hidden_states.float().tolist(), "seq_start": inputs.seq_start.tolist(),
+            "query_start": inputs.query_start.tolist(),
+        })
+        return step(inputs, num_tokens, sample)
+
+    drafter.step = recording_step
+    return True
+
+
+def _recorded_step_inputs(worker):
+    return _speculative_adapter(worker).drafter.recorded_inputs
 
 
 def _recorded_drafts(worker):
@@ -185,6 +213,8 @@ def main(job_path: str, result_path: str) -> None:
     result: dict = {}
     if job.get("record_drafts"):
         llm.collective_rpc(_install_draft_recorder)
+    if job.get("record_step_inputs"):
+        llm.collective_rpc(_install_step_recorder)
     if job.get("inspect_after_prefill") is not None:
         spec = job["prompts"][job["inspect_after_prefill"]]
         result["inspected_prompt_ids"] = llm.get_tokenizer()(build_prompt(spec)["prompt"]).input_ids
@@ -223,6 +253,9 @@ def main(job_path: str, result_path: str) -> None:
         first = llm.generate(prompts, seeded, use_tqdm=False)
         second = llm.generate(prompts[::-1], seeded[::-1], use_tqdm=False)[::-1]
         result["seeded_outputs"] = [[list(g.outputs[0].token_ids) for g in run] for run in (first, second)]
+    if job.get("record_step_inputs"):
+        result["step_inputs"] = llm.collective_rpc(_recorded_step_inputs)[0]
+        result["prompt_token_ids"] = [list(g.prompt_token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)
     result["runner_info"] = llm.collective_rpc(_runner_info)[0]
     if job.get("record_drafts"):

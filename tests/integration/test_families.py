@@ -48,3 +48,69 @@ def test_draft_cache_holds_no_visual_rows_after_a_video_prefill(reports, arch):
     report = reports[arch]
     assert report.visual_rows_in_draft_cache == 0 and report.text_rows_in_draft_cache > 0
     assert report.draft_cache["num_blocks"] > 0 and report.draft_cache["bytes"] > 0
+
+
+# ---- training features equal what vLLM hands the drafter ---------------------------------
+
+# (arch, runner): every family on V1; Qwen3-VL's interleaved M-RoPE also on V2, whose
+# positions come from its own rope state
+PARITY_CASES = [(arch, "v1") for arch in ("qwen2_5_vl", *FAMILY_ARCHES)] + [("qwen3_vl", "v2")]
+
+
+def _pair(arch, toy_models, family_models):
+    if arch == "qwen2_5_vl":
+        return toy_models["vl_target"], toy_models["vl_draft"]
+    return family_models[arch]["target"], family_models[arch]["draft"]
+
+
+def _served_rows(result: dict) -> dict[str, dict[int, object]]:
+    """Target index -> the token, position and hidden state vLLM handed the drafter for it."""
+    rows: dict[str, dict[int, object]] = {"token": {}, "position": {}, "hidden": {}}
+    for step in result["step_inputs"]:
+        start, end = step["query_start"][0], step["query_start"][1]
+        for local in range(end - start):
+            index = step["seq_start"][0] + local
+            if index not in rows["token"]:
+                rows["token"][index] = step["token_ids"][start + local]
+                rows["position"][index] = step["positions"][start + local]
+                rows["hidden"][index] = step["hidden_states"][start + local]
+    return rows
+
+
+@pytest.mark.parametrize("arch, engine_runner", PARITY_CASES)
+def test_training_features_equal_what_serving_hands_the_draft(toy_models, family_models, tmp_path, arch, engine_runner):
+    import torch
+
+    from sparrow_vllm.check.prompts import TEXT, VIDEO_FPS, synthetic_video
+    from sparrow_vllm.checkpoint import read_draft_config
+    from sparrow_vllm.training.data import ConversationSample, Turn
+    from sparrow_vllm.training.features import FeatureExtractor, FeatureSpec
+    from sparrow_vllm.training.target import load_hf_target
+    from tests.toy_models import run_engine_job, sparrow
+
+    target, draft = _pair(arch, toy_models, family_models)
+    job = {"target": str(target), "speculative_config": sparrow(draft), "max_tokens": 4,
+           "engine": {"max_model_len": 2048, "limit_mm_per_prompt": {"video": 1, "image": 1}},
+           "prompts": [{"chat": "video", "seed": 0}], "record_step_inputs": True}
+    served = run_engine_job(job, tmp_path, runner=engine_runner)
+    prompt = served["prompt_token_ids"][0]
+    rows = _served_rows(served)
+
+    _, sparrow_config = read_draft_config(draft)
+    hf = load_hf_target(target)
+    frames, _ = synthetic_video(0)
+    sample = ConversationSample("s", [Turn("user", TEXT), Turn("assistant", "ab")], video=frames,
+                                video_seconds=len(frames) / VIDEO_FPS)
+    spec = FeatureSpec(feature_layer=sparrow_config.aux_layer_index(), bridge_layer=None,
+                       frame_text=sparrow_config.frame_text)
+    record = FeatureExtractor(hf, hf.processor, spec).extract(sample)
+    # the prompt's last token is left out: the toy chat template ends the prompt with a space
+    # that the answer's first word absorbs when training tokenizes prompt + answer together
+    n = len(prompt) - 1
+    assert record["input_ids"][:n].tolist() == prompt[:n]
+    assert sorted(rows["token"])[: n] == list(range(n))
+    assert [rows["token"][i] for i in range(n)] == prompt[:n]
+    assert record["positions"][:n].tolist() == [rows["position"][i] for i in range(n)]
+    served_hidden = torch.tensor([rows["hidden"][i] for i in range(n)])
+    torch.testing.assert_close(record["features"][:n], served_hidden, atol=2e-3, rtol=2e-3)
+    assert record["visual_mask"][:n].tolist() == hf.family.visual_token_mask(prompt, sparrow_config.frame_text)[:n]
