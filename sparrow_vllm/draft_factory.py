@@ -26,6 +26,7 @@ def sparrow_config_for(family: TargetFamily, **fields: Any) -> SparrowConfig:
 def new_draft(family: TargetFamily, seed: int = 0, **fields: Any) -> SparrowDraftModel:
     """A randomly initialised draft (std 0.02 linears, zero biases, unit norms)."""
     sparrow = sparrow_config_for(family, **fields)
+    family.check_feature_layer(sparrow.aux_layer_index(), sparrow.feature_layer)  # servable at all?
     layers = layer_config_from_target(family.text_config, sparrow.num_layers)
     generator = torch.Generator().manual_seed(seed)
     model = SparrowDraftModel(layers, sparrow)

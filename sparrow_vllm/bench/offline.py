@@ -7,7 +7,8 @@ Run in its own process (one engine per process, one process at a time on a small
 
 JOB: {"target", "speculative_config" (or null), "engine" (LLM kwargs), "max_tokens",
 "ignore_eos", "warmup" (ToyQuestion fields), "requests" [ToyQuestion fields, ...],
-"flush_cache_mb" (optional: evict CPU caches before each drafter call)}.
+"flush_cache_mb" (optional: evict CPU caches before each drafter call),
+"keep_prompt_token_ids" (optional: record each request's prompt token ids)}.
 The drafter is timed by wrapping the model runner's `drafter.propose` (see
 `_install_drafter_timer`); in-process engines only (VLLM_ENABLE_V1_MULTIPROCESSING=0).
 """
@@ -72,7 +73,8 @@ def _spec_counters(llm: Any) -> dict[str, object]:
             for m in llm.get_metrics() if m.name.startswith("vllm:spec_decode")}
 
 
-def timed_request(llm: Any, request_id: str, prompt: dict[str, Any], params: Any, timed_drafter: bool) -> dict:
+def timed_request(llm: Any, request_id: str, prompt: dict[str, Any], params: Any, timed_drafter: bool,
+                  keep_prompt_ids: bool = False) -> dict:
     """Run one request alone through the engine's step loop and time its phases."""
     engine = llm.llm_engine
     before = _spec_counters(llm)
@@ -100,6 +102,8 @@ def timed_request(llm: Any, request_id: str, prompt: dict[str, Any], params: Any
         "decode_s": end - first_token_at,
         "engine_steps": steps,
     }
+    if keep_prompt_ids:
+        record["prompt_token_ids"] = list(final.prompt_token_ids)
     if timed_drafter:
         calls = llm.collective_rpc(_take_drafter_calls)[0]
         prefill_calls = [s for t, s in calls if t <= first_token_at]
@@ -130,7 +134,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     records = []
     for i, fields in enumerate(job["requests"]):
         question = ToyQuestion(**fields)
-        record = timed_request(llm, f"r{i}", question.offline_prompt(tokenizer), params, bool(spec))
+        record = timed_request(llm, f"r{i}", question.offline_prompt(tokenizer), params, bool(spec),
+                               keep_prompt_ids=job.get("keep_prompt_token_ids", False))
         logger.info("request %d (%d frames, %d prompt tokens): prefill %.2fs decode %.2fs%s", i,
                     question.frames, record["prompt_tokens"], record["prefill_s"], record["decode_s"],
                     f" acceptance {record['acceptance_length']:.2f}" if spec else "")
