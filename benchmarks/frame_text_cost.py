@@ -8,7 +8,7 @@ with the same draft weights under both settings and reports, per length: prompt 
 the text rows the draft keeps (by the family rule), and the drafter's time per decode
 step. Writes OUT.json, OUT.md and OUT.png.
 
-    python benchmarks/frame_text_cost.py --out benchmarks/results/frame_text_cost_qwen3_vl_toy
+    python benchmarks/frame_text_cost.py --cold-cache-mb 256 --out benchmarks/results/frame_text_cost_qwen3_vl_toy
 
 The toy target's video budget is raised so frames keep their size (8 visual tokens per
 frame at 112x112); the draft is untrained (cost does not depend on its weights).
@@ -55,7 +55,7 @@ def build_pair(root: Path, max_frames: int) -> tuple[Path, dict[str, Path]]:
     return target, drafts
 
 
-def _job(target: Path, draft: Path, lengths: list[int], args: argparse.Namespace) -> dict:
+def _job(target: Path, draft: Path, lengths: list[int], args: argparse.Namespace, cold_mb: int = 0) -> dict:
     max_len = max(lengths) * 2 + 1024  # visual tokens, frame text, the question and answer
     engine = {"dtype": "float32", "enforce_eager": True, "max_num_seqs": 1, "max_model_len": max_len,
               "max_num_batched_tokens": max_len}
@@ -64,10 +64,15 @@ def _job(target: Path, draft: Path, lengths: list[int], args: argparse.Namespace
                 for n in lengths for i in range(args.requests)]
     return {"target": str(target), "engine": engine, "max_tokens": args.max_tokens, "ignore_eos": True,
             "speculative_config": {"method": "sparrow", "model": str(draft), "num_speculative_tokens": args.k},
-            "warmup": {**requests[0], "index": 1000}, "requests": requests, "keep_prompt_token_ids": True}
+            "warmup": {**requests[0], "index": 1000}, "requests": requests, "keep_prompt_token_ids": True,
+            "flush_cache_mb": cold_mb}
 
 
-def summarise(target: Path, runs: dict[str, dict], lengths: list[int]) -> list[dict]:
+def _median_ms(run: dict, frames: int) -> float:
+    return 1000 * statistics.median(s for r in run["requests"] if r["frames"] == frames for s in r["draft_decode_s"])
+
+
+def summarise(target: Path, runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] | None = None) -> list[dict]:
     family = load_family(target)
     rows = []
     for setting, run in runs.items():
@@ -76,22 +81,27 @@ def summarise(target: Path, runs: dict[str, dict], lengths: list[int]) -> list[d
             ids = mine[0]["prompt_token_ids"]
             mask = family.visual_token_mask(ids, setting)
             steps = [s for r in mine for s in r["draft_decode_s"]]
-            rows.append({
+            row = {
                 "frame_text": setting, "visual_tokens": sum(t in family.placeholder_ids for t in ids),
                 "target_visual_tokens": n, "prompt_tokens": len(ids),
                 "draft_text_rows": sum(not v for v in mask),
                 "draft_ms_per_step_median": 1000 * statistics.median(steps),
                 "draft_ms_per_step_mean": 1000 * statistics.mean(steps),
                 "acceptance_length": statistics.mean(r["acceptance_length"] for r in mine),
-            })
+            }
+            if cold:
+                row["draft_ms_per_step_cold_cache"] = _median_ms(cold[setting], n // TOKENS_PER_FRAME)
+            rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| frame_text | visual tokens | prompt tokens | draft text rows | draft ms/step (median) |",
-             "|---|---|---|---|---|"]
+    lines = ["| frame_text | visual tokens | prompt tokens | draft text rows | draft ms/step (median) "
+             "| draft ms/step, cold caches |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['frame_text']} | {r['visual_tokens']} | {r['prompt_tokens']} | {r['draft_text_rows']} "
-              f"| {r['draft_ms_per_step_median']:.2f} |" for r in rows]
+              f"| {r['draft_ms_per_step_median']:.2f} | "
+              + (f"{r['draft_ms_per_step_cold_cache']:.2f} |" if "draft_ms_per_step_cold_cache" in r else "- |")
+              for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +117,9 @@ def plot(rows: list[dict], path: Path) -> None:
         x = [r["visual_tokens"] for r in mine]
         axes[0].plot(x, [r["draft_text_rows"] for r in mine], marker="o", label=f"frame_text={setting}")
         axes[1].plot(x, [r["draft_ms_per_step_median"] for r in mine], marker="o", label=f"frame_text={setting}")
+        if "draft_ms_per_step_cold_cache" in mine[0]:
+            axes[1].plot(x, [r["draft_ms_per_step_cold_cache"] for r in mine], marker="x", linestyle="--",
+                         label=f"frame_text={setting}, cold caches")
     for ax, title in zip(axes, ("text rows the draft keeps", "draft time per decode step (ms, median)"),
                          strict=True):
         ax.set_xscale("log")
@@ -126,17 +139,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per length")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--k", type=int, default=3, help="num_speculative_tokens")
+    parser.add_argument("--cold-cache-mb", type=int, default=0,
+                        help="also time the drafter after writing this much memory before each call "
+                        "(cold CPU caches whatever the target read before); 0 = warm runs only")
     parser.add_argument("--out", required=True, help="output path without suffix")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="frame-text-") as tmp:
         target, drafts = build_pair(Path(tmp), max(args.lengths) // TOKENS_PER_FRAME)
-        runs = {}
+        runs, cold = {}, {}
         for setting in tqdm(SETTINGS, desc="frame_text settings"):
             runs[setting] = run_in_subprocess(_job(target, drafts[setting], args.lengths, args),
                                               Path(tmp) / "runs", setting)
-        rows = summarise(target, runs, args.lengths)
+            if args.cold_cache_mb:
+                cold[setting] = run_in_subprocess(_job(target, drafts[setting], args.lengths, args, args.cold_cache_mb),
+                                                  Path(tmp) / "runs", f"{setting}-cold")
+        rows = summarise(target, runs, args.lengths, cold)
     long, short = max(args.lengths), min(args.lengths)
 
     def ratio(setting: str, key: str) -> float:
@@ -146,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "rows": rows,
         "long_over_short": {s: {"text_rows": ratio(s, "draft_text_rows"),
-                                "draft_ms_per_step": ratio(s, "draft_ms_per_step_median")} for s in SETTINGS},
+                                "draft_ms_per_step": ratio(s, "draft_ms_per_step_median"),
+                                **({"draft_ms_per_step_cold_cache": ratio(s, "draft_ms_per_step_cold_cache")}
+                                   if args.cold_cache_mb else {})} for s in SETTINGS},
         "machine": describe_machine(), "provenance": provenance(sys.argv),
     }
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -7,13 +7,15 @@
     v1_proposer.py     adapter for the V1 runner (vllm/v1/worker/gpu_model_runner.py)
     v2_speculator.py   adapter for Model Runner V2 (vllm/v1/worker/gpu/)
     drafter.py         TextAnchoredDrafter: the one drafting implementation both adapters call
+    visual_rows.py     which rows are visual, by the target family's rule (never cached)
     text_kv_cache.py   TextKVCache: the draft's own paged cache of text rows
     attention.py       text-window attention, the op (backend choice)
     ../../kernels/     its PyTorch reference and Triton kernel (sparrow_vllm.kernels)
 
-Support modules: vllm_draft.py (the draft as a vLLM model), target_adapter.py (what the
-draft needs from a target family), draft_loading.py (start-up: checks, cache sizing),
+Support modules: vllm_draft.py (the draft as a vLLM model), target_adapter.py (the
+target's vLLM text model), draft_loading.py (start-up: checks, cache sizing),
 serving_options.py (Sparrow's keys in --speculative-config), text_row_reuse.py (content
 keys of text rows, reused after prefix-cache hits), host_mirror.py (device counts the
-allocator reads without waiting).
+allocator reads without waiting). Family rules (placeholders, frame text, positions,
+intermediate layers) come from sparrow_vllm.families, resolved once at start-up.
 """
