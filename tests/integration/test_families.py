@@ -114,3 +114,26 @@ def test_training_features_equal_what_serving_hands_the_draft(toy_models, family
     served_hidden = torch.tensor([rows["hidden"][i] for i in range(n)])
     torch.testing.assert_close(record["features"][:n], served_hidden, atol=2e-3, rtol=2e-3)
     assert record["visual_mask"][:n].tolist() == hf.family.visual_token_mask(prompt, sparrow_config.frame_text)[:n]
+
+
+def test_unknown_family_stops_start_up_naming_the_supported_ones(toy_models, tmp_path):
+    """A target vLLM serves but Sparrow has no adapter for (a tiny Llama) stops the engine
+    before any model loads; it is not run with a guessed placeholder rule."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sparrow_vllm.toy_targets.tokenizer import write_tokenizer
+    from tests.toy_models import run_engine_job, sparrow
+
+    target = tmp_path / "llama"
+    vocab = write_tokenizer(target)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|endoftext|>"])
+    LlamaForCausalLM(config).save_pretrained(target)
+    job = {"target": str(target), "speculative_config": sparrow(toy_models["text_draft"]),
+           "engine": {"max_model_len": 512}, "prompts": [{"text": " ab cd"}]}
+    with pytest.raises(AssertionError) as failure:
+        run_engine_job(job, tmp_path, timeout=300)
+    message = str(failure.value)
+    assert "does not know the target family model_type='llama'" in message
+    assert "supported: llava_onevision, qwen2, qwen2_5_vl, qwen2_vl, qwen3_vl" in message
