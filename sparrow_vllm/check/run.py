@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from sparrow_vllm.families import TargetFamily, load_family
 logger = logging.getLogger(__name__)
 
 Runner = Literal["v1", "v2", "auto"]
+CPU_MEMORY_UTILIZATION = 0.3
+LOW_ACCEPTANCE = 1.1  # below this a draft is exact but useless
 RUNNER_ENV = {"v1": {"VLLM_USE_V2_MODEL_RUNNER": "0"}, "v2": {"VLLM_USE_V2_MODEL_RUNNER": "1"}, "auto": {}}
 
 
@@ -45,6 +48,10 @@ class CheckSettings(BaseModel):
     max_model_len: int = Field(4096, ge=64, description="Engine context length.")
     timeout_s: float = Field(1800, gt=0, description="Limit for each engine process.")
     enforce_eager: bool = Field(True, description="No CUDA graphs (faster start-up for a check).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of device memory each engine may take. None: vLLM's "
+        "default (0.9) on a GPU, 0.3 on a CPU build of vLLM, which reserves that share of host "
+        "memory and refuses to start when less is free.")
 
 
 class PromptResult(BaseModel):
@@ -61,6 +68,7 @@ class CheckReport(BaseModel):
     settings: CheckSettings
     passed: bool = False
     failures: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="Not failures, but worth acting on.")
     prompts: list[PromptResult] = Field(default_factory=list)
     acceptance_length: float | None = Field(None, description="Mean tokens per verify step, 1 + accepted / drafts.")
     runner_class: str | None = None
@@ -83,6 +91,7 @@ class CheckReport(BaseModel):
             lines.append(f"  draft cache {self.draft_cache['bytes'] / 2**20:.1f} MiB "
                          f"({self.draft_cache['num_blocks']} blocks x {self.draft_cache['block_size']} rows); "
                          f"attention backend calls {self.attention_backend_calls}")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  FAILURE: {f}" for f in self.failures]
         return "\n".join(lines)
 
@@ -90,6 +99,11 @@ class CheckReport(BaseModel):
 def _engine_args(family: TargetFamily, settings: CheckSettings) -> dict[str, Any]:
     args: dict[str, Any] = {"dtype": settings.dtype, "max_model_len": settings.max_model_len,
                             "enforce_eager": settings.enforce_eager}
+    utilization = settings.gpu_memory_utilization
+    if utilization is None and not _cuda_available():
+        utilization = CPU_MEMORY_UTILIZATION
+    if utilization is not None:
+        args["gpu_memory_utilization"] = utilization
     if family.modalities:
         args["limit_mm_per_prompt"] = {m: 1 for m in family.modalities}
     return args
@@ -104,9 +118,23 @@ def _run_engine(job: dict[str, Any], settings: CheckSettings, workdir: Path, nam
         proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.check.engine_run", str(job_path), str(result_path)],
                               stdout=log, stderr=subprocess.STDOUT, env=env, timeout=settings.timeout_s)
     if proc.returncode != 0 or not result_path.exists():
-        tail = "\n".join(log_path.read_text().splitlines()[-25:])
-        raise RuntimeError(f"the {name} engine failed (exit {proc.returncode}); last log lines:\n{tail}")
+        lines = log_path.read_text(errors="replace").splitlines()
+        raise RuntimeError(f"the {name} engine failed (exit {proc.returncode}): {_root_cause(lines)} "
+                           f"(full log: {log_path}); last log lines:\n" + "\n".join(lines[-15:]))
     return json.loads(result_path.read_text())
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _root_cause(lines: list[str]) -> str:
+    """The first error line of an engine log (vLLM's own "see root cause above" excluded)."""
+    errors = [line for line in lines if re.search(r"\b\w*(Error|Exception): ", line)
+              and "Engine core initialization failed" not in line]
+    return errors[0].split("] ", 1)[-1].strip() if errors else "no error line in the log"
 
 
 def _first_difference(a: list[int], b: list[int]) -> int | None:
@@ -177,6 +205,11 @@ def _read_worker(report: CheckReport, family: TargetFamily, checkpoint: DraftChe
                                f"drafts {drafts}); check the engine log for the plugin's start-up lines")
     else:
         report.acceptance_length = 1 + accepted / drafts
+        if report.acceptance_length < LOW_ACCEPTANCE:
+            report.warnings.append(
+                f"acceptance length {report.acceptance_length:.2f}: the draft almost never predicts the "
+                "target, so Sparrow costs time without saving any; train it for this target "
+                "(`sparrow-vllm self-distill`, or `train` on video data)")
     if "inspected" in sparrow:
         report.visual_rows_in_draft_cache = _visual_rows_cached(family, checkpoint, sparrow["inspected"])
         report.text_rows_in_draft_cache = len(sparrow["inspected"]["seq"]) - report.visual_rows_in_draft_cache
