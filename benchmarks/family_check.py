@@ -6,7 +6,10 @@ OUT.md: per family and runner, whether every prompt kind kept its greedy output,
 acceptance length, the visual rows found in the draft cache (must be 0) and the text rows
 it kept after a video prefill.
 
-    python benchmarks/family_check.py --runners v1 --out benchmarks/results/family_check_toy
+    python benchmarks/family_check.py --runners v1 v2 --out benchmarks/results/family_check_toy
+
+On a CPU machine, Model Runner V2 runs in Triton's interpreter with the test hook `make setup`
+installs: export TRITON_INTERPRET=1 SPARROW_TEST_TRITON_CPU=1 for `--runners v2`.
 """
 
 from __future__ import annotations
