@@ -35,10 +35,10 @@ class VisualRows:
         """Remember the segments of a new request whose prompt holds frame text."""
         if self.frame_text != "visual":
             return
-        if not self.family.frame_text_spans(prompt_token_ids):
-            return
-        self._spans[req_id] = _segments_with_frame_text(self.token_mask(prompt_token_ids),
-                                                        prompt_token_ids, self.family.placeholder_ids)
+        segments = _segments_with_frame_text(self.token_mask(prompt_token_ids), prompt_token_ids,
+                                             self.family.placeholder_ids)
+        if segments:
+            self._spans[req_id] = segments
 
     def release(self, req_id: str) -> None:
         self._spans.pop(req_id, None)
