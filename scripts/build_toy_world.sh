@@ -40,7 +40,7 @@ $RUN train "${COMMON[@]}" --out "$WORK/eagle-draft" --visual-rows full --no-ivsb
 # 4. acceptance at the shortest and longest visual lengths of the benchmarks
 for TOKENS in 512 25000; do
   NUM=$([ "$TOKENS" -gt 5000 ] && echo 2 || echo 8)
-  $RUN toy-world data --out "$WORK/val-$TOKENS" --num "$NUM" --visual-tokens "$TOKENS" --seed 3
+  $RUN toy-world data --out "$WORK/val-$TOKENS" --num "$NUM" --visual-tokens "$TOKENS" --questions describe --seed 3
   $RUN extract-features --target "$WORK/target" --data "$WORK/val-$TOKENS/train.jsonl" \
       --out "$WORK/val-$TOKENS-features" --regenerate 64 --max-seq-len 40000
   for DRAFT in sparrow-draft eagle-draft; do

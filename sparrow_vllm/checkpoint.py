@@ -71,7 +71,8 @@ def read_draft_config(path: str | Path) -> tuple[DraftLayerConfig, SparrowConfig
     if not cfg_path.is_file():
         raise SparrowConfigError(
             f"{cfg_path} not found. The Sparrow draft must be a directory with "
-            "config.json and model.safetensors (make one with `sparrow-vllm init-draft`)."
+            "config.json and model.safetensors, as `sparrow-vllm train` writes it "
+            "(`sparrow-vllm init-draft` writes a random one)."
         )
     try:
         raw = json.loads(cfg_path.read_text())
@@ -84,8 +85,8 @@ def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise SparrowConfigError(
-            f"{weights} not found; the draft directory needs its weights "
-            "(make one with `sparrow-vllm init-draft`, then train it)."
+            f"{weights} not found; the draft directory needs its weights, as "
+            "`sparrow-vllm train` writes them."
         )
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -99,8 +100,8 @@ def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def _corrupt_weights(weights: Path, why: str) -> SparrowConfigError:
     return SparrowConfigError(
         f"{weights} is not a readable safetensors file ({why}): it is truncated or corrupt, "
-        "e.g. an interrupted copy or download. Copy the draft again, or re-save it with "
-        "`sparrow-vllm train` / `self-distill`."
+        "e.g. an interrupted copy or download. Copy the draft again, or write it again with "
+        "`sparrow-vllm train`."
     )
 
 
@@ -117,7 +118,17 @@ def _check_weights_complete(weights: Path) -> None:
         raise _corrupt_weights(weights, f"{size} bytes, its header describes {needed}")
 
 
-def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, family: TargetFamily) -> None:
+TRAIN_FOR_TARGET = (
+    "train one with `sparrow-vllm train --target <target dir>` on video data "
+    '(README: "Train a draft for your target")'
+)
+
+
+def check_against_target(
+    layers: DraftLayerConfig, sparrow: SparrowConfig, family: TargetFamily, where: str | Path
+) -> None:
+    """Stop when a draft's shapes (its layers and the target it records) differ from the
+    target's; warn when only the architecture differs. `where` names the draft."""
     text = family.text_config
     problems = []
     checks = [
@@ -134,10 +145,9 @@ def _check_against_target(layers: DraftLayerConfig, sparrow: SparrowConfig, fami
         _warn_other_architecture(sparrow.target_architecture, family.architecture)
     if problems:
         raise SparrowConfigError(
-            "The Sparrow draft does not match the target model: "
+            f"The draft {where} does not match the target model: "
             + "; ".join(problems)
-            + ". Use a draft made for this target (`sparrow-vllm init-draft --target "
-            "<target dir>`, then train it with `sparrow-vllm self-distill`)."
+            + f". Use a draft made for this target: {TRAIN_FOR_TARGET}."
         )
 
 
@@ -146,7 +156,7 @@ def _warn_other_architecture(draft_for: str, target: str) -> None:
     logger.warning(
         "The Sparrow draft was made for %s but the target is %s. Shapes agree, so output stays "
         "exact, but the draft learned another model's hidden states: expect low acceptance. "
-        "Train a draft for this target (`sparrow-vllm self-distill` or `train`).", draft_for, target,
+        "Use a draft made for this target: %s.", draft_for, target, TRAIN_FOR_TARGET,
     )
 
 
@@ -173,8 +183,8 @@ def _check_weights(path: Path, layers: DraftLayerConfig, sparrow: SparrowConfig)
         raise SparrowConfigError(
             f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE}: "
             + "; ".join(parts)
-            + ". The config and weights come from different drafts; re-save the "
-            "checkpoint with `sparrow-vllm init-draft` / `self-distill`."
+            + ". The config and weights come from different drafts; write the checkpoint "
+            "again with `sparrow-vllm train` (or `sparrow-vllm init-draft` for a random one)."
         )
     return OWN_EMBEDDING in found, OWN_LM_HEAD in found
 
@@ -190,7 +200,7 @@ def check_draft_for_target(
     """
     path = Path(path)
     layers, sparrow = read_draft_config(path)
-    _check_against_target(layers, sparrow, family)
+    check_against_target(layers, sparrow, family, path)
     family.check_feature_layer(sparrow.aux_layer_index(), sparrow.feature_layer, vllm_aux_hidden_states)
     own_embed, own_head = _check_weights(path, layers, sparrow)
     return DraftCheckpoint(path, layers, sparrow, own_embed, own_head)

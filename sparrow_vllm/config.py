@@ -114,6 +114,16 @@ class SparrowConfig(BaseModel):
         return int(self.feature_layer)
 
 
+def feature_words(aux_layer_index: int | None, num_layers: int) -> str:
+    """The `--feature` value that names a target layer: 'final' for None (the pre-LM-head
+    state), 'penultimate' for num_layers - 1, else the index k itself."""
+    if aux_layer_index is None:
+        return "final"
+    if aux_layer_index == num_layers - 1:
+        return "penultimate"
+    return str(aux_layer_index)
+
+
 class DraftLayerConfig(BaseModel):
     """Top-level, transformers-readable fields of a draft config.json (the draft layers)."""
 
@@ -190,8 +200,8 @@ def parse_config_json(raw: dict[str, Any], where: str) -> tuple[DraftLayerConfig
     if archs != [DRAFT_ARCHITECTURE]:
         raise SparrowConfigError(
             f"{where}: architectures is {archs!r}, expected [{DRAFT_ARCHITECTURE!r}]. "
-            "Point --speculative-config's model at a Sparrow draft made by "
-            "`sparrow-vllm init-draft` (then train it, e.g. `sparrow-vllm self-distill`)."
+            "Point --speculative-config's model at a Sparrow draft trained for this target "
+            "with `sparrow-vllm train` on video data (README: \"Train a draft for your target\")."
         )
     if "sparrow" not in raw:
         raise SparrowConfigError(

@@ -209,7 +209,7 @@ def _read_worker(report: CheckReport, family: TargetFamily, checkpoint: DraftChe
             report.warnings.append(
                 f"acceptance length {report.acceptance_length:.2f}: the draft almost never predicts the "
                 "target, so Sparrow costs time without saving any; train it for this target "
-                "(`sparrow-vllm self-distill`, or `train` on video data)")
+                "(`sparrow-vllm train` on video data; README: \"Train a draft for your target\")")
     if "inspected" in sparrow:
         report.visual_rows_in_draft_cache = _visual_rows_cached(family, checkpoint, sparrow["inspected"])
         report.text_rows_in_draft_cache = len(sparrow["inspected"]["seq"]) - report.visual_rows_in_draft_cache

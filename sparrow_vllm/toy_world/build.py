@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from sparrow_vllm.toy_world.scene import QUESTIONS
 from sparrow_vllm.toy_world.target import FRAME_CHOICES
 
 logger = logging.getLogger(__name__)
@@ -16,34 +17,47 @@ def _ints(value: str) -> list[int]:
     return [int(v) for v in value.split(",")]
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default; an option without one says in its help
+    what happens when it is left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="toy_command", required=True)
-    p = sub.add_parser("data", help="write a LLaVA-style JSONL dataset of toy-world videos")
+    defaults_shown = {"formatter_class": DefaultsShown}
+    p = sub.add_parser("data", help="write a LLaVA-style JSONL dataset of toy-world videos", **defaults_shown)
     p.add_argument("--out", required=True, help="output directory (train.jsonl + videos/)")
     p.add_argument("--num", type=int, default=256, help="rows")
-    p.add_argument("--frames", type=_ints, default=[8], help="frames per clip, comma list cycled over rows")
-    p.add_argument("--visual-tokens", type=int, help="instead of --frames: clips with about this many video tokens")
-    p.add_argument("--questions", default="describe", help="comma list of: describe,count,number,first")
+    p.add_argument("--frames", type=_ints, default="8", help="frames per clip, comma list cycled over rows")
+    p.add_argument("--visual-tokens", type=int,
+                   help="instead of --frames: clips with about this many video tokens (default: use --frames)")
+    p.add_argument("--questions", default=",".join(QUESTIONS),
+                   help=f"comma list of {', '.join(QUESTIONS)}, cycled over rows")
     p.add_argument("--format", dest="video_format", choices=["npy", "mp4"], default="npy", help="clip files")
     p.add_argument("--seed", type=int, default=0, help="scene seed (0 trains the target; use others to hold out)")
 
-    p = sub.add_parser("train-target", help="build and train the toy-world Qwen2.5-VL target on CPU")
+    p = sub.add_parser("train-target", help="build and train the toy-world Qwen2.5-VL target on CPU", **defaults_shown)
     p.add_argument("--out", required=True, help="output directory of the trained target")
     p.add_argument("--steps", type=int, default=1800, help="optimizer steps")
     p.add_argument("--seed", type=int, default=0, help="seed of init and of the training scenes")
-    p.add_argument("--init", help="continue from this trained target instead of a fresh one")
+    p.add_argument("--init", help="continue from this trained target instead of a fresh one (default: a fresh one)")
     p.add_argument("--first-step", type=int, default=0,
                    help="number batches from here (with --init: the steps already trained)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
-    p.add_argument("--frames", type=_ints, default=list(FRAME_CHOICES),
+    p.add_argument("--frames", type=_ints, default=",".join(map(str, FRAME_CHOICES)),
                    help="clip lengths in frames, comma list; each batch picks one")
 
-    p = sub.add_parser("evaluate", help="answer accuracy with the real, a blank and a shuffled video")
+    p = sub.add_parser("evaluate", help="answer accuracy with the real, a blank and a shuffled video", **defaults_shown)
     p.add_argument("--target", required=True, help="toy-world target directory")
     p.add_argument("--num", type=int, default=64, help="held-out scenes per question")
     p.add_argument("--frames", type=int, default=8, help="frames per clip")
-    p.add_argument("--out", help="write the accuracies as JSON here")
+    p.add_argument("--out", help="write the accuracies as JSON here (default: log them only)")
 
 
 def evaluate_all(target: str | Path, num: int, frames: int) -> dict[str, dict[str, float]]:

@@ -40,7 +40,11 @@ class TrainSettings(BaseModel):
         "inputs vLLM's built-in `eagle` method feeds it and saved in that method's form.",
     )
     val_every: int = Field(200, ge=1, description="Validate every this many steps.")
-    val_samples: int = Field(32, ge=0, description="Held-out sequences for validation.")
+    val_samples: int = Field(
+        32, ge=0, description="Validation sequences, at most: the first this many of "
+        "--val-features, or without it the last min(this, N // 2) of the N training "
+        "sequences, held out of training.",
+    )
     val_k: int = Field(4, ge=1, description="Draft chain length K of the acceptance estimate.")
     save_every: int = Field(200, ge=1, description="Write a resumable trainer state this often.")
     seed: int = Field(0, description="Seed of initialisation and data order.")

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sparrow_vllm.checkpoint import save_draft
 from sparrow_vllm.eagle_export import save_eagle_draft
+from sparrow_vllm.errors import UsageError
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.training.acceptance import AcceptanceStats, answer_rows, chain_drafts, simulate
 from sparrow_vllm.training.features import FeatureRecord
@@ -105,11 +106,12 @@ class Trainer:
     def __init__(
         self, draft: SparrowDraftModel, embed: Any, lm_head: Any, source: RecordSource,
         settings: TrainSettings, out_dir: str | Path, env: Distributed | None = None,
+        val_source: RecordSource | None = None,
     ) -> None:
         self.settings, self.source, self.out = settings, source, Path(out_dir)
         self.env = env or Distributed(0, 1, torch.device("cpu"))
         if settings.visual_rows == "full" and draft.sparrow_config.window is not None:
-            raise ValueError("--visual-rows full makes a draft for vLLM's eagle method, which has no window; drop --window")
+            raise UsageError("--visual-rows full makes a draft for vLLM's eagle method, which has no window; drop --window")
         torch.manual_seed(settings.seed)
         self.objective = DraftObjective(draft, embed, lm_head).to(self.env.device)
         self.model: Any = self.objective
@@ -118,11 +120,22 @@ class Trainer:
         params = [p for p in draft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, settings))
-        n_val = min(settings.val_samples, len(source) // 2)
-        self.num_train = len(source) - n_val
-        self.val_indices = list(range(self.num_train, len(source)))
+        self.val_source, self.num_train, self.val_indices = self._split(source, val_source)
         self.step = 0
         self.history: list[dict[str, Any]] = []
+
+    def _split(self, source: RecordSource, val_source: RecordSource | None) -> tuple[RecordSource, int, list[int]]:
+        """(validation source, training records, validation indices): up to val_samples
+        records of val_source and all of source, or without val_source the last
+        min(val_samples, N // 2) records of source held out of training."""
+        n_val_max = self.settings.val_samples
+        if val_source is not None:
+            return val_source, len(source), list(range(min(n_val_max, len(val_source))))
+        n_val = min(n_val_max, len(source) // 2)
+        if self.env.is_main:
+            logger.info("validating on %d of the %d training sequences, held out of training "
+                        "(--val-features DIR validates on a separate feature set instead)", n_val, len(source))
+        return source, len(source) - n_val, list(range(len(source) - n_val, len(source)))
 
     @property
     def draft(self) -> SparrowDraftModel:
@@ -147,19 +160,20 @@ class Trainer:
     def resume(self) -> None:
         path = self.state_path()
         if not path.exists():
-            raise FileNotFoundError(f"--resume: {path} not found; start without --resume")
+            raise UsageError(f"--resume: {path} not found; start without --resume")
         state = torch.load(path, map_location=self.env.device, weights_only=False)
         changed = {k for k, v in state["settings"].items() if self.settings.model_dump().get(k) != v}
         if changed - {"steps", "val_every", "save_every"}:
-            raise ValueError(f"--resume with different settings {sorted(changed)}; use the original ones")
+            raise UsageError(f"--resume with different settings {sorted(changed)}; use the original ones")
         self.draft.load_state_dict(state["draft"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.step, self.history = state["step"], state["history"]
         logger.info("resumed from %s at step %d", path, self.step)
 
-    def _records(self, indices: list[int]) -> list[FeatureRecord]:
-        return [r for r in (self.source[i] for i in indices) if r is not None]
+    def _records(self, indices: list[int], source: RecordSource | None = None) -> list[FeatureRecord]:
+        source = self.source if source is None else source
+        return [r for r in (source[i] for i in indices) if r is not None]
 
     def train_step(self) -> dict[str, float]:
         s = self.settings
@@ -177,10 +191,11 @@ class Trainer:
         return metrics
 
     def validate(self) -> dict[str, Any]:
-        records = self._records(self.val_indices)
+        records = self._records(self.val_indices, self.val_source)
         stats = validate(self.draft, self.objective.embed, self.objective.lm_head, records,
                          self.settings.eval_row_mode(), self.settings.val_k)
-        entry = {"step": self.step, "mode": self.settings.eval_row_mode(), **stats.as_dict()}
+        entry = {"step": self.step, "mode": self.settings.eval_row_mode(), "sequences": len(records),
+                 **stats.as_dict()}
         self.history.append(entry)
         logger.info("validation step %d: acceptance length %.3f per position %s", self.step,
                     entry["acceptance_length"], [round(x, 3) for x in entry["per_position_rate"]])

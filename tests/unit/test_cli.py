@@ -38,8 +38,45 @@ def test_toy_target_and_init_draft(tmp_path, arch):
 
 def test_bad_feature_value_is_reported(tmp_path, capsys):
     main(["toy-target", "--arch", "qwen2", "--out", str(tmp_path / "t")])
-    with pytest.raises(ValueError, match="outside 1..2"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["init-draft", "--target", str(tmp_path / "t"), "--out", str(tmp_path / "d"), "--feature", "7"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "\nerror: feature_layer=7 is outside 1..2" in err and "Traceback" not in err
+
+
+def test_settings_errors_speak_in_options():
+    from pydantic import ValidationError
+
+    from sparrow_vllm.cli import validation_words
+    from sparrow_vllm.training.settings import TrainSettings
+
+    with pytest.raises(ValidationError) as error:
+        TrainSettings(steps=0)
+    assert validation_words(error.value) == "--steps: Input should be greater than or equal to 1"
+    with pytest.raises(ValidationError) as error:
+        TrainSettings(visual_rows="full")
+    assert validation_words(error.value).startswith("--visual-rows full trains the inputs")
+
+
+def test_usage_errors_exit_2_and_other_errors_keep_their_traceback(monkeypatch, capsys):
+    import sparrow_vllm.cli as cli
+    from sparrow_vllm.errors import UsageError
+
+    def fails(error: Exception):
+        def command(args) -> None:
+            raise error
+        return command
+
+    argv = ["toy-target", "--arch", "qwen2", "--out", "unused"]
+    monkeypatch.setattr(cli, "_cmd_toy_target", fails(UsageError("--out: pick another directory")))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --out: pick another directory\n"
+    monkeypatch.setattr(cli, "_cmd_toy_target", fails(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)
 
 
 def test_toy_target_offers_every_arch(tmp_path):
@@ -92,3 +129,16 @@ def test_toy_world_data_is_a_llava_manifest(tmp_path):
 
     samples = list(ConversationDataset(tmp_path / "train.jsonl"))
     assert [len(s.video) for s in samples] == [4, 6, 4]
+
+
+def test_toy_world_data_help_shows_defaults():
+    from sparrow_vllm.toy_world.scene import QUESTIONS
+
+    toy = build_parser()._subparsers._group_actions[0].choices["toy-world"]
+    data = toy._subparsers._group_actions[0].choices["data"]
+    text = " ".join(data.format_help().split())
+    for default in ("(default: 256)", "(default: 8)", "(default: describe,count,number,first)",
+                    "(default: npy)", "(default: 0)", "(default: use --frames)"):
+        assert default in text
+    args = data.parse_args(["--out", "o"])
+    assert args.questions.split(",") == list(QUESTIONS) and args.frames == [8]

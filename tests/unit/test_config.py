@@ -98,8 +98,18 @@ def test_saved_checkpoint_matches_its_target(draft_dir):
     ],
 )
 def test_mismatched_target_is_rejected(draft_dir, target, message):
-    with pytest.raises(SparrowConfigError, match=message):
+    with pytest.raises(SparrowConfigError, match=message) as error:
         check_draft_for_target(draft_dir, resolve_family(target))
+    assert f"The draft {draft_dir} does not match the target model" in str(error.value)
+    assert "`sparrow-vllm train --target <target dir>` on video data" in str(error.value)
+    assert "self-distill" not in str(error.value)
+
+
+@pytest.mark.parametrize("aux, words", [(None, "final"), (3, "penultimate"), (2, "2"), (4, "4")])
+def test_feature_words_name_the_cli_value(aux, words):
+    from sparrow_vllm.config import feature_words
+
+    assert feature_words(aux, num_layers=4) == words
 
 
 def test_feature_layer_needs_aux_support(tmp_path):

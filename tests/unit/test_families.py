@@ -150,12 +150,15 @@ def test_drafter_skips_frame_text_across_chunks_and_matches_one_pass():
 
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "llava_onevision"])
-def test_a_draft_reading_a_layer_vllm_cannot_return_is_refused_when_made(tmp_path, arch):
+def test_a_draft_reading_a_layer_vllm_cannot_return_is_refused_when_made(tmp_path, arch, capsys):
     from sparrow_vllm.cli import main
     from sparrow_vllm.toy_targets import build_toy_target
 
     target = build_toy_target(arch, tmp_path / "t", num_layers=2)
-    with pytest.raises(SparrowConfigError, match="--feature final"):
+    with pytest.raises(SystemExit) as exit_info:  # a SparrowConfigError, printed without traceback
         main(["init-draft", "--target", str(target), "--out", str(tmp_path / "d"), "--feature", "penultimate"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: The draft reads the target's layer feature 'penultimate'" in err and "--feature final" in err
     assert not (tmp_path / "d").exists()
     main(["init-draft", "--target", str(target), "--out", str(tmp_path / "d"), "--feature", "final"])
