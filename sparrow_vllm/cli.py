@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from sparrow_vllm.config import FrameText, SparrowConfig
+from sparrow_vllm.config import FrameText, SparrowConfig, SparrowConfigError
+from sparrow_vllm.errors import RunStopped, UsageError
 from sparrow_vllm.toy_targets import ARCHES as TOY_ARCHES
 from sparrow_vllm.training.settings import TrainSettings
 
@@ -19,6 +20,8 @@ logger = logging.getLogger("sparrow_vllm.cli")
 
 # SparrowConfig fields a user sets when making a draft; their help text is the schema's.
 _DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "frame_text", "fc_bias")
+# Settings schemas filled from options: their validation errors are usage mistakes.
+_OPTION_SCHEMAS = frozenset({"TrainSettings", "CheckSettings", "SparrowConfig"})
 
 
 def _feature(value: str) -> str | int:
@@ -127,13 +130,25 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
                    "what the server sees")
 
 
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {value!r}") from exc
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r}")
+    return parsed
+
+
 def _cmd_extract_features(args: argparse.Namespace) -> None:
     from sparrow_vllm.training.pipeline import extract_features
 
     out = extract_features(
         args.target, args.data, args.out, _feature_spec(args, args.target), media_root=args.media_root,
         num_frames=args.num_frames, max_frames=args.max_frames, regenerate_tokens=args.regenerate,
-        shard_size=args.shard_size,
+        regenerate_with=args.regenerate_with, regenerate_batch=args.regenerate_batch,
+        engine_args=args.regenerate_engine_args, shard_size=args.shard_size, workers=args.workers,
+        ray_address=args.ray_address,
     )
     logger.info("features written to %s", out)
 
@@ -148,7 +163,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         media_root=args.media_root, num_frames=args.num_frames,
         bridge_layer=None if args.bridge_layer == "default" else int(args.bridge_layer),
         max_seq_len=args.max_seq_len, video_fps=args.video_fps, init_draft=args.init_draft,
-        resume=args.resume, command=sys.argv,
+        resume=args.resume, command=sys.argv, val_features=args.val_features,
     )
     if out is not None:
         logger.info("trained draft written to %s", out)
@@ -225,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an HF target over a LLaVA-style JSON/JSONL dataset (video/image "
         "paths) and write safetensors shards with an index.json: input ids, positions, the "
         "draft's feature states, layer-m* visual states (IVSB) and the target's greedy next "
-        "tokens. Rerun the same command to resume. Bad rows are counted and skipped.",
+        "tokens. Rerun the same command to resume: finished rows are kept. Bad rows are "
+        "counted and skipped. --workers N spreads the rows over N target replicas on Ray.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--target", required=True, help="target model directory (HF format)")
     p.add_argument("--data", required=True, help="manifest: .json list or .jsonl of records")
@@ -240,8 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regenerate", type=int, metavar="MAX_NEW_TOKENS",
                    help="replace each answer by the target's own greedy answer first, so the "
                    "draft learns what the target says (recommended)")
+    p.add_argument("--regenerate-with", choices=["vllm", "hf"], default="vllm",
+                   help="engine of --regenerate: vLLM batch inference, or HF transformers' generate "
+                   "(slower; greedy answers are the same)")
+    p.add_argument("--regenerate-batch", type=int, default=32,
+                   help="rows regenerated per vLLM call (their decoded frames are held in memory)")
+    p.add_argument("--regenerate-engine-args", type=_json_object, default={}, metavar="JSON",
+                   help="extra vLLM engine arguments for --regenerate, e.g. '{\"gpu_memory_utilization\": "
+                   "0.5, \"max_num_seqs\": 64}' (default: float32 on CPU, 0.6 of the GPU, which the "
+                   "HF target shares)")
     p.add_argument("--max-frames", type=int, help="skip (and count) videos longer than this after sampling")
-    p.add_argument("--shard-size", type=int, default=256, help="records per shard")
+    p.add_argument("--shard-size", type=int, default=64,
+                   help="manifest rows per shard file (a rerun resumes at the row, whatever the size)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="target replicas working in parallel; above 1 they run as Ray actors (one GPU "
+                   "each on a GPU cluster), on a local Ray cluster unless --ray-address is given")
+    p.add_argument("--ray-address", help="join this Ray cluster (e.g. ray://head:10001 or auto); "
+                   "--out must be on a filesystem all its nodes share")
     _add_data_arguments(p)
     p.set_defaults(func=_cmd_extract_features)
 
@@ -258,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--features", help="directory written by extract-features")
     source.add_argument("--data", help="dataset manifest; features are computed online")
     p.add_argument("--out", required=True, help="output directory (checkpoint and trainer state)")
+    p.add_argument("--val-features", help="validate on this directory written by extract-features "
+                   "(its first --val-samples records) and train on all of --features / --data; "
+                   "default: hold out the last --val-samples training sequences")
     p.add_argument("--init-draft", help="start from this draft checkpoint instead of a random one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/trainer_state.pt")
     p.add_argument("--bridge-layer", default="default",
@@ -310,10 +345,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _option_of(field: str) -> str:
+    """The CLI option that sets a settings field (SparrowConfig names some its own way)."""
+    info = SparrowConfig.model_fields.get(field)
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("cli", "--" + field.replace("_", "-")))
+
+
+def validation_words(error: ValidationError) -> str:
+    """A settings ValidationError in the CLI's words: `--option: what is wrong`, one per problem."""
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        fields = [str(part) for part in item["loc"] if isinstance(part, str)]
+        problems.append(f"{_option_of(fields[0])}: {message}" if fields else message)
+    return "; ".join(problems)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one tool; a usage mistake or a draft that does not fit exits 2 with its message
+    (no traceback), anything else raises."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (UsageError, SparrowConfigError) as error:
+        parser.exit(2, f"error: {error}\n")
+    except RunStopped as error:
+        parser.exit(1, f"stopped: {error}\n")
+    except ValidationError as error:
+        if error.title not in _OPTION_SCHEMAS:
+            raise
+        parser.exit(2, f"error: {validation_words(error)}\n")
 
 
 if __name__ == "__main__":

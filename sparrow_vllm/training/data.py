@@ -162,6 +162,22 @@ class ConversationDataset:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def media_limits(self) -> dict[str, int]:
+        """The most videos and images one row holds, from the manifest alone (no decoding)."""
+        limits: dict[str, int] = {}
+        for row in self._rows:
+            if not isinstance(row, dict):
+                continue
+            try:
+                video, images = _media_paths(row)
+            except SampleError:
+                continue
+            if video is not None:
+                limits["video"] = 1
+            if images:
+                limits["image"] = max(limits.get("image", 0), len(images))
+        return limits
+
     def _sample_id(self, index: int) -> str:
         row = self._rows[index]
         has_id = isinstance(row, dict) and row.get("id") is not None

@@ -11,37 +11,36 @@ Per sample (a `FeatureRecord`, a dict of tensors):
     target_next  [n] int64   the target's greedy next token at each position
     loss_start   []  int64   index of the first answer token
 
-With --regenerate the answer is the target's own greedy output, so target_next agrees with
-the answer tokens and the acceptance estimate is exact.
+With --regenerate the answer is the target's own greedy output (from vLLM or HF generate,
+`regenerate.py`), so target_next agrees with the answer tokens and the acceptance estimate
+is exact.
 
-Offline, records are written as safetensors shards with an index.json, resumable: a
-restarted run continues after the last complete shard. Online, the trainer calls
-`FeatureExtractor.extract` inside the training step.
+Offline, `extraction.py` writes records into safetensors shards with an index.json
+(`shard_store.py`), resumable row by row; `FeatureShards` reads them. Online, the trainer
+calls `FeatureExtractor.extract` inside the training step.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from sparrow_vllm.config import FrameText
-from sparrow_vllm.training.data import ConversationDataset, ConversationSample
-from sparrow_vllm.training.skips import SampleError, SkipReport
+from sparrow_vllm.errors import UsageError
+from sparrow_vllm.training.data import ConversationSample
+from sparrow_vllm.training.shard_store import INDEX_FILE, RECORD_KEYS, FeatureRecord
+from sparrow_vllm.training.skips import SampleError
 from sparrow_vllm.training.target import TargetFeatures
 
 logger = logging.getLogger(__name__)
 
-FeatureRecord = dict[str, torch.Tensor]
-INDEX_FILE = "index.json"
-_KEYS = ("input_ids", "positions", "visual_mask", "features", "bridge", "target_next")
+__all__ = ["INDEX_FILE", "FeatureExtractor", "FeatureRecord", "FeatureShards", "FeatureSpec"]
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,23 @@ class FeatureExtractor:
     def __init__(self, target: TargetFeatures, processor: Any, spec: FeatureSpec) -> None:
         self.target, self.processor, self.spec = target, processor, spec
 
-    def _inputs(self, sample: ConversationSample, with_answer: bool) -> tuple[dict[str, Any], int]:
+    def prompt_text(self, sample: ConversationSample) -> str:
+        """The chat-templated prompt up to the last answer (what a server is sent)."""
         messages = sample.messages(include_last_answer=False)
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def video_metadata(self, sample: ConversationSample) -> dict[str, Any] | None:
+        """How the sampled frames are laid out in time: the row's video_seconds, else
+        --video-fps; frames are used as given (no further sampling)."""
+        if sample.video is None:
+            return None
+        frames = len(sample.video)
+        seconds = sample.video_seconds or frames / self.spec.video_fps
+        return {"total_num_frames": frames, "fps": frames / seconds, "duration": seconds,
+                "frames_indices": list(range(frames))}
+
+    def _inputs(self, sample: ConversationSample, with_answer: bool) -> tuple[dict[str, Any], int]:
+        prompt = self.prompt_text(sample)
         answer = ""
         if with_answer:
             full = self.processor.apply_chat_template(sample.messages(), tokenize=False)
@@ -73,13 +86,8 @@ class FeatureExtractor:
             answer = full[len(prompt):]
         kwargs: dict[str, Any] = {"text": [prompt + answer], "return_tensors": "pt"}
         if sample.video is not None:
-            frames = len(sample.video)
-            seconds = sample.video_seconds or frames / self.spec.video_fps
             kwargs["videos"] = [sample.video]
-            kwargs["video_metadata"] = [{
-                "total_num_frames": frames, "fps": frames / seconds,
-                "duration": seconds, "frames_indices": list(range(frames)),
-            }]
+            kwargs["video_metadata"] = [self.video_metadata(sample)]
             kwargs["do_sample_frames"] = False
         if sample.images:
             kwargs["images"] = sample.images
@@ -93,7 +101,30 @@ class FeatureExtractor:
             )
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         answer_len = len(tokenizer(answer, add_special_tokens=False).input_ids) if answer else 0
+        device = self.target.model.device
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         return inputs, n - answer_len
+
+    def prompt_inputs(self, sample: ConversationSample) -> dict[str, Any]:
+        """Processor outputs of the prompt alone; raises SampleError('too_long')."""
+        return self._inputs(sample, with_answer=False)[0]
+
+    @torch.no_grad()
+    def hf_greedy_answer(self, sample: ConversationSample, max_new_tokens: int) -> list[int]:
+        """The target's greedy answer with HF generate (token ids, EOS included)."""
+        inputs = self.prompt_inputs(sample)
+        out = self.target.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    @staticmethod
+    def _append_answer(inputs: dict[str, Any], answer_tokens: list[int]) -> None:
+        ids = inputs["input_ids"]
+        answer = torch.tensor([answer_tokens], dtype=ids.dtype, device=ids.device)
+        inputs["input_ids"] = torch.cat((ids, answer), dim=1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if "mm_token_type_ids" in inputs:
+            pad = inputs["mm_token_type_ids"].new_zeros((1, len(answer_tokens)))
+            inputs["mm_token_type_ids"] = torch.cat((inputs["mm_token_type_ids"], pad), dim=1)
 
     def _positions(self, inputs: dict[str, Any]) -> torch.Tensor:
         n = inputs["input_ids"].shape[1]
@@ -109,18 +140,14 @@ class FeatureExtractor:
         return torch.arange(n)
 
     @torch.no_grad()
-    def extract(self, sample: ConversationSample, regenerate_tokens: int | None = None) -> FeatureRecord:
-        """The sample's record; with regenerate_tokens, its last answer is replaced by the
-        target's own greedy answer (token for token, no detour through text)."""
-        inputs, loss_start = self._inputs(sample, with_answer=not regenerate_tokens)
-        if regenerate_tokens:
-            out = self.target.model.generate(**inputs, max_new_tokens=regenerate_tokens, do_sample=False)
-            inputs["input_ids"] = out
-            inputs["attention_mask"] = torch.ones_like(out)
-            if "mm_token_type_ids" in inputs:
-                extra = out.shape[1] - inputs["mm_token_type_ids"].shape[1]
-                pad = inputs["mm_token_type_ids"].new_zeros((1, extra))
-                inputs["mm_token_type_ids"] = torch.cat((inputs["mm_token_type_ids"], pad), dim=1)
+    def extract(self, sample: ConversationSample, answer_tokens: list[int] | None = None) -> FeatureRecord:
+        """The sample's record; with answer_tokens (a regenerated answer), the last answer
+        is replaced by those tokens (token for token, no detour through text)."""
+        if answer_tokens is None:
+            inputs, loss_start = self._inputs(sample, with_answer=True)
+        else:
+            inputs, loss_start = self._inputs(sample, with_answer=False)
+            self._append_answer(inputs, answer_tokens)
         ids = inputs["input_ids"][0]
         visual = torch.tensor(self.target.family.visual_token_mask(ids.tolist(), self.spec.frame_text))
         states = self.target.forward_states(inputs, self.spec.feature_layer, self.spec.bridge_layer)
@@ -133,86 +160,19 @@ class FeatureExtractor:
             "loss_start": torch.tensor(loss_start),
         }
         if states.bridge is not None:
-            record["bridge"] = states.bridge[0][visual].float()
-        return record
-
-
-def iter_records(
-    extractor: FeatureExtractor, dataset: ConversationDataset, start: int = 0,
-    regenerate_tokens: int | None = None, skips: SkipReport | None = None,
-) -> Iterator[tuple[int, FeatureRecord]]:
-    """(dataset row, record) for rows start.. ; bad rows are counted in `skips` and skipped."""
-    skips = skips if skips is not None else dataset.skips
-    for row in range(start, len(dataset)):
-        try:
-            yield row, extractor.extract(dataset.load(row), regenerate_tokens)
-        except SampleError as error:
-            skips.add(f"row{row}", error)
-            logger.warning("skipping row %d: %s", row, error)
-
-
-def _write_shard(path: Path, records: list[FeatureRecord]) -> None:
-    tensors: dict[str, torch.Tensor] = {}
-    for key in _KEYS:
-        parts = [r[key] for r in records if key in r]
-        if parts:
-            tensors[key] = torch.cat(parts).contiguous()
-    tensors["lengths"] = torch.tensor([len(r["input_ids"]) for r in records])
-    tensors["visual_counts"] = torch.tensor([int(r["visual_mask"].sum()) for r in records])
-    tensors["loss_start"] = torch.stack([r["loss_start"] for r in records])
-    save_file(tensors, str(path))
-
-
-def write_feature_shards(
-    extractor: FeatureExtractor, dataset: ConversationDataset, out_dir: str | Path,
-    shard_size: int = 256, regenerate_tokens: int | None = None, meta: dict[str, Any] | None = None,
-) -> Path:
-    """Extract features for every row of `dataset` into out_dir; resumes a partial run."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index_path = out / INDEX_FILE
-    index = {"shards": [], "next_row": 0, "skips": {}, "done": False, "meta": meta or {}}
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-        if index.get("meta") != (meta or {}):
-            raise ValueError(
-                f"{out} holds features made with other settings ({index.get('meta')}); use a new --out"
-            )
-        logger.info("resuming feature extraction at row %d (%d shards done)", index["next_row"], len(index["shards"]))
-    skips = SkipReport()
-    pending: list[FeatureRecord] = []
-
-    def flush(next_row: int) -> None:
-        if pending:
-            name = f"shard-{len(index['shards']):05d}.safetensors"
-            _write_shard(out / name, pending)
-            index["shards"].append({"file": name, "num_samples": len(pending)})
-            pending.clear()
-        index["next_row"] = next_row
-        for reason, count in skips.counts.items():
-            index["skips"][reason] = index["skips"].get(reason, 0) + count
-        skips.counts.clear()
-        index_path.write_text(json.dumps(index, indent=2) + "\n")
-
-    for row, record in iter_records(extractor, dataset, index["next_row"], regenerate_tokens, skips):
-        pending.append(record)
-        if len(pending) == shard_size:
-            flush(row + 1)
-    index["done"] = True
-    flush(len(dataset))
-    if index["skips"]:
-        logger.warning("feature extraction skipped rows: %s", index["skips"])
-    return out
+            record["bridge"] = states.bridge[0][visual.to(states.bridge.device)].float()
+        return {k: v.cpu() for k, v in record.items()}
 
 
 class FeatureShards:
-    """Random access to the records of write_feature_shards' output."""
+    """Random access to the records `sparrow-vllm extract-features` wrote."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         index_path = self.dir / INDEX_FILE
         if not index_path.exists():
-            raise FileNotFoundError(f"{index_path} not found; run `sparrow-vllm extract-features` first")
+            raise UsageError(f"{index_path} not found: {self.dir} holds no features; run "
+                             "`sparrow-vllm extract-features --out DIR` and pass that DIR")
         self.index = json.loads(index_path.read_text())
         if not self.index.get("done"):
             logger.warning("%s is a partial extraction; rerun extract-features to finish it", self.dir)
@@ -236,7 +196,7 @@ class FeatureShards:
         record: FeatureRecord = {"loss_start": torch.tensor(loss_start)}
         with safe_open(path, "pt") as f:
             names = set(f.keys())
-            for key in _KEYS:
+            for key in RECORD_KEYS:
                 if key in names:
                     a, b = spans["visual" if key == "bridge" else "tokens"]
                     record[key] = f.get_slice(key)[a:b]

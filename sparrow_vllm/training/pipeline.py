@@ -9,16 +9,19 @@ from typing import Any
 
 from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights
 from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.errors import UsageError
 from sparrow_vllm.families import TargetFamily
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.training.data import ConversationDataset
+from sparrow_vllm.training.extraction import ExtractionJob, run_extraction
+from sparrow_vllm.training.feature_checks import check_features
 from sparrow_vllm.training.features import (
     FeatureExtractor,
     FeatureRecord,
     FeatureShards,
     FeatureSpec,
-    write_feature_shards,
 )
+from sparrow_vllm.training.regenerate import RegenerateWith
 from sparrow_vllm.training.settings import TrainSettings
 from sparrow_vllm.training.skips import SampleError
 from sparrow_vllm.training.target import TargetFeatures, load_hf_target
@@ -35,18 +38,18 @@ def default_bridge_layer(family: TargetFamily) -> int:
 def extract_features(
     target_dir: str | Path, data: str | Path, out_dir: str | Path, spec: FeatureSpec, *,
     media_root: str | Path | None = None, num_frames: int | None = None, max_frames: int | None = None,
-    regenerate_tokens: int | None = None, shard_size: int = 256,
+    regenerate_tokens: int | None = None, regenerate_with: RegenerateWith = "vllm",
+    regenerate_batch: int = 32, engine_args: dict[str, Any] | None = None, shard_size: int = 64,
+    workers: int = 1, ray_address: str | None = None,
 ) -> Path:
-    target = load_hf_target(target_dir)
-    dataset = ConversationDataset(data, media_root=media_root, num_frames=num_frames, max_frames=max_frames)
-    extractor = FeatureExtractor(target, target.processor, spec)
-    meta = {
-        "target": str(Path(target_dir).resolve()), "data": str(Path(data).resolve()),
-        "feature_layer": spec.feature_layer, "bridge_layer": spec.bridge_layer,
-        "num_frames": num_frames, "regenerate_tokens": regenerate_tokens, "video_fps": spec.video_fps,
-        "frame_text": spec.frame_text,
-    }
-    return write_feature_shards(extractor, dataset, out_dir, shard_size, regenerate_tokens, meta)
+    """Features of every manifest row in out_dir (see `extraction.py`); resumes a partial run."""
+    job = ExtractionJob(
+        target=str(target_dir), data=str(data), out=str(out_dir), spec=spec,
+        media_root=None if media_root is None else str(media_root), num_frames=num_frames,
+        max_frames=max_frames, regenerate_tokens=regenerate_tokens, regenerate_with=regenerate_with,
+        regenerate_batch=regenerate_batch, shard_size=shard_size, engine_args=dict(engine_args or {}),
+    )
+    return run_extraction(job, workers=workers, ray_address=ray_address)
 
 
 class OnlineFeatures:
@@ -67,23 +70,13 @@ class OnlineFeatures:
             return None
 
 
-def _check_features(shards: FeatureShards, draft: SparrowDraftModel, settings: TrainSettings) -> None:
-    meta = shards.index.get("meta", {})
-    want = draft.sparrow_config.aux_layer_index()
-    if meta.get("feature_layer") != want:
-        raise ValueError(
-            f"{shards.dir} holds features of layer {meta.get('feature_layer')} (None = final) but "
-            f"the draft's feature_layer needs {want}; extract again with the draft's --feature"
-        )
-    frame_text = meta.get("frame_text", "visual")
-    if frame_text != draft.sparrow_config.frame_text:
-        raise ValueError(
-            f"{shards.dir} marks frame text as {frame_text!r} but the draft's frame_text is "
-            f"{draft.sparrow_config.frame_text!r}; extract again with --frame-text "
-            f"{draft.sparrow_config.frame_text} (training and serving must agree)"
-        )
-    if settings.train_row_mode() == "bridge" and meta.get("bridge_layer") is None:
-        raise ValueError(f"{shards.dir} has no bridge states; extract with --bridge-layer or train with --no-ivsb")
+def _validation_features(val_features: str | Path | None, draft: SparrowDraftModel) -> FeatureShards | None:
+    """--val-features, checked like --features (validation needs no bridge states)."""
+    if val_features is None:
+        return None
+    shards = FeatureShards(val_features)
+    check_features(shards, draft.sparrow_config)
+    return shards
 
 
 def make_draft(target: TargetFeatures, init_draft: str | Path | None, fields: dict[str, Any], seed: int) -> SparrowDraftModel:
@@ -99,22 +92,23 @@ def train_draft(
     features: str | Path | None = None, data: str | Path | None = None,
     media_root: str | Path | None = None, num_frames: int | None = None, bridge_layer: int | None = None,
     max_seq_len: int = 32768, video_fps: float = 2.0, init_draft: str | Path | None = None,
-    resume: bool = False, command: list[str] | None = None,
+    resume: bool = False, command: list[str] | None = None, val_features: str | Path | None = None,
 ) -> Path | None:
     """Train a draft on offline features (`features`) or online from `data` (features of
-    the draft's feature layer, and with IVSB the states of `bridge_layer`, default L // 2);
+    the draft's feature layer, and with IVSB the states of `bridge_layer`, default L // 2),
+    validating on `val_features` if given, else on records held out of the training set;
     returns the checkpoint directory on rank 0."""
     if (features is None) == (data is None):
-        raise ValueError("give exactly one of --features (offline) or --data (online)")
+        raise UsageError("give exactly one of --features (offline) or --data (online)")
     env = setup_distributed()
     target = load_hf_target(target_dir)
     draft = make_draft(target, init_draft, draft_fields, settings.seed)
     if settings.visual_rows == "full" and draft.sparrow_config.fc_bias:
-        raise ValueError("--visual-rows full saves vLLM's eagle form, whose FC has no bias; add --no-fc-bias")
+        raise UsageError("--visual-rows full saves vLLM's eagle form, whose FC has no bias; add --no-fc-bias")
     source: Any
     if features is not None:
         source = FeatureShards(features)
-        _check_features(source, draft, settings)
+        check_features(source, draft.sparrow_config, needs_bridge=settings.train_row_mode() == "bridge")
     else:
         bridge = None
         if settings.train_row_mode() == "bridge":
@@ -126,7 +120,8 @@ def train_draft(
         source = OnlineFeatures(dataset, FeatureExtractor(target, target.processor, spec))
     embed = target.model.get_input_embeddings()
     lm_head = target.model.get_output_embeddings()
-    trainer = Trainer(draft, embed, lm_head, source, settings, out_dir, env)
+    trainer = Trainer(draft, embed, lm_head, source, settings, out_dir, env,
+                      val_source=_validation_features(val_features, draft))
     if resume:
         trainer.resume()
     trainer.fit()

@@ -65,9 +65,11 @@ class TargetFeatures:
         return self.forward_states({"input_ids": ids}, aux_layer, None).features
 
 
-def load_hf_target(path: str | Path) -> TargetFeatures:
-    """Load a target checkpoint with transformers (CPU, fp32, eval mode), with its
-    processor (the tokenizer for a text-only target)."""
+def load_hf_target(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> TargetFeatures:
+    """Load a target checkpoint with transformers (fp32 on the CPU unless told otherwise,
+    eval mode, frozen), with its processor (the tokenizer for a text-only target)."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -80,7 +82,7 @@ def load_hf_target(path: str | Path) -> TargetFeatures:
     family.use_serving_positions()
     is_vlm = family.is_multimodal
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
-    model = auto.from_pretrained(str(path), dtype=torch.float32).eval()
+    model = auto.from_pretrained(str(path), dtype=dtype).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -20,6 +20,6 @@ def tiny_world(tmp_path_factory) -> dict[str, Path]:
     manifest = write_dataset(root / "data", num=12, frames=[4], questions=["describe", "count"])
     features = extract_features(
         target, manifest, root / "features", FeatureSpec(feature_layer=None, bridge_layer=1),
-        regenerate_tokens=24, shard_size=5,
+        regenerate_tokens=24, regenerate_with="hf", shard_size=5,
     )
     return {"root": root, "target": target, "manifest": manifest, "features": features}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
+import pytest
 import torch
 
-from sparrow_vllm.training.features import INDEX_FILE, FeatureShards, FeatureSpec
+from sparrow_vllm.errors import UsageError
+from sparrow_vllm.training.features import INDEX_FILE, FeatureExtractor, FeatureShards, FeatureSpec
 from sparrow_vllm.training.pipeline import extract_features
 from sparrow_vllm.training.target import load_hf_target
 
@@ -29,24 +32,77 @@ def test_records_hold_the_targets_own_answers(tiny_world):
         assert bool((r["positions"][1:] >= r["positions"][:-1]).all())
 
 
-def test_extraction_resumes_after_an_interruption(tiny_world, tmp_path):
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(monkeypatch, calls: int, method: str = "extract") -> list[int]:
+    """Make FeatureExtractor.<method> raise after `calls` calls, as a killed run would stop."""
+    made = [0]
+    original = getattr(FeatureExtractor, method)
+
+    def counted(self, *args, **kwargs):
+        if made[0] == calls:
+            raise _Crash
+        made[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureExtractor, method, counted)
+    return made
+
+
+def _extract(tiny_world, out, **kwargs):
+    return extract_features(
+        tiny_world["target"], tiny_world["manifest"], out, FeatureSpec(feature_layer=None, bridge_layer=1),
+        regenerate_tokens=24, regenerate_with="hf", shard_size=5, **kwargs,
+    )
+
+
+def _assert_same_records(a: FeatureShards, b: FeatureShards) -> None:
+    assert len(a) == len(b)
+    for i in range(len(b)):
+        assert a[i].keys() == b[i].keys()
+        for key, value in b[i].items():
+            torch.testing.assert_close(a[i][key], value)
+
+
+def test_extraction_resumes_at_the_row_after_an_interruption(tiny_world, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "features"
+    _crash_after(monkeypatch, 7)
+    with pytest.raises(_Crash):
+        _extract(tiny_world, out)
+    # rows 0-4 are a finished shard, rows 5-6 are staged; nothing else exists yet
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.json", "shard-00000.safetensors"]
+    assert len(list((out / "staging" / "shard-00001").glob("row-*.safetensors"))) == 2
+    monkeypatch.undo()
+    regenerated = _crash_after(monkeypatch, 99, "hf_greedy_answer")
+    with caplog.at_level(logging.INFO, logger="sparrow_vllm"):
+        _extract(tiny_world, out)
+    assert "7 of 12 rows already done (1 of 3 shards finished); continuing from row 7" in caplog.text
+    # shard 1's answers (rows 5-9) were regenerated and staged before the crash: only the
+    # rows of shard 2 are regenerated now
+    assert regenerated[0] == 2
+    resumed, original = FeatureShards(out), FeatureShards(tiny_world["features"])
+    assert resumed.index["done"] and not (out / "staging").exists()
+    assert [s["rows"] for s in resumed.index["shards"]] == [[0, 5], [5, 10], [10, 12]]
+    _assert_same_records(resumed, original)
+
+
+def test_finished_extraction_reruns_as_nothing_to_do(tiny_world, tmp_path, caplog):
     out = tmp_path / "features"
     shutil.copytree(tiny_world["features"], out)
-    index = json.loads((out / INDEX_FILE).read_text())
-    # as if the run died after writing the first shard
-    for shard in index["shards"][1:]:
-        (out / shard["file"]).unlink()
-    index.update(shards=index["shards"][:1], next_row=5, done=False)
-    (out / INDEX_FILE).write_text(json.dumps(index))
-    extract_features(
-        tiny_world["target"], tiny_world["manifest"], out, FeatureSpec(feature_layer=None, bridge_layer=1),
-        regenerate_tokens=24, shard_size=5,
-    )
-    resumed, original = FeatureShards(out), FeatureShards(tiny_world["features"])
-    assert resumed.index["done"] and len(resumed) == len(original)
-    for i in range(len(original)):
-        for key, value in original[i].items():
-            torch.testing.assert_close(resumed[i][key], value)
+    with caplog.at_level(logging.INFO, logger="sparrow_vllm"):
+        _extract(tiny_world, out)
+    assert "extraction already finished (12 rows); nothing to do" in caplog.text
+    assert json.loads((out / INDEX_FILE).read_text())["meta"]["feature_layer"] == "final"
+
+
+def test_other_settings_do_not_resume_into_the_same_folder(tiny_world, tmp_path):
+    out = tmp_path / "features"
+    shutil.copytree(tiny_world["features"], out)
+    with pytest.raises(UsageError, match="differs in: bridge_layer, regenerate_with.*give a new --out"):
+        extract_features(tiny_world["target"], tiny_world["manifest"], out,
+                         FeatureSpec(feature_layer=None, bridge_layer=None), regenerate_tokens=24, shard_size=5)
 
 
 def test_bad_rows_are_counted_and_skipped(tiny_world, tmp_path):
