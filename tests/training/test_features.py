@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -119,3 +120,9 @@ def test_bad_rows_are_counted_and_skipped(tiny_world, tmp_path):
     assert len(shards) == 2
     assert shards.index["skips"] == {"missing_file": 1, "bad_record": 1}
     assert "bridge" not in shards[0]
+
+
+def test_workers_without_ray_name_the_extra_to_install(tiny_world, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UsageError, match=r"pip install 'sparrow-vllm\[scale\]' \(or run with --workers 1\)"):
+        _extract(tiny_world, tmp_path / "features", workers=2)
