@@ -40,11 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "models" / "toy-world" / "target"
 # name: (workers, regenerate_with or None)
 SETTINGS = {
-    "features, 1 worker": (1, None),
-    "features, 2 workers": (2, None),
-    "HF regenerate, 1 worker": (1, "hf"),
-    "vLLM regenerate, 1 worker": (1, "vllm"),
-    "vLLM regenerate, 2 workers": (2, "vllm"),
+    "features - 1 worker": (1, None),
+    "features - 2 workers": (2, None),
+    "HF regenerate - 1 worker": (1, "hf"),
+    "vLLM regenerate - 1 worker": (1, "vllm"),
+    "vLLM regenerate - 2 workers": (2, "vllm"),
 }
 
 
@@ -124,13 +124,13 @@ def main() -> None:
         results, dirs = {}, {}
         for name in tqdm(chosen, desc="settings"):
             workers, regenerate = SETTINGS[name]
-            dirs[name] = root / name.replace(" ", "_").replace(",", "")
+            dirs[name] = root / name.replace(" - ", "_").replace(" ", "_")
             results[name] = run_setting(manifest, dirs[name], workers, regenerate, args)
             logger.info("%s: %s", name, results[name])
         checks = {}
-        pairs = [("2 workers vs 1 (features)", "features, 2 workers", "features, 1 worker"),
-                 ("vLLM vs HF regeneration", "vLLM regenerate, 1 worker", "HF regenerate, 1 worker"),
-                 ("2 workers vs 1 (vLLM regeneration)", "vLLM regenerate, 2 workers", "vLLM regenerate, 1 worker")]
+        pairs = [("2 workers vs 1 (features)", "features - 2 workers", "features - 1 worker"),
+                 ("vLLM vs HF regeneration", "vLLM regenerate - 1 worker", "HF regenerate - 1 worker"),
+                 ("2 workers vs 1 (vLLM regeneration)", "vLLM regenerate - 2 workers", "vLLM regenerate - 1 worker")]
         for label, a, b in pairs:
             if a in dirs and b in dirs:
                 checks[label] = compare(dirs[a], dirs[b])

@@ -122,7 +122,9 @@ def test_bad_rows_are_counted_and_skipped(tiny_world, tmp_path):
     assert "bridge" not in shards[0]
 
 
-def test_workers_without_ray_name_the_extra_to_install(tiny_world, tmp_path, monkeypatch):
+def test_one_worker_needs_no_ray_and_more_name_the_extra_to_install(tiny_world, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    _assert_same_records(FeatureShards(_extract(tiny_world, tmp_path / "one", workers=1)),
+                         FeatureShards(tiny_world["features"]))
     with pytest.raises(UsageError, match=r"pip install 'sparrow-vllm\[scale\]' \(or run with --workers 1\)"):
         _extract(tiny_world, tmp_path / "features", workers=2)
