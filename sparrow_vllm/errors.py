@@ -8,6 +8,10 @@ class UsageError(ValueError):
     CLI prints its message, which names the fix, without a traceback."""
 
 
+class MissingInput(UsageError, FileNotFoundError):
+    """A path the user gave does not exist (still a FileNotFoundError for callers)."""
+
+
 class RunStopped(RuntimeError):
     """A long run that stopped part-way (a worker died, a node went away); its message says
     how to resume. The CLI prints it without a traceback."""

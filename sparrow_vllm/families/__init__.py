@@ -15,4 +15,11 @@ def load_family(target_dir: str) -> TargetFamily:
     """The family adapter of a target checkpoint directory (reads its config.json once)."""
     from transformers import AutoConfig
 
-    return resolve_family(AutoConfig.from_pretrained(str(target_dir)))
+    from sparrow_vllm.errors import MissingInput
+
+    try:
+        config = AutoConfig.from_pretrained(str(target_dir))
+    except OSError as exc:
+        raise MissingInput(f"cannot read the target {target_dir}: {exc}\n--target takes a model "
+                           "directory in Hugging Face format, or a model id in the local HF cache") from exc
+    return resolve_family(config)

@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from sparrow_vllm.errors import UsageError
 from sparrow_vllm.toy_world.render import render
 from sparrow_vllm.toy_world.scene import QUESTIONS, sample_scene
 from sparrow_vllm.toy_world.target import CLIP_SECONDS
@@ -50,7 +51,7 @@ def write_dataset(
     questions = questions or list(QUESTIONS)
     unknown = set(questions) - set(QUESTIONS)
     if unknown:
-        raise ValueError(f"unknown questions {sorted(unknown)}; choose from {sorted(QUESTIONS)}")
+        raise UsageError(f"unknown --questions {sorted(unknown)}; choose from {sorted(QUESTIONS)}")
     manifest = out / "train.jsonl"
     with manifest.open("w") as f:
         for i in range(num):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sparrow_vllm.errors import MissingInput, UsageError
 from sparrow_vllm.training.media import read_frames, read_image
 from sparrow_vllm.training.skips import SampleError, SkipReport
 
@@ -117,16 +118,16 @@ def _video_seconds(record: dict) -> float | None:
 
 def _read_manifest(path: Path) -> list[Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist; pass a .json or .jsonl file")
+        raise MissingInput(f"manifest {path} does not exist; pass a .json or .jsonl file to --data")
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); fix it, or convert it to .jsonl "
+            raise UsageError(f"{path} is not valid JSON ({exc}); fix it, or convert it to .jsonl "
                              "so that a bad row is skipped instead") from exc
         if not isinstance(records, list):
-            raise ValueError(f"{path} holds a {type(records).__name__}; expected a list of records")
+            raise UsageError(f"{path} holds a {type(records).__name__}; expected a list of records")
         return records
     if suffix == ".jsonl":
         rows: list[Any] = []
@@ -139,7 +140,7 @@ def _read_manifest(path: Path) -> list[Any]:
                 rows.append(_bad(f"line {number} of {path.name} is not valid JSON ({exc}); "
                                  "fix or delete the line"))
         return rows
-    raise ValueError(f"manifest {path} must end in .json (a list of records) or .jsonl "
+    raise UsageError(f"manifest {path} must end in .json (a list of records) or .jsonl "
                      "(one record per line)")
 
 
@@ -150,7 +151,7 @@ class ConversationDataset:
                  num_frames: int | None = None, max_frames: int | None = None) -> None:
         for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         self.manifest = Path(manifest)
         self.media_root = Path(media_root) if media_root is not None else self.manifest.parent
         self.num_frames = num_frames

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sparrow_vllm.families import TargetFamily, resolve_family
+from sparrow_vllm.families import TargetFamily, load_family
 
 
 @dataclass
@@ -71,14 +71,13 @@ def load_hf_target(
     """Load a target checkpoint with transformers (fp32 on the CPU unless told otherwise,
     eval mode, frozen), with its processor (the tokenizer for a text-only target)."""
     from transformers import (
-        AutoConfig,
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
         AutoProcessor,
         AutoTokenizer,
     )
 
-    family = resolve_family(AutoConfig.from_pretrained(str(path)))
+    family = load_family(str(path))
     family.use_serving_positions()
     is_vlm = family.is_multimodal
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM

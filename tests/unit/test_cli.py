@@ -79,6 +79,21 @@ def test_usage_errors_exit_2_and_other_errors_keep_their_traceback(monkeypatch, 
         main(argv)
 
 
+@pytest.mark.parametrize("wrong", ["target", "data"])
+def test_a_mistyped_path_is_a_message_naming_the_option(wrong, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = Path(__file__).resolve().parents[2]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("")
+    paths = {"target": str(repo / "models" / "toy-world" / "target"), "data": str(manifest)}
+    paths[wrong] = str(tmp_path / "typo")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract-features", "--target", paths["target"], "--data", paths["data"], "--out", str(tmp_path / "f")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"--{wrong}" in err and "Traceback" not in err
+
+
 def test_toy_target_offers_every_arch(tmp_path):
     from sparrow_vllm.toy_targets import ARCHES
 
