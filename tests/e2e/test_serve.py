@@ -100,7 +100,8 @@ def test_bad_draft_fails_at_startup_with_the_fix(toy_models, start_server, tmp_p
     log = server.log.read_text()
     assert code != 0
     assert "hidden_size=256 but the target has 128" in log
-    assert "sparrow-vllm init-draft" in log
+    assert "train one with `sparrow-vllm train --target <target dir>` on video data" in log
+    assert "self-distill" not in log
 
 
 def test_text_budget_too_small_fails_at_startup_with_the_fix(toy_models, start_server):

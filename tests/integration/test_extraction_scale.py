@@ -1,13 +1,14 @@
 """Feature extraction at scale, as a user runs it (`sparrow-vllm extract-features` in a
 subprocess) on the committed toy-world target, with a manifest of videos and images:
 vLLM regeneration gives HF's greedy answers; --workers 2 on a local 2-CPU Ray cluster gives
-the records of --workers 1; a worker killed mid-run, then the driver interrupted and the
-command rerun, leave no row missing or twice."""
+the records of --workers 1; a worker killed mid-run is restarted and its shard resumed, and a run interrupted
+(Ctrl-C) then rerun resumes; either way no row is missing or done twice."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,38 +114,68 @@ def _wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
     while not condition():
         assert proc.poll() is None, proc.stderr.read()[-4000:] if proc.stderr else ""
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def _staged_rows(out: Path) -> int:
     return len(list(out.glob("staging/*/row-*.safetensors")))
 
 
-def test_killed_worker_then_interrupted_driver_lose_and_repeat_nothing(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kill")
-    manifest = write_dataset(root / "data", num=12, frames=[8], seed=8, questions=["count", "number"])
-    reference, out = root / "reference", root / "features"
-    extra = ("--regenerate", "24", "--regenerate-with", "hf")
-    _extract(manifest, reference, *extra)
+def _start(manifest: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(_command(manifest, out, *extra), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    proc = subprocess.Popen(_command(manifest, out, *extra, "--workers", "2"), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+HF_REGENERATE = ("--regenerate", "24", "--regenerate-with", "hf")
+KILL_ARGS = (*HF_REGENERATE, "--workers", "2")
+
+
+@pytest.fixture(scope="module")
+def slow_rows(tmp_path_factory) -> tuple[Path, Path]:
+    """24 rows of 64-frame clips (about 0.5 s a row with HF regeneration on one core),
+    so that a run is still going long after its first row is saved; and their records
+    from one worker."""
+    root = tmp_path_factory.mktemp("kill")
+    manifest = write_dataset(root / "data", num=24, frames=[64], seed=8, questions=["count", "number"])
+    _extract(manifest, root / "reference", *HF_REGENERATE)
+    return manifest, root / "reference"
+
+
+def test_a_killed_worker_is_restarted_and_its_shard_resumed(slow_rows, tmp_path):
+    manifest, reference = slow_rows
+    out = tmp_path / "features"
+    proc = _start(manifest, out, *KILL_ARGS)
     try:
         _wait_for(lambda: _staged_rows(out) >= 1, 300, proc)
-        # a worker dies mid-shard: Ray restarts it and its shard resumes from the staged rows
+        # SIGKILL a worker mid-shard (at least 23 rows are left)
         killed = subprocess.run(["pkill", "-9", "-f", "ray::ExtractionWorker"], check=False)
         assert killed.returncode == 0
-        before = _staged_rows(out) + len(list(out.glob("shard-*.json")))
-        _wait_for(lambda: _staged_rows(out) + len(list(out.glob("shard-*.json"))) > before, 300, proc)
-        # then the driver is interrupted (Ctrl-C)
-        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, err[-4000:]
+    # the same rows in the same shards, each once, with the same records
+    _assert_same_records(out, reference, exact=False)
+
+
+def test_an_interrupted_run_resumes_when_rerun(slow_rows, tmp_path):
+    manifest, reference = slow_rows
+    out = tmp_path / "features"
+    proc = _start(manifest, out, *KILL_ARGS)
+    try:
+        _wait_for(lambda: _staged_rows(out) >= 1, 300, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, with at least 23 rows left
         proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not json.loads((out / INDEX_FILE).read_text())["done"]
-    log = _extract(manifest, out, *extra, "--workers", "2")
-    assert "resuming extraction in" in log and "rows already done" in log
-    # the same rows in the same shards, each once, with the same records
+        _stop(proc)
+    index = json.loads((out / INDEX_FILE).read_text())
+    assert not index["done"]
+    log = _extract(manifest, out, *KILL_ARGS)
+    assert re.search(r"resuming extraction in \S+: \d+ of 24 rows already done", log), log[-3000:]
     _assert_same_records(out, reference, exact=False)
