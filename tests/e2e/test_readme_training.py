@@ -18,6 +18,7 @@ import pytest
 
 from sparrow_vllm.bench.server import free_port
 from sparrow_vllm.bench.toy_requests import ToyQuestion
+from tests.processes import interruptible
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -63,7 +64,7 @@ class Shell:
     def popen(self, command: str) -> subprocess.Popen:
         return subprocess.Popen(["bash", "-c", self.exports + command], cwd=self.cwd, env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=interruptible)
 
     def run(self, command: str, expect: int = 0) -> str:
         proc = self.popen(command)

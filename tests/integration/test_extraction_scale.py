@@ -22,6 +22,7 @@ from PIL import Image
 
 from sparrow_vllm.toy_world.dataset import write_dataset
 from sparrow_vllm.training.features import INDEX_FILE, FeatureShards
+from tests.processes import interruptible
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -123,7 +124,8 @@ def _staged_rows(out: Path) -> int:
 
 def _start(manifest: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(_command(manifest, out, *extra), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=interruptible)
 
 
 def _stop(proc: subprocess.Popen) -> None:
