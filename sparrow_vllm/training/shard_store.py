@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ class ShardStore:
 
     def write_index(self, done: bool) -> dict[str, Any]:
         """Merge the finished shards' summaries into index.json, in row order."""
-        shards, skips = [], {}
+        shards, skips, examples = [], {}, {}
         for shard in range(self.num_shards):
             if not self.is_finished(shard):
                 continue
@@ -125,21 +124,15 @@ class ShardStore:
                                "rows": summary["rows"]})
             for reason, count in summary["skips"].items():
                 skips[reason] = skips.get(reason, 0) + count
+            for reason, shown in summary["examples"].items():
+                kept = examples.setdefault(reason, [])
+                kept.extend(shown[: EXAMPLES_PER_REASON - len(kept)])
         index = {"meta": self.meta, "shards": shards, "skips": skips, "done": done,
-                 "skip_examples": self._skip_examples()}
+                 "skip_examples": examples}
         _write_json(self.out / INDEX_FILE, index)
         if done:
             shutil.rmtree(self.out / "staging", ignore_errors=True)
         return index
-
-    def _skip_examples(self) -> dict[str, list[str]]:
-        examples: dict[str, list[str]] = {}
-        for shard in range(self.num_shards):
-            if self.is_finished(shard):
-                for reason, shown in json.loads(self._summary_path(shard).read_text())["examples"].items():
-                    kept = examples.setdefault(reason, [])
-                    kept.extend(shown[: EXAMPLES_PER_REASON - len(kept)])
-        return examples
 
     # -- one shard, row by row ---------------------------------------------------------
 
@@ -197,6 +190,3 @@ class ShardStore:
         shutil.rmtree(self._staging(shard), ignore_errors=True)
         return summary
 
-
-def count_rows(shards: Iterable[dict[str, Any]]) -> int:
-    return sum(s["num_samples"] for s in shards)
