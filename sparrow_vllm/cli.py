@@ -39,6 +39,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, schema: type[BaseMod
             kwargs["action"] = argparse.BooleanOptionalAction
         elif choices:
             kwargs["choices"] = choices
+        elif field.default is None:  # an optional field, e.g. int | None
+            kwargs["type"] = next(a for a in get_args(field.annotation) if a is not type(None))
         else:
             kwargs["type"] = type(field.default)
         group.add_argument(flag, **kwargs)
@@ -179,6 +181,13 @@ def _cmd_eval_acceptance(args: argparse.Namespace) -> None:
         Path(args.out).write_text(text + "\n")
 
 
+def _cmd_analyze(args: argparse.Namespace) -> None:
+    from sparrow_vllm.analysis.internalization import AnalyzeSettings, run_analysis
+
+    run_analysis(args.target, args.data, args.out, settings_from(args, AnalyzeSettings),
+                 media_root=args.media_root, num_frames=args.num_frames, command=sys.argv)
+
+
 def _cmd_toy_world(args: argparse.Namespace) -> None:
     from sparrow_vllm.toy_world import build
 
@@ -317,6 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows the draft sees at visual positions (default: its serving form)")
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=_cmd_eval_acceptance)
+
+    p = sub.add_parser(
+        "analyze",
+        help="from which layer does the target no longer need its visual rows? (and --bridge-layer)",
+        description="For every layer x, runs the target with its visual rows removed from layer x on "
+        "(text rows keep their positions), teacher-forced on its own greedy answers, and compares "
+        "it with the full model: next-token agreement, KL divergence, and answer accuracy where the "
+        "manifest has reference answers. Writes OUT/analysis.json and OUT/analysis.png and prints "
+        "the smallest layer from which predictions are unchanged and a suggested --bridge-layer.",
+    )
+    p.add_argument("--target", required=True, help="target model directory (HF format, a vision-language model)")
+    p.add_argument("--data", required=True, help="dataset manifest (as extract-features takes it)")
+    p.add_argument("--out", required=True, help="output directory (analysis.json, analysis.png)")
+    p.add_argument("--media-root", help="directory relative video/image paths resolve against "
+                   "(default: the manifest's directory)")
+    p.add_argument("--num-frames", type=int, help="sample this many frames per video, uniformly")
+    from sparrow_vllm.analysis.internalization import AnalyzeSettings
+
+    add_settings_arguments(p, AnalyzeSettings)
+    p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser(
         "check",

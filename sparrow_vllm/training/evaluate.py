@@ -68,7 +68,8 @@ def load_trained_draft(path: str | Path) -> tuple[SparrowDraftModel, str]:
 def evaluate_acceptance(
     target_dir: str | Path, draft_dir: str | Path, features: str | Path, k: int, mode: RowMode | None = None
 ) -> dict[str, Any]:
-    """Acceptance of greedy K-chains over every record of `features`. mode defaults to the
+    """Acceptance of greedy K-chains over every record of `features` (in total, and
+    [drafts, accepted] per sequence). mode defaults to the
     draft's serving form: 'text' for Sparrow (VATA), 'full' for an EAGLE-form draft.
     Refuses a draft made for another target and features made for another draft."""
     check_trained_draft_for_target(draft_dir, load_family(str(target_dir)))
@@ -78,9 +79,11 @@ def evaluate_acceptance(
     target = load_hf_target(target_dir)
     mode = mode or ("full" if form == "eagle" else "text")
     records = [shards[i] for i in range(len(shards))]
+    per_sequence: list[list[int]] = []
     with torch.no_grad():
         stats = validate(draft, target.model.get_input_embeddings(), target.model.get_output_embeddings(),
-                         records, mode, k)
+                         records, mode, k, per_sequence)
     visual = [int(r["visual_mask"].sum()) for r in records]
     return {"draft": str(draft_dir), "form": form, "mode": mode, "k": k, "sequences": len(records),
-            "mean_visual_tokens": sum(visual) / max(len(visual), 1), **stats.as_dict()}
+            "mean_visual_tokens": sum(visual) / max(len(visual), 1), **stats.as_dict(),
+            "per_sequence": per_sequence}

@@ -139,15 +139,22 @@ class FeatureExtractor:
             return pos[0, 0].long()
         return torch.arange(n)
 
+    def conversation_inputs(
+        self, sample: ConversationSample, answer_tokens: list[int] | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """(processor outputs of the whole conversation, index of the first answer token).
+        With answer_tokens (a regenerated answer), the last answer is replaced by those
+        tokens (token for token, no detour through text)."""
+        if answer_tokens is None:
+            return self._inputs(sample, with_answer=True)
+        inputs, loss_start = self._inputs(sample, with_answer=False)
+        self._append_answer(inputs, answer_tokens)
+        return inputs, loss_start
+
     @torch.no_grad()
     def extract(self, sample: ConversationSample, answer_tokens: list[int] | None = None) -> FeatureRecord:
-        """The sample's record; with answer_tokens (a regenerated answer), the last answer
-        is replaced by those tokens (token for token, no detour through text)."""
-        if answer_tokens is None:
-            inputs, loss_start = self._inputs(sample, with_answer=True)
-        else:
-            inputs, loss_start = self._inputs(sample, with_answer=False)
-            self._append_answer(inputs, answer_tokens)
+        """The sample's record (see conversation_inputs for answer_tokens)."""
+        inputs, loss_start = self.conversation_inputs(sample, answer_tokens)
         ids = inputs["input_ids"][0]
         visual = torch.tensor(self.target.family.visual_token_mask(ids.tolist(), self.spec.frame_text))
         states = self.target.forward_states(inputs, self.spec.feature_layer, self.spec.bridge_layer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -34,6 +35,15 @@ class TrainSettings(BaseModel):
         True, description="Intermediate visual state bridging: visual rows carry the "
         "target's layer-m* states during training (dropped at inference).",
     )
+    bridge_dropout: float = Field(
+        0.0, ge=0, le=1, description="IVSB: chance that a training sequence, in a step, drops "
+        "its bridge rows and trains on text rows only (as at inference), so text rows learn "
+        "to work with and without them.",
+    )
+    ivsb_fraction: float = Field(
+        1.0, gt=0, le=1, description="IVSB: bridge rows in the first this fraction of the "
+        "steps, text rows only after.",
+    )
     visual_rows: Literal["text", "full"] = Field(
         "text", description="'text': a Sparrow draft, visual rows dropped at inference "
         "(VATA). 'full': an EAGLE/MSD-style draft that keeps visual rows, trained with the "
@@ -59,6 +69,12 @@ class TrainSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _bridge_options_need_ivsb(self) -> TrainSettings:
+        if not self.ivsb and (self.bridge_dropout > 0 or self.ivsb_fraction < 1):
+            raise ValueError("--bridge-dropout and --ivsb-fraction shape IVSB training; add --ivsb or drop them")
+        return self
+
     def step_weights(self) -> tuple[float, ...]:
         return tuple(self.mtp_decay**k for k in range(self.mtp_steps + 1))
 
@@ -66,6 +82,19 @@ class TrainSettings(BaseModel):
         if self.visual_rows == "full":
             return "full"
         return "bridge" if self.ivsb else "text"
+
+    def step_row_modes(self, step: int, count: int) -> list[str]:
+        """Row mode of each of `count` sequences of training step `step`: the train mode,
+        with IVSB's bridge rows dropped per bridge_dropout and after ivsb_fraction of the
+        steps (seeded by (seed, step), so a resumed run draws the same)."""
+        mode = self.train_row_mode()
+        if mode != "bridge":
+            return [mode] * count
+        if step >= self.ivsb_fraction * self.steps:
+            return ["text"] * count
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 7_919)
+        drop = torch.rand(count, generator=generator) < self.bridge_dropout
+        return ["text" if d else "bridge" for d in drop.tolist()]
 
     def eval_row_mode(self) -> str:
         return "full" if self.visual_rows == "full" else "text"

@@ -66,10 +66,12 @@ class TargetFeatures:
 
 
 def load_hf_target(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ) -> TargetFeatures:
     """Load a target checkpoint with transformers (fp32 on the CPU unless told otherwise,
-    eval mode, frozen), with its processor (the tokenizer for a text-only target)."""
+    eval mode, frozen), with its processor (the tokenizer for a text-only target).
+    attn_implementation: transformers' attention kernel (None: its default)."""
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
@@ -81,7 +83,8 @@ def load_hf_target(
     family.use_serving_positions()
     is_vlm = family.is_multimodal
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
-    model = auto.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = auto.from_pretrained(str(path), dtype=dtype, **extra).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(str(path))

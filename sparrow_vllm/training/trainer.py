@@ -86,9 +86,10 @@ def batch_indices(step: int, settings: TrainSettings, num_train: int, env: Distr
 @torch.no_grad()
 def validate(
     draft: SparrowDraftModel, embed: Any, lm_head: Any, records: list[FeatureRecord],
-    mode: RowMode, k: int,
+    mode: RowMode, k: int, per_sequence: list[list[int]] | None = None,
 ) -> AcceptanceStats:
-    """Acceptance length of greedy K-chains over the answers of `records`."""
+    """Acceptance length of greedy K-chains over the answers of `records`; per_sequence,
+    when given, receives [drafts, accepted] of each record."""
     was_training = draft.training
     draft.eval()
     total = AcceptanceStats(k=k)
@@ -97,7 +98,10 @@ def validate(
         rows = build_rows(record, mode)
         starts = answer_rows(rows, int(record["loss_start"]))
         drafts = chain_drafts(draft, embed, lm_head, rows, window, k, starts)
-        total.add(simulate(rows, starts, drafts, record["target_next"], int(record["loss_start"])))
+        stats = simulate(rows, starts, drafts, record["target_next"], int(record["loss_start"]))
+        total.add(stats)
+        if per_sequence is not None:
+            per_sequence.append([stats.drafts, stats.accepted])
     draft.train(was_training)
     return total
 
@@ -178,7 +182,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         s = self.settings
         records = self._records(batch_indices(self.step, s, self.num_train, self.env))
-        rows = [build_rows(r, s.train_row_mode()) for r in records]
+        rows = [build_rows(r, mode) for r, mode in zip(records, s.step_row_modes(self.step, len(records)), strict=True)]
         autocast = self.env.device.type == "cuda" and s.bf16
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss, metrics = self.model(rows, self.draft.sparrow_config.window, s.step_weights(), s.ce_weight)

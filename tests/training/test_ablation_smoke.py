@@ -1,4 +1,5 @@
-"""benchmarks/ablation.py at its smallest size: six variants, five drafts, a table."""
+"""benchmarks/ablation.py at its smallest size: the paper's six rows and the IVSB recipes, a
+table with intervals, a plot."""
 
 from __future__ import annotations
 
@@ -14,17 +15,25 @@ def test_ablation_benchmark_smoke(tiny_world, tmp_path):
     features = str(tiny_world["features"])
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--target", str(tiny_world["target"]),
-        "--features", features, "--val", f"32={features}", "--val", f"64={features}",
+        "--features", features, "--bridge-features", f"1={features}", "--val", f"32={features}", "--val", f"64={features}",
         "--work", str(tmp_path / "drafts"), "--out", str(tmp_path / "ablation.json"),
         "--steps", "2", "--batch-size", "2", "--val-samples", "2", "--k", "3",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["variant"] for r in result["rows"]] == ["none", "VATA", "MTP", "MTP+IVSB", "VATA+MTP", "all three"]
-    assert len({r["draft"] for r in result["rows"]}) == 5  # MTP+IVSB and all three share a draft
+    assert [r["variant"] for r in result["rows"]] == [
+        "VATA+MTP", "none", "VATA", "MTP", "MTP+IVSB", "all three", "all three, drop 0.5",
+        "all three, IVSB 1/3", "all three, m*=1", "all three, m*=1, drop 0.5"]
+    assert len({r["draft"] for r in result["rows"]}) == 9  # MTP+IVSB and all three share a draft
     for row in result["rows"]:
         assert set(row["lengths"]) == {"32", "64"}
-        assert all(v["acceptance_length"] >= 1.0 and v["drafts"] > 0 for v in row["lengths"].values())
+        for v in row["lengths"].values():
+            assert v["acceptance_length"] >= 1.0 and v["drafts"] > 0
+            assert v["ci95"][0] <= v["acceptance_length"] <= v["ci95"][1]
+            assert len(v["per_sequence"]) == v["sequences"]
+            if row["variant"] != "VATA+MTP":
+                assert v["diff_ci95"][0] <= v["diff_vs_reference"] <= v["diff_ci95"][1]
     table = (tmp_path / "ablation.md").read_text()
-    assert "| all three |" in table and "held-out sequences per length" in table
+    assert "| all three, m*=1 |" in table and "held-out sequences per length" in table
+    assert (tmp_path / "ablation.png").stat().st_size > 0
