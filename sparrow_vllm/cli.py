@@ -261,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-text", dest="frame_text", choices=get_args(FrameText), default="visual",
                    help=SparrowConfig.model_fields["frame_text"].description)
     p.add_argument("--bridge-layer", default="default",
-                   help="target layer m* whose visual states IVSB uses: an index, 'default' "
-                   "(L // 2) or 'none' (no visual states; train with --no-ivsb)")
+                   help="target layer m* whose visual states IVSB (train --ivsb) uses: an index "
+                   "(`sparrow-vllm analyze` suggests one), 'default' (L // 2) or 'none' (no visual "
+                   "states, a smaller feature folder; train without --ivsb)")
     p.add_argument("--regenerate", type=int, metavar="MAX_NEW_TOKENS",
                    help="replace each answer by the target's own greedy answer first, so the "
                    "draft learns what the target says (recommended)")

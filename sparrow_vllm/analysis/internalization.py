@@ -294,7 +294,7 @@ def run_analysis(
     result = analyze(target, dataset, settings)
     result.update(target=str(target_dir), data=str(manifest), family=target.family.name,
                   provenance=provenance(command or []))
-    write_report(result, out_dir, f"{Path(target_dir).name} ({target.family.architecture}): "
+    write_report(result, out_dir, f"{target_dir} ({target.family.architecture}):\n"
                  f"visual rows removed from layer x on, {result['samples']} samples")
     logger.info("%s", summary(result, target_dir))
     return result

@@ -32,8 +32,13 @@ class TrainSettings(BaseModel):
         0.8, gt=0, description="Loss weight of MTP step k is mtp_decay**k (1.0, 0.8, ...)."
     )
     ivsb: bool = Field(
-        True, description="Intermediate visual state bridging: visual rows carry the "
-        "target's layer-m* states during training (dropped at inference).",
+        False, description="Intermediate visual state bridging (the paper's IVSB): visual rows "
+        "carry the target's layer-m* states during training (dropped at inference). Off by "
+        "default: on the toy world every IVSB recipe tried costs acceptance against text rows "
+        "only (benchmarks/results/ivsb_study_toy_world.md), and `sparrow-vllm analyze` shows why "
+        "there: the toy target's text rows read the video up to its last layer. Turn it on for "
+        "a target whose text rows internalize the video early (see `sparrow-vllm analyze`) and "
+        "check it with benchmarks/ablation.py.",
     )
     bridge_dropout: float = Field(
         0.0, ge=0, le=1, description="IVSB: chance that a training sequence, in a step, drops "

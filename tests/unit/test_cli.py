@@ -55,7 +55,7 @@ def test_settings_errors_speak_in_options():
         TrainSettings(steps=0)
     assert validation_words(error.value) == "--steps: Input should be greater than or equal to 1"
     with pytest.raises(ValidationError) as error:
-        TrainSettings(visual_rows="full")
+        TrainSettings(visual_rows="full", ivsb=True)
     assert validation_words(error.value).startswith("--visual-rows full trains the inputs")
 
 
@@ -132,7 +132,8 @@ def test_full_visual_rows_need_no_ivsb():
     from sparrow_vllm.training.settings import TrainSettings
 
     with pytest.raises(ValidationError, match="add --no-ivsb"):
-        TrainSettings(visual_rows="full")
+        TrainSettings(visual_rows="full", ivsb=True)
+    assert TrainSettings(visual_rows="full").train_row_mode() == "full"  # IVSB is off by default
 
 
 def test_toy_world_data_is_a_llava_manifest(tmp_path):
