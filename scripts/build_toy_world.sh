@@ -29,9 +29,10 @@ $RUN toy-world data --out "$WORK/data" --num 384 --frames 8,16,64 --questions de
 $RUN extract-features --target "$WORK/target" --data "$WORK/data/train.jsonl" --out "$WORK/features" --regenerate 64
 
 # 3. the drafts: Sparrow (text rows only, MTP) and the full-visual baseline. On this toy
-#    world IVSB costs acceptance (4.19 without, 3.03 with, on the validation clips; see
-#    benchmarks/results/ablation_toy_world.md), so the committed Sparrow draft is trained
-#    with --no-ivsb; drop that flag for the paper's full recipe.
+#    world every IVSB recipe tried costs acceptance (benchmarks/results/ivsb_study_toy_world.md;
+#    `sparrow-vllm analyze` shows the target reads the video up to its last layer), so the
+#    Sparrow draft is trained without it (train's default; --no-ivsb says so explicitly);
+#    --ivsb gives the paper's full recipe.
 COMMON=(--target "$WORK/target" --features "$WORK/features" --steps "$STEPS_DRAFT" --batch-size 16
         --lr 2e-3 --ce-weight 1.0 --mtp-steps 2 --val-samples 32 --val-k 4 --val-every 400)
 $RUN train "${COMMON[@]}" --out "$WORK/sparrow-draft" --no-ivsb

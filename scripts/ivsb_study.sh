@@ -3,7 +3,7 @@
 # video (`sparrow-vllm analyze` -> benchmarks/results/analyze_toy_world.*), then IVSB
 # recipes against VATA+MTP (benchmarks/ablation.py -> benchmarks/results/ivsb_study_toy_world.*)
 # at 0.5k and 25k visual tokens on held-out sets large enough to resolve 0.3 in acceptance
-# length. About two and a half hours on 2 CPU cores (most of it the 25k-token validation
+# length. About two hours on 2 CPU cores (most of it the 25k-token validation
 # features and the drafts); every step whose output exists is skipped, so a rerun resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,17 +36,19 @@ for LAYER in 4 "$BRIDGE"; do
 done
 
 # 3. held-out describe clips at the shortest and longest visual lengths (scene seed 3)
+#    (a 25k-token row takes about 90 s here: small shards, so an interrupted run loses little)
 for TOKENS in 512 25000; do
   NUM=$([ "$TOKENS" -gt 5000 ] && echo "$VAL_25K" || echo "$VAL_512")
+  SHARDS=$([ "$TOKENS" -gt 5000 ] && echo "--regenerate-batch 2 --shard-size 4" || echo "")
   [ -f "$WORK/val-$TOKENS/train.jsonl" ] || $RUN toy-world data --out "$WORK/val-$TOKENS" --num "$NUM" \
       --visual-tokens "$TOKENS" --questions describe --seed 3
+  # shellcheck disable=SC2086
   $RUN extract-features --target "$TARGET" --data "$WORK/val-$TOKENS/train.jsonl" \
-      --out "$WORK/val-$TOKENS-features" --regenerate 64 --regenerate-with hf --max-seq-len 40000 \
-      --regenerate-batch 2 --shard-size 4
+      --out "$WORK/val-$TOKENS-features" --regenerate 64 --regenerate-with hf --max-seq-len 40000 $SHARDS
 done
 
 # 4. the drafts, then their acceptance (drafts already in $WORK/drafts are reused)
-VARIANTS="VATA+MTP;all three;all three, drop 0.5;all three, m*=$BRIDGE;all three, IVSB 1/3;all three, m*=$BRIDGE, drop 0.5"
+VARIANTS="VATA+MTP;all three;MTP+IVSB;all three, drop 0.5;all three, m*=$BRIDGE;all three, IVSB 1/3;all three, m*=$BRIDGE, drop 0.5"
 ABLATION=(.venv/bin/python benchmarks/ablation.py --target "$TARGET" --features "$WORK/features-b4"
           --bridge-features "$BRIDGE=$WORK/features-b$BRIDGE" --variants "$VARIANTS" --steps "$STEPS"
           --work "$WORK/drafts" --reuse)
