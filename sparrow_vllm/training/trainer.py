@@ -181,8 +181,11 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         s = self.settings
-        records = self._records(batch_indices(self.step, s, self.num_train, self.env))
-        rows = [build_rows(r, mode) for r, mode in zip(records, s.step_row_modes(self.step, len(records)), strict=True)]
+        # row modes are drawn for the global batch, so each sequence's draw is its own on any rank
+        modes = s.step_row_modes(self.step, s.batch_size)[self.env.rank :: self.env.world]
+        indices = batch_indices(self.step, s, self.num_train, self.env)
+        pairs = [(self.source[i], mode) for i, mode in zip(indices, modes, strict=True)]
+        rows = [build_rows(record, mode) for record, mode in pairs if record is not None]
         autocast = self.env.device.type == "cuda" and s.bf16
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss, metrics = self.model(rows, self.draft.sparrow_config.window, s.step_weights(), s.ce_weight)
