@@ -4,6 +4,7 @@ reads off the curve (cut L is the full model; cut 0 leaves a video-only question
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from sparrow_vllm.cli import main
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.toy_targets import VLM_ARCHES, build_toy_target
 from sparrow_vllm.toy_world.dataset import write_dataset
-from sparrow_vllm.toy_world.scene import WORDS
+from sparrow_vllm.toy_world.scene import WORDS, sample_scene
 from sparrow_vllm.training.data import ConversationDataset
 from sparrow_vllm.training.target import load_hf_target
 
@@ -111,7 +112,7 @@ def test_internalization_layer_is_the_start_of_the_unchanged_tail():
 
 
 def test_toy_world_target_cut_at_zero_leaves_a_video_only_question_at_chance(tmp_path):
-    """'what is the number ?' is answered from the digit in the frames alone: 10 answers."""
+    """'what is the number ?' is answered from the digit in the frames alone (10 answers)."""
     manifest = write_dataset(tmp_path / "data", num=16, frames=[8], questions=["number"], seed=4)
     target = load_hf_target(TOY_WORLD, attn_implementation="sdpa")
     result = analyze(target, ConversationDataset(manifest), AnalyzeSettings())
@@ -120,7 +121,10 @@ def test_toy_world_target_cut_at_zero_leaves_a_video_only_question_at_chance(tmp
     full, zero = curves[layers], curves[0]
     assert full["agreement"] == 1.0 and full["kl"] == pytest.approx(0.0, abs=1e-6)
     assert full["accuracy"] >= 0.9  # the target reads the digit
-    assert zero["accuracy"] <= 0.3  # chance is 0.1; without the video it can only guess
+    # without the video every clip's text rows are the same, so the answer is one guess:
+    # no better than always naming the most frequent digit of these clips
+    digits = collections.Counter(sample_scene(4, i).digit for i in range(16))
+    assert zero["accuracy"] <= max(digits.values()) / 16 < 0.5
     assert zero["kl"] > 0.1 and zero["agreement"] < full["agreement"]
 
 
