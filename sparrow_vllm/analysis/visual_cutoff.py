@@ -83,6 +83,8 @@ class VisualCutoff:
         self._mask: torch.Tensor | None = None
         self._cut = len(self.layers)
         self._handles: list[Any] = []
+        # the masks of the last two `visual` tensors seen (kept alive, so `is` is safe)
+        self._recent: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def num_layers(self) -> int:
@@ -97,6 +99,7 @@ class VisualCutoff:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._recent.clear()
 
     def _hook(self, index: int) -> Any:
         def swap_mask(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -112,6 +115,16 @@ class VisualCutoff:
 
         return swap_mask
 
+    def _mask_for(self, visual: torch.Tensor) -> torch.Tensor:
+        """The cutoff mask of `visual`, built once per sequence: a probe sweeps every cut of
+        one or two sequences in turn, and at 25k tokens a mask is 625 MB."""
+        for seen, mask in self._recent:
+            if seen is visual:
+                return mask
+        mask = cutoff_mask(visual.bool(), self.implementation, next(self.model.parameters()).dtype)
+        self._recent = [*self._recent[-1:], (visual, mask)]
+        return mask
+
     @contextmanager
     def at(self, cut: int, visual: torch.Tensor) -> Iterator[None]:
         """Within the block, forwards remove `visual` ([n] bool) rows from layer `cut` on
@@ -120,9 +133,8 @@ class VisualCutoff:
             raise ValueError(f"cut must be in [0, {self.num_layers}], got {cut}")
         if not self._handles:
             raise RuntimeError("use VisualCutoff as a context manager before .at()")
-        dtype = next(self.model.parameters()).dtype
         self._cut = cut
-        self._mask = cutoff_mask(visual.bool(), self.implementation, dtype) if cut < self.num_layers else None
+        self._mask = self._mask_for(visual) if cut < self.num_layers else None
         try:
             yield
         finally:
