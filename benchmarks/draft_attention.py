@@ -100,7 +100,8 @@ def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
                         args.head_dim, dtype, device)
     cache.k.normal_()
     cache.v.normal_()
-    drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(filter_visual, device), max_model_len=1 << 20)
+    drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(filter_visual, device), max_model_len=1 << 20,
+                                  max_draft_tokens=k)
     req_ids = [f"r{i}" for i in range(args.batch)]
     slots = [cache.prepare(r, 0, set(req_ids), [0] * (args.batch + 1)) for r in req_ids]
     # every request has seen its V + T prompt rows; `rows` of them are cached (in blocks)

@@ -177,6 +177,7 @@ class SparrowDraftSetup:
             self.checkpoint.sparrow.window,
             VisualRows(self.family, self.checkpoint.sparrow.frame_text, device),
             self.max_model_len,
+            self.num_speculative_tokens,
         )
 
     def plan(self, dtype: torch.dtype, device: torch.device) -> TextCachePlan:

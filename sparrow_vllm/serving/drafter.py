@@ -75,6 +75,7 @@ class TextAnchoredDrafter:
         window: int | None,
         visual_rows: VisualRows,
         max_model_len: int,
+        max_draft_tokens: int,
     ) -> None:
         self.model = model
         self.cache = cache
@@ -83,6 +84,9 @@ class TextAnchoredDrafter:
         self.visual_rows = visual_rows
         cache.visual_token_mask = visual_rows.token_mask
         self.max_model_len = max_model_len
+        # the configured K: a decode query verifies at most this many drafts (the draft
+        # length of a step may be smaller, down to 0, when it is chosen adaptively)
+        self.max_draft_tokens = max_draft_tokens
         self.steps = 0  # drafting steps run (engine tests read it to see which path ran)
         self._last_batch: tuple[str, ...] | None = None
         self._last_slot_list: list[int] = []
@@ -122,7 +126,7 @@ class TextAnchoredDrafter:
         counts = torch.zeros(batch, dtype=torch.int64, device=self.device)
         counts.scatter_add_(0, row_req, keep.long())
 
-        if inputs.max_query_len <= num_tokens + 1:
+        if inputs.max_query_len <= self.max_draft_tokens + 1:
             # decode: all rows, kept ones first (grouped by request), no host sync; each
             # request commits at most max_query_len rows
             order = torch.argsort((~keep).long() * batch + row_req, stable=True)
@@ -148,7 +152,7 @@ class TextAnchoredDrafter:
         self.cache.next_seq[slots] = inputs.seq_start + inputs.num_valid
         self.cache.after_write()
 
-        if num_tokens == 0:  # e.g. vLLM's dynamic speculation chose K = 0 this step
+        if num_tokens == 0:  # the draft-length policy chose K = 0: rows committed, no chain
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
         # The sample row is the last kept row of each request.
         hidden = out[rows.cu_seqlens[1:] - 1]
