@@ -2,7 +2,7 @@
 
     --speculative-config '{"method": "sparrow", "model": "<draft>", "num_speculative_tokens": 4,
                            "text_row_budget": 200000, "text_block_size": 16,
-                           "reuse_text_rows": true}'
+                           "reuse_text_rows": true, "adaptive_draft_length": true}'
 
 vLLM's SpeculativeConfig forbids unknown keys, so ledger entry 1 (vllm_patches.py) takes
 these out of the dict for method "sparrow", validates them here and hands them to the
@@ -43,6 +43,15 @@ class SparrowServingOptions(BaseModel):
         description="Keep finished requests' text rows in the draft cache, keyed by content, "
         "for later requests whose prefix vLLM serves from its prefix cache (the next turn of "
         "a chat); evicted least recently used within text_row_budget.",
+    )
+
+    adaptive_draft_length: bool = Field(
+        True,
+        description="Choose the number of drafts per step (0 up to num_speculative_tokens) from "
+        "measured acceptance per position and measured step cost, so that speculation never "
+        "costs more than it saves under load (serving/draft_length.py); output is unchanged. "
+        "false: every step drafts num_speculative_tokens, or follows vLLM's "
+        "num_speculative_tokens_per_batch_size when given.",
     )
 
     @classmethod

@@ -261,6 +261,40 @@ TOUCH_POINTS: list[TouchPoint] = [
        ("self", "num_tokens"), "prefix"),
     TP("vllm.v1.worker.gpu.model_states.default", "DefaultModelState.rope_state", "attribute",
        "the adapter finds the target's RopeState on the model state set_attn receives"),
+    # ---- vllm_patches.py 10: the scheduler sizes each step's drafts --------------------
+    TP("vllm.v1.core.sched.scheduler", "Scheduler.__init__", "method",
+       "patched (arguments passed through): a Sparrow engine's scheduler gets the "
+       "draft-length policy",
+       ("self", "vllm_config", "kv_cache_config", "structured_output_manager", "block_size",
+        "hash_block_size", "mm_registry", "include_finished_set", "log_stats")),
+    TP("vllm.v1.core.sched.scheduler", "Scheduler._update_after_schedule", "method",
+       "patched: sets the step's num_spec_tokens_to_schedule before vLLM advances requests",
+       ("self", "scheduler_output")),
+    TP("vllm.v1.core.sched.scheduler", "Scheduler.update_from_output", "method",
+       "patched: times the step and counts accepted drafts",
+       ("self", "scheduler_output", "model_runner_output")),
+    *(
+        TP("vllm.v1.core.sched.scheduler", f"Scheduler.{attr}", "attribute",
+           "the draft-length patch reads it")
+        for attr in ("dynamic_sd_lookup", "num_spec_tokens", "requests")
+    ),
+    *(
+        TP("vllm.v1.core.sched.output", f"SchedulerOutput.{field}", "attribute",
+           "the draft-length policy reads (or, the last, sets) it")
+        for field in ("num_scheduled_tokens", "total_num_scheduled_tokens",
+                      "scheduled_spec_decode_tokens", "num_spec_tokens_to_schedule")
+    ),
+    *(
+        TP("vllm.v1.outputs", f"ModelRunnerOutput.{field}", "attribute",
+           "the draft-length policy counts accepted drafts from it")
+        for field in ("sampled_token_ids", "req_id_to_index")
+    ),
+    TP("vllm.v1.request", "Request.num_computed_tokens", "attribute",
+       "the draft-length policy reads each request's context"),
+    TP("vllm.v1.request", "Request.num_tokens", "attribute",
+       "a request whose context reaches it samples this step"),
+    TP("vllm.config.speculative", "SpeculativeConfig.num_speculative_tokens_per_batch_size",
+       "attribute", "entry 1 turns vLLM's dynamic speculation on for adaptive draft length"),
     # ---- vllm_patches.py 8 and 9: CPU build's sampling fixes --------------------------
     TP("vllm.utils.cpu_triton_utils", "_expand_kernel_impl", "function",
        "replaced by expand_per_request, which must take the same arguments",

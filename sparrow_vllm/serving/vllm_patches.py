@@ -92,6 +92,21 @@ Ledger (what / why / how / what upstream change removes it):
    how:  return the logits unchanged when there are no rows; otherwise call the original.
    gone: when vLLM's `apply_top_k_only` returns early on empty input.
 
+10. Scheduler.__init__, _update_after_schedule and update_from_output
+    (vllm/v1/core/sched/scheduler.py; AsyncScheduler subclasses it)
+   why:  vLLM can change the draft length per step (dynamic speculation:
+         `SchedulerOutput.num_spec_tokens_to_schedule`, which both model runners pass to
+         the drafter, and no padding of decode queries to K + 1), but only from a fixed
+         batch-size table (`num_speculative_tokens_per_batch_size`). Sparrow sizes each
+         step from measured acceptance and step cost (serving/draft_length.py).
+   how:  entry 1 turns vLLM's dynamic speculation on with the table [(1, 1, K)] when
+         `adaptive_draft_length` is on (the default); after __init__, a scheduler whose
+         draft is Sparrow gets a SchedulerDraftLength; before _update_after_schedule it
+         sets the step's num_spec_tokens_to_schedule; before update_from_output it
+         records the step's time and accepted drafts. When vLLM has turned dynamic
+         speculation off (data parallel), it logs a WARNING and drafts K every step.
+   gone: when vLLM's scheduler takes a pluggable draft-length policy.
+
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
 runners.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
@@ -148,6 +163,7 @@ def _patch_arg_utils(module: ModuleType) -> None:
         spec = self.speculative_config
         if spec and spec.get("method") == SPARROW_METHOD:
             from sparrow_vllm.checkpoint import check_draft_for_target
+            from sparrow_vllm.config import SparrowConfigError
             from sparrow_vllm.families import resolve_family
 
             if not spec.get("model"):
@@ -173,6 +189,15 @@ def _patch_arg_utils(module: ModuleType) -> None:
             finally:
                 self.speculative_config = spec
             setattr(created, OPTIONS_ATTRIBUTE, options)
+            if options.adaptive_draft_length:
+                if created.num_speculative_tokens_per_batch_size is not None:
+                    raise SparrowConfigError(
+                        "adaptive_draft_length and num_speculative_tokens_per_batch_size both "
+                        "choose the draft length; pass \"adaptive_draft_length\": false in "
+                        "--speculative-config to use your batch-size schedule"
+                    )
+                # vLLM's dynamic speculation (entry 10 sizes each step within K)
+                created.num_speculative_tokens_per_batch_size = [(1, 1, created.num_speculative_tokens)]
             return created
         return original(self, target_model_config, target_parallel_config)
 
@@ -272,6 +297,61 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
     runner_cls.add_requests = add_requests
 
 
+# ---- 10. scheduler: the draft length of each step --------------------------------------
+
+
+def _patch_scheduler(module: ModuleType) -> None:
+    scheduler_cls = module.Scheduler
+    original_init = scheduler_cls.__init__
+    original_after = scheduler_cls._update_after_schedule
+    original_update = scheduler_cls.update_from_output
+
+    @functools.wraps(original_init)
+    def __init__(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, vllm_config, *args, **kwargs)
+        self.sparrow_draft_length = None
+        spec = vllm_config.speculative_config
+        if spec is None or not is_sparrow_draft(spec):
+            return
+        from sparrow_vllm.serving.serving_options import SparrowServingOptions
+
+        if not SparrowServingOptions.of(spec).adaptive_draft_length:
+            logger.info("Sparrow draft length: fixed (adaptive_draft_length is false)")
+            return
+        if self.dynamic_sd_lookup is None:
+            logger.warning(
+                "Sparrow adaptive draft length is off: vLLM turned dynamic speculation off "
+                "for this engine (data parallel ranks must draft alike); every step drafts "
+                "%d tokens, which costs throughput when speculation does not pay",
+                self.num_spec_tokens,
+            )
+            return
+        from sparrow_vllm.serving.draft_length import SchedulerDraftLength
+
+        self.sparrow_draft_length = SchedulerDraftLength(self.num_spec_tokens)
+        logger.info("Sparrow draft length: adaptive, 0..%d drafts per step", self.num_spec_tokens)
+
+    @functools.wraps(original_after)
+    def _update_after_schedule(self: Any, scheduler_output: Any) -> None:
+        policy = getattr(self, "sparrow_draft_length", None)
+        if policy is not None:
+            policy.on_scheduled(scheduler_output, self.requests)
+        original_after(self, scheduler_output)
+
+    @functools.wraps(original_update)
+    def update_from_output(self: Any, scheduler_output: Any, model_runner_output: Any) -> Any:
+        policy = getattr(self, "sparrow_draft_length", None)
+        if policy is not None:
+            policy.on_output(scheduler_output, model_runner_output)
+        return original_update(self, scheduler_output, model_runner_output)
+
+    for fn in (__init__, _update_after_schedule, update_from_output):
+        setattr(fn, _MARK, True)
+    scheduler_cls.__init__ = __init__
+    scheduler_cls._update_after_schedule = _update_after_schedule
+    scheduler_cls.update_from_output = update_from_output
+
+
 # ---- 8. CPU build: the rejection sampler's per-token expansion ----------------------------
 
 
@@ -325,6 +405,7 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.v1.worker.gpu.model_runner": _patch_v2_model_runner,
     "vllm.utils.cpu_triton_utils": _patch_cpu_triton_utils,
     "vllm.v1.sample.ops.topk_topp_sampler": _patch_topk_topp_sampler,
+    "vllm.v1.core.sched.scheduler": _patch_scheduler,
 }
 
 

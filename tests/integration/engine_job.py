@@ -14,6 +14,7 @@ The job names the target, the speculative config (or none), engine settings, pro
   distribution   per sampling setting, `samples` sampled outputs of one prompt in one
                  batch, and the acceptance counters of that setting (distribution)
   seeded_outputs the outputs of requests with per-request seeds, twice (seeded_round)
+  draft_lengths  steps per draft length chosen by the adaptive draft-length policy
   step_inputs    what the target handed the Sparrow drafter at each step, and the
                  prompts' token ids (record_step_inputs)
 """
@@ -147,6 +148,14 @@ def _cached_rows(worker):
     return _speculative_adapter(worker).cached_rows()
 
 
+def draft_lengths_chosen(llm) -> dict[str, int] | None:
+    """Steps per draft length the Sparrow scheduler policy chose (None: no policy). The
+    engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    policy = getattr(scheduler, "sparrow_draft_length", None)
+    return None if policy is None else {str(k): n for k, n in sorted(policy.policy.chosen.items())}
+
+
 def spec_metrics(llm) -> dict:
     out = {}
     for metric in llm.get_metrics():
@@ -225,7 +234,11 @@ def main(job_path: str, result_path: str) -> None:
         result["outputs"].append([list(g.outputs[0].token_ids) for g in generated])
         result["prompt_lens"] = [len(g.prompt_token_ids) for g in generated]
     if job.get("record_drafts"):
-        result["greedy_draft_steps"] = len(llm.collective_rpc(_recorded_drafts)[0])
+        recorded = llm.collective_rpc(_recorded_drafts)[0]
+        result["greedy_draft_steps"] = len(recorded)
+        # drafts per request at each step (Model Runner V2 pads with -1 past the drafted ones)
+        result["draft_widths"] = sorted({max((sum(t >= 0 for t in row) for row in d), default=0)
+                                         for d in recorded})
     if job.get("sampled_round"):
         # no per-request seed: vLLM 0.32 on CPU cannot restore a seeded generator after
         # preemption ("CPU Generator does not use offset"); the engine seed fixes the stream
@@ -257,6 +270,7 @@ def main(job_path: str, result_path: str) -> None:
         result["step_inputs"] = llm.collective_rpc(_recorded_step_inputs)[0]
         result["prompt_token_ids"] = [list(g.prompt_token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)
+    result["draft_lengths"] = draft_lengths_chosen(llm)
     result["runner_info"] = llm.collective_rpc(_runner_info)[0]
     if job.get("record_drafts"):
         result["drafts"] = llm.collective_rpc(_recorded_drafts)[0]

@@ -35,11 +35,30 @@ def _accepted(result: dict) -> float:
 
 
 def test_trained_sparrow_draft_keeps_greedy_output(baseline, runner, tmp_path):
+    """Adaptive draft length (the default): K changes per step, the output does not."""
     result = run_engine_job(_job(sparrow(TOY_WORLD / "sparrow-draft", k=4)), tmp_path, runner=runner)
     assert_ran_on(result, runner)
     assert result["outputs"] == baseline["outputs"]
+    # the policy chose several lengths (its warm-up alone tries 4 and 0)
+    assert {"0", "4"} <= set(result["draft_lengths"])
     # trained: acceptance length (1 + accepted per draft) over 2.5
     assert 1 + _accepted(result) > 2.5
+
+
+def test_draft_length_schedule_with_zero_keeps_greedy_output(baseline, runner, tmp_path):
+    """vLLM's batch-size schedule, adaptive off: 2 drafts while 4 requests run, none at 2
+    or 3, 4 for the last one. Requests go from K = 2 to 0 to 4 mid-answer; K = 0 steps
+    must keep the draft cache whole for the K = 4 steps after them."""
+    spec = {**sparrow(TOY_WORLD / "sparrow-draft", k=4), "adaptive_draft_length": False,
+            "num_speculative_tokens_per_batch_size": [[1, 1, 4], [2, 3, 0], [4, 4, 2]]}
+    job = {**_job(spec), "record_drafts": True}
+    result = run_engine_job(job, tmp_path, runner=runner)
+    assert_ran_on(result, runner)
+    assert result["draft_lengths"] is None
+    assert result["outputs"] == baseline["outputs"]
+    assert result["draft_widths"] == [0, 2, 4]
+    # the last request's K = 4 drafts, after K = 0 steps, are still accepted
+    assert 1 + _accepted(result) > 2.0
 
 
 def test_full_visual_draft_runs_under_vllm_eagle(baseline, runner, tmp_path):

@@ -93,7 +93,7 @@ def _step(drafter, parts, k=3):
         return drafter.model.compute_logits(hidden).argmax(-1), None
 
     drafts, _ = drafter.step(_inputs(parts), k, sample)
-    return drafts, captured["first"]
+    return drafts, captured.get("first")  # no sample row output when k = 0
 
 
 def _one_shot(model, seq, end, window):
@@ -311,6 +311,31 @@ def test_zero_draft_tokens_still_commits_rows():
     drafts, _ = drafter.step(_inputs([("a", a, 0, 10, 10)]), 0, lambda h: (h[:, 0].long(), None))
     assert drafts.shape == (1, 0)
     assert drafter.cached_rows()["a"]["seq"] == list(range(10))
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_draft_length_changing_per_step_keeps_the_cache_exact(window):
+    """The draft-length policy may pick any K from 0 to the configured one each step: a
+    step's query then verifies the previous step's K drafts (1 + K rows) and drafts this
+    step's K. K = 0 steps still commit their text rows, so every later sample row equals
+    one pass over the sequence's text rows, whatever the history of K."""
+    model = _draft(window)
+    drafter = _drafter(model, window, k=4)
+    a = Sequence(60, visual=[(3, 9)], seed=3)
+    b = Sequence(60, seed=4)
+    _step(drafter, [("a", a, 0, 12, 12), ("b", b, 0, 5, 5)], k=4)
+    ea, eb, prev = 12, 5, 4
+    # (K drafted after this step, valid rows of a, of b); a query holds 1 + previous K rows
+    for k, nva, nvb in [(0, 3, 5), (0, 1, 1), (2, 1, 1), (4, 2, 3), (0, 5, 1), (1, 1, 1), (3, 2, 1)]:
+        drafts, hidden = _step(drafter, [("a", a, ea, 1 + prev, nva), ("b", b, eb, 1 + prev, nvb)], k=k)
+        ea, eb, prev = ea + nva, eb + nvb, k
+        assert drafts.shape == (2, k)
+        if k > 0:
+            torch.testing.assert_close(hidden[0], _one_shot(model, a, ea, window), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(hidden[1], _one_shot(model, b, eb, window), atol=1e-5, rtol=1e-4)
+        _check_cache(drafter.cache)
+    if window is None:
+        assert drafter.cached_rows()["a"]["seq"] == [i for i in range(ea) if a.x[i + 1] != VISUAL]
 
 
 @pytest.mark.gpu

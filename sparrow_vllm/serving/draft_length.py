@@ -1,0 +1,265 @@
+"""DraftLengthPolicy: how many tokens Sparrow drafts each step, chosen from what serving measures.
+
+Speculation pays when the tokens a verify pass accepts are worth more than what verifying
+costs. Under load they may not be: with long videos every draft token a request verifies
+attends over the whole video, and a step that shares its batch with other requests' prefill
+chunks pays for its drafts again. So each scheduled step, the policy picks the number of
+drafts K in 0..K_max that the step's requests propose (and the next step verifies) to
+maximise the tokens each decoding request gains per second:
+
+    L(K) / T(K)
+    L(K) = 1 + sum_{i <= K} a_i      a_i = P(the first i drafts are all accepted), measured
+    T(K) = the predicted time of the next step when each decoding request verifies K drafts
+
+T is a linear cost model of a step, fitted online to measured step times (wall clock from
+schedule to output, which the engine waits for anyway: no device sync is added):
+
+    T = c0 + c1 * tokens + c2 * attention work + c3 * K + c4 * K * B
+
+tokens: tokens the target processes (prefill chunks, decode and draft tokens); attention
+work: sum over requests of query tokens x context (what grows with the video); K, K * B:
+the draft chain run after the target (B requests draft). The fit is least squares on
+relative error with exponential forgetting, so it follows load changes within a few steps,
+and every `PROBE_EVERY`-th decision tries a neighbouring K so that the cost of K stays
+measured. Acceptance a_i is counted per position from the drafts each step verified.
+
+The policy only sizes drafts; the rejection sampler still decides every token, so output is
+unchanged (greedy output is identical to the target's alone at any K).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORGET = 0.95  # weight of an observation one step older (memory ~ 20 steps)
+PROBE_EVERY = 8  # every 8th decision tries K +- 1
+PRIOR_ACCEPTANCE = 0.5  # prior per-position conditional acceptance, until measured
+PRIOR_DRAFTS = 2.0  # ... with the weight of this many drafts
+LOG_EVERY_S = 30.0  # at most one INFO line per 30 s about K changes
+# warm-up decisions before the cost model is used: K_max, then K_max and 0 alternately
+# (both ends measured), a middle value, K_max again
+_WARMUP_FRACTIONS = (1.0, 0.0, 1.0, 0.5, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What one scheduled step asks of the target, and who drafts after it."""
+
+    # tokens the target processes this step (prompt chunks, decode tokens, drafts)
+    num_tokens: int
+    # sum over requests of query tokens x context tokens after the step
+    attention_work: float
+    # requests that sample this step (and so draft after it)
+    drafting_requests: int
+    # their query tokens, and their query tokens x context
+    drafting_tokens: int
+    drafting_work: float
+    # their context tokens after the step
+    drafting_context: int
+
+    def features(self, k: int) -> np.ndarray:
+        """Cost-model features of this step when its requests draft k tokens after it."""
+        b = self.drafting_requests
+        return np.array([1.0, self.num_tokens / 1e3, self.attention_work / 1e6, float(k), float(k * b)])
+
+    def next_step(self, k: int) -> StepShape:
+        """The next step if nothing is admitted or finished: the others' prompt chunks
+        repeat, each drafting request verifies k drafts (a query of 1 + k tokens)."""
+        b, ctx = self.drafting_requests, self.drafting_context
+        tokens, work = b * (1 + k), float((1 + k) * ctx)
+        return StepShape(
+            num_tokens=self.num_tokens - self.drafting_tokens + tokens,
+            attention_work=self.attention_work - self.drafting_work + work,
+            drafting_requests=b, drafting_tokens=tokens, drafting_work=work, drafting_context=ctx,
+        )
+
+
+def step_shape(
+    # (query tokens, context tokens after the step, samples this step) per request
+    requests: list[tuple[int, int, bool]],
+) -> StepShape:
+    drafting = [(q, c) for q, c, samples in requests if samples]
+    return StepShape(
+        num_tokens=sum(q for q, _, _ in requests),
+        attention_work=float(sum(q * c for q, c, _ in requests)),
+        drafting_requests=len(drafting),
+        drafting_tokens=sum(q for q, _ in drafting),
+        drafting_work=float(sum(q * c for q, c in drafting)),
+        drafting_context=sum(c for _, c in drafting),
+    )
+
+
+class AcceptanceByPosition:
+    """a_i = P(the first i drafts are accepted), from decayed per-position counts; a step
+    that drafted fewer than i tokens says nothing about position i."""
+
+    def __init__(self, max_drafts: int) -> None:
+        self.offered = np.zeros(max_drafts)
+        self.accepted = np.zeros(max_drafts)
+
+    def record(self, num_drafts: int, num_accepted: int) -> None:
+        self.offered[:num_drafts] += 1
+        self.accepted[:num_accepted] += 1
+
+    def decay(self, factor: float) -> None:
+        self.offered *= factor
+        self.accepted *= factor
+
+    def first_accepted(self) -> np.ndarray:  # [K_max] a_1..a_K, non-increasing
+        prior = PRIOR_ACCEPTANCE ** np.arange(1, len(self.offered) + 1)
+        rates = (self.accepted + PRIOR_DRAFTS * prior) / (self.offered + PRIOR_DRAFTS)
+        return np.minimum.accumulate(rates)
+
+    def expected_tokens(self) -> np.ndarray:  # [K_max + 1] L(0)..L(K_max)
+        return np.concatenate(([1.0], 1.0 + np.cumsum(self.first_accepted())))
+
+
+class StepCostModel:
+    """T = theta . features, least squares on relative error with forgetting."""
+
+    def __init__(self, num_features: int = 5) -> None:
+        self.gram = np.zeros((num_features, num_features))
+        self.moment = np.zeros(num_features)
+        self.observations = 0
+
+    def observe(self, features: np.ndarray, seconds: float) -> None:
+        weight = 1.0 / max(seconds, 1e-6) ** 2
+        self.gram = FORGET * self.gram + weight * np.outer(features, features)
+        self.moment = FORGET * self.moment + weight * seconds * features
+        self.observations += 1
+
+    def theta(self) -> np.ndarray:
+        ridge = 1e-6 * (np.trace(self.gram) + 1.0)
+        return np.linalg.solve(self.gram + ridge * np.eye(len(self.moment)), self.moment)
+
+    def predict(self, features: np.ndarray) -> float:
+        return float(features @ self.theta())
+
+
+@dataclass
+class DraftLengthPolicy:
+    """Chooses K per scheduled step (see the module docstring)."""
+
+    max_drafts: int
+    clock: Callable[[], float] = time.monotonic
+    cost: StepCostModel = field(default_factory=StepCostModel)
+    decisions: int = 0
+    chosen: dict[int, int] = field(default_factory=dict)  # K -> steps that drafted K
+    _last_k: int | None = None
+    _logged: tuple[float, int | None] = (float("-inf"), None)  # (when, K) of the last INFO line
+
+    def __post_init__(self) -> None:
+        if self.max_drafts < 1:
+            raise ValueError(f"DraftLengthPolicy needs num_speculative_tokens >= 1, got {self.max_drafts}")
+        self.acceptance = AcceptanceByPosition(self.max_drafts)
+
+    def choose(self, shape: StepShape) -> int:
+        """K for the requests that draft after this step."""
+        if shape.drafting_requests == 0:
+            return self._last_k if self._last_k is not None else self.max_drafts
+        n = self.decisions
+        self.decisions += 1
+        if n < len(_WARMUP_FRACTIONS):
+            k = round(_WARMUP_FRACTIONS[n] * self.max_drafts)
+        else:
+            best, rates = self.best(shape)
+            k = self._probe(best) if n % PROBE_EVERY == 0 else best
+            self._log_change(best, rates)
+        self.chosen[k] = self.chosen.get(k, 0) + 1
+        self._last_k = k
+        return k
+
+    def best(self, shape: StepShape) -> tuple[int, list[float]]:
+        """(argmax_K L(K) / T(K), the predicted tokens per second per request for each K)."""
+        lengths = self.acceptance.expected_tokens()
+        rates = []
+        for k in range(self.max_drafts + 1):
+            nxt = shape.next_step(k)
+            seconds = self.cost.predict(nxt.features(k))
+            rates.append(lengths[k] / seconds if seconds > 0 else 0.0)
+        return int(np.argmax(rates)), rates
+
+    def observe_step(self, shape: StepShape, k: int, seconds: float) -> None:
+        """A finished step: its shape, the K its requests drafted after it, its time."""
+        self.cost.observe(shape.features(k), seconds)
+
+    def observe_acceptance(self, drafts: list[tuple[int, int]]) -> None:
+        """(drafts verified, drafts accepted) of each request in one finished step."""
+        if not drafts:
+            return
+        self.acceptance.decay(FORGET)
+        for num_drafts, num_accepted in drafts:
+            self.acceptance.record(min(num_drafts, self.max_drafts), min(num_accepted, self.max_drafts))
+
+    def _probe(self, best: int) -> int:
+        side = 1 if (self.decisions // PROBE_EVERY) % 2 else -1
+        k = best + side
+        if not 0 <= k <= self.max_drafts:
+            k = best - side
+        return min(max(k, 0), self.max_drafts)
+
+    def _log_change(self, best: int, rates: list[float]) -> None:
+        now = self.clock()
+        when, logged = self._logged
+        if best == logged or now - when < LOG_EVERY_S:
+            return
+        self._logged = (now, best)
+        logger.info(
+            "Sparrow draft length now %d of %d (predicted tokens/s per request by K: %s; "
+            "acceptance by position: %s)",
+            best, self.max_drafts, ", ".join(f"{r:.1f}" for r in rates),
+            ", ".join(f"{a:.2f}" for a in self.acceptance.first_accepted()),
+        )
+
+
+class SchedulerDraftLength:
+    """The policy inside vLLM's scheduler (vllm_patches.py, ledger entry 10): sizes each
+    scheduled step's drafts through vLLM's dynamic speculation field
+    (`SchedulerOutput.num_spec_tokens_to_schedule`, which both model runners pass to the
+    drafter), times each step, and counts what each verify pass accepted."""
+
+    def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = DraftLengthPolicy(max_drafts, clock)
+        self.clock = clock
+        self._pending: dict[int, tuple[StepShape, int, float]] = {}
+        self._last_output = float("-inf")
+
+    def on_scheduled(self, scheduler_output: Any, requests: dict[str, Any]) -> None:
+        """Before vLLM advances the requests' computed tokens: set this step's K."""
+        if scheduler_output.total_num_scheduled_tokens == 0:
+            return
+        shape = step_shape([
+            (q, requests[req_id].num_computed_tokens + q,
+             requests[req_id].num_computed_tokens + q >= requests[req_id].num_tokens)
+            for req_id, q in scheduler_output.num_scheduled_tokens.items()
+        ])
+        k = self.policy.choose(shape)
+        scheduler_output.num_spec_tokens_to_schedule = k
+        self._pending[id(scheduler_output)] = (shape, k, self.clock())
+
+    def on_output(self, scheduler_output: Any, model_runner_output: Any) -> None:
+        """The step's output is back: its time (from when it was scheduled, or from the
+        previous output when steps overlap) and each request's accepted drafts."""
+        pending = self._pending.pop(id(scheduler_output), None)
+        if pending is None:
+            return
+        now = self.clock()
+        shape, k, scheduled_at = pending
+        self.policy.observe_step(shape, k, now - max(scheduled_at, self._last_output))
+        self._last_output = now
+        sampled = model_runner_output.sampled_token_ids
+        index = model_runner_output.req_id_to_index
+        verified = []
+        for req_id, drafts in scheduler_output.scheduled_spec_decode_tokens.items():
+            i = index.get(req_id)
+            if drafts and sampled and i is not None and len(sampled[i]) > 0:
+                verified.append((len(drafts), len(sampled[i]) - 1))
+        self.policy.observe_acceptance(verified)
