@@ -45,8 +45,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
+        x32 = _fp32(x)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if dtype == torch.float32 and self.weight.dtype == dtype:
+            return self.weight * x32  # the casts below are no-ops then
         return (self.weight * x32.to(dtype)).to(dtype)
 
 
@@ -65,12 +67,32 @@ class RotaryEmbedding(nn.Module):
         # [T, heads, head_dim]
         x: torch.Tensor,
     ) -> torch.Tensor:
+        return self.rotate(x, *self.cos_sin(positions))
+
+    def cos_sin(
+        self,
+        # [T] int64
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # ([T, 1, head_dim / 2] fp32) x 2
+        """The angles of `positions`, shared by every tensor rotated at them."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        cos = freqs.cos()[:, None, :]
-        sin = freqs.sin()[:, None, :]
-        x1, x2 = x.float().chunk(2, dim=-1)
+        return freqs.cos()[:, None, :], freqs.sin()[:, None, :]
+
+    @staticmethod
+    def rotate(
+        # [T, heads, head_dim]
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        x1, x2 = _fp32(x).chunk(2, dim=-1)
         out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return out.to(x.dtype)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 (x itself when it is: no op dispatched, which costs on CPU at decode sizes)."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 class DraftAttention(nn.Module):
@@ -99,8 +121,9 @@ class DraftAttention(nn.Module):
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        q = self.rotary(positions, q)
-        k = self.rotary(positions, k)
+        cos_sin = self.rotary.cos_sin(positions)
+        q = self.rotary.rotate(q, *cos_sin)
+        k = self.rotary.rotate(k, *cos_sin)
         out = attend(layer_idx, q, k, v)
         return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))
 

@@ -3,7 +3,11 @@
 Backends:
   "triton"     kernels/text_window_attention.py; the default on CUDA. On CPU it runs only
                under the Triton interpreter (TRITON_INTERPRET=1), which is how CI tests it.
-  "reference"  kernels/reference.py (PyTorch); the default everywhere else.
+  "reference"  kernels/reference.py (PyTorch); the default everywhere else. It runs the
+               batched form of the reference loop for several requests (one padded gather
+               for all of them), whose indices and mask a caller may build once per
+               forward with `plan_attention` and pass to every layer's call; the loop
+               itself for one request.
 
 The choice is logged once per (backend, device type) and can be forced with the `backend`
 argument or the SPARROW_ATTENTION_BACKEND environment variable. `backend_calls()` counts
@@ -19,7 +23,12 @@ from functools import cache
 
 import torch
 
-from sparrow_vllm.kernels.reference import text_window_attention_reference
+from sparrow_vllm.kernels.reference import (
+    TextWindowPlan,
+    plan_text_window,
+    text_window_attention_batched,
+    text_window_attention_reference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +140,28 @@ def _validate(
         raise ValueError(f"window must be None or >= 1, got {window}")
 
 
+def plan_attention(
+    device: torch.device,
+    cu_seqlens: torch.Tensor,
+    block_table: torch.Tensor,
+    slot_ids: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    first_rows: torch.Tensor,
+    window: int | None,
+    block_size: int,
+    num_rows: int,
+    backend: str | None = None,
+) -> TextWindowPlan | None:
+    """What every layer's call of one forward shares (same indices, `num_rows` new rows,
+    pools of `block_size` rows per block): a plan for the reference backend, None for
+    Triton (its kernel needs none, and building one would read sizes back from the GPU)
+    and for a single request (the plain loop is as cheap there: one gather either way)."""
+    if select_backend(device, backend) != "reference" or slot_ids.shape[0] == 1:
+        return None
+    return plan_text_window(cu_seqlens, block_table, slot_ids, prefix_lens, first_rows, window,
+                            block_size, num_rows)
+
+
 def text_window_attention(
     # [T, Hq, D] queries of the new rows
     q: torch.Tensor,
@@ -156,11 +187,14 @@ def text_window_attention(
     scale: float | None = None,
     backend: str | None = None,
     max_new_rows: int | None = None,
+    plan: TextWindowPlan | None = None,
 ) -> torch.Tensor:  # [T, Hq, D]
     """Attention of new draft rows over each request's cached text rows and themselves.
 
     `max_new_rows` (a host int, any upper bound of the rows per request) lets the Triton
-    path launch without reading `cu_seqlens` back from the device.
+    path launch without reading `cu_seqlens` back from the device. `plan` (from
+    `plan_attention` with these same indices) spares the reference backend rebuilding
+    its indices and mask; the Triton backend ignores it.
     """
     _validate(q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
               first_rows, window)
@@ -176,7 +210,12 @@ def text_window_attention(
             q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
             first_rows, window, scale, max_new_rows,
         )
-    return text_window_attention_reference(
-        q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
-        first_rows, window, scale,
-    )
+    if plan is None and slot_ids.shape[0] == 1:
+        return text_window_attention_reference(
+            q, k_new, v_new, cu_seqlens, k_pool, v_pool, block_table, slot_ids, prefix_lens,
+            first_rows, window, scale,
+        )
+    if plan is None:
+        plan = plan_text_window(cu_seqlens, block_table, slot_ids, prefix_lens, first_rows, window,
+                                k_pool.shape[1], q.shape[0])
+    return text_window_attention_batched(q, k_new, v_new, k_pool, v_pool, plan, scale)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sparrow_vllm.kernels.reference import TextWindowPlan
 from sparrow_vllm.modeling.draft_model import AttentionFn
-from sparrow_vllm.serving.attention import text_window_attention
+from sparrow_vllm.serving.attention import plan_attention, text_window_attention
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.visual_rows import VisualRows
@@ -250,20 +251,26 @@ class TextAnchoredDrafter:
         batch = hidden.shape[0]
         tokens, probs = sample(hidden)
         drafted, drafted_probs = [tokens], [probs]
-        one_each = torch.arange(batch + 1, device=self.device)
-        committed = self.cache.lengths[slots]
+        if num_tokens > 1:
+            # every chain step's rows, positions and scratch cells, computed once:
+            # step s (1..K-1) adds absolute row committed + s - 1 at position pos + s
+            one_each = torch.arange(batch + 1, device=self.device)
+            later = torch.arange(num_tokens - 1, device=self.device)[:, None]  # [K - 1, 1]
+            prefixes = self.cache.lengths[slots] + later  # [K - 1, B]
+            positions = torch.clamp(pos + 1 + later, max=self.max_model_len - 1)
+            blocks, offsets = scratch_cells(self.cache.block_table, slots, prefixes,
+                                            self.cache.first_row[slots], self.cache.block_size,
+                                            self.cache.trash_block)
         for step in range(1, num_tokens):
-            rows = _NewRows(one_each, slots, committed + (step - 1), 1)
+            rows = _NewRows(one_each, slots, prefixes[step - 1], 1)
             records: list[tuple[torch.Tensor, torch.Tensor]] = []
             hidden = self.model(
                 self.model.embed_input_ids(tokens),
                 hidden,
-                torch.clamp(pos + step, max=self.max_model_len - 1),
+                positions[step - 1],
                 self._attend_fn(rows, records),
             )
-            block, offset = scratch_cells(self.cache.block_table, slots, rows.prefix_lens,
-                                          self.cache.first_row[slots], self.cache.block_size,
-                                          self.cache.trash_block)
+            block, offset = blocks[step - 1], offsets[step - 1]
             for layer, (k_new, v_new) in enumerate(records):
                 self.cache.k[layer, block, offset] = k_new
                 self.cache.v[layer, block, offset] = v_new
@@ -280,14 +287,22 @@ class TextAnchoredDrafter:
     ) -> AttentionFn:
         cache = self.cache
         window = self.window
+        # the same for every layer of this forward: read once, and the reference backend's
+        # gather indices and mask planned once (on the first layer, whose q gives the rows)
+        first_rows = cache.first_row[rows.slot_ids]
+        plan: list[TextWindowPlan | None] = []
 
         def attend(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             if record is not None:
                 record.append((k, v))
+            if not plan:
+                plan.append(plan_attention(q.device, rows.cu_seqlens, cache.block_table, rows.slot_ids,
+                                           rows.prefix_lens, first_rows, window, cache.block_size,
+                                           q.shape[0]))
             return text_window_attention(
                 q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
-                cache.block_table, rows.slot_ids, rows.prefix_lens, cache.first_row[rows.slot_ids],
-                window=window, max_new_rows=rows.max_rows,
+                cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
+                window=window, max_new_rows=rows.max_rows, plan=plan[0],
             )
 
         return attend
@@ -331,14 +346,14 @@ def scratch_cells(
     block_table: torch.Tensor,
     # [B] slot of each request
     slot_ids: torch.Tensor,
-    # [B] absolute row of each request's scratch row
+    # [B] (or [steps, B]) absolute row of each request's scratch row
     rows: torch.Tensor,
     # [B] first cached row of each request
     first_rows: torch.Tensor,
     block_size: int,
     trash_block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ([B] block, [B] offset)
-    """Cells of one draft-chain row per request (trash for rows given up)."""
+    """Cells of one draft-chain row per request, or of `steps` rows (trash for rows given up)."""
     return _cells(block_table, slot_ids, rows, rows >= first_rows, block_size, trash_block)
 
 
