@@ -21,10 +21,10 @@ Goal (issue 18): Sparrow's share <= 5% at 25k visual tokens, against eagle's, wh
 with the video. Writes OUT.json (rows, every step record, machine, provenance), OUT.md and
 OUT.png (share against visual tokens per method, batch and runner).
 
-CPU smoke test at a scaled-down geometry (2 cores: about 2 minutes for its 4 engines; they run
-one at a time on a shared machine, hence flock):
+CPU smoke test at a scaled-down geometry (2 cores: about 2 minutes for its 4 engines, run
+one after another):
 
-    flock /tmp/vllm_engine.lock python benchmarks/real_geometry.py --scale smoke \\
+    python benchmarks/real_geometry.py --scale smoke \\
         --lengths 512 --batches 1,2 --decode-steps 4 --out artifacts/real_geometry_smoke
 
 On a GPU (Qwen2.5-VL-7B geometry, bf16, CUDA graphs for the target; commit the result

@@ -49,6 +49,7 @@ from sparrow_vllm.toy_world.target import VISUAL_TOKENS_PER_FRAME
 logger = logging.getLogger("serve_bench")
 TOY_WORLD = Path(__file__).resolve().parents[1] / "models" / "toy-world"
 SCENE_SEED = 3
+WARM_UP_CLIP = 10_000  # a clip no measured request asks about
 
 
 METHODS = {
@@ -70,9 +71,11 @@ def serve_args(args: argparse.Namespace, method: str) -> list[str]:
     return video_serve_args(max(args.visual_tokens), max(args.concurrency), spec, extra)
 
 
-def conversations_for(visual_tokens: int, count: int, question: str) -> list[list[dict]]:
+def conversations_for(visual_tokens: int, indices: range, question: str) -> list[list[dict]]:
+    """Chats about clips `indices` of the held-out scene seed (distinct clips never share a
+    prefix-cache entry, so every request of a sweep prefills its own video)."""
     frames = frames_for_visual_tokens(visual_tokens)
-    return [ToyQuestion(SCENE_SEED, i, frames, question).chat_messages() for i in range(count)]
+    return [ToyQuestion(SCENE_SEED, i, frames, question).chat_messages() for i in indices]
 
 
 def bench_method(args: argparse.Namespace, method: str) -> list[dict]:
@@ -86,9 +89,13 @@ def bench_method(args: argparse.Namespace, method: str) -> list[dict]:
         client = OpenAI(base_url=server.url + "/v1", api_key="unused")
         model = client.models.list().data[0].id
         for visual_tokens in args.visual_tokens:
-            run_load(client, model, conversations_for(visual_tokens, 1, args.question), args.max_tokens, 1, True)
+            warm_up = conversations_for(visual_tokens, range(WARM_UP_CLIP, WARM_UP_CLIP + 1), args.question)
+            run_load(client, model, warm_up, args.max_tokens, 1, True)
+            first = 0  # each point asks about new clips (the same ones for every method)
             for concurrency in args.concurrency:
-                conversations = conversations_for(visual_tokens, args.rounds * concurrency, args.question)
+                count = args.rounds * concurrency
+                conversations = conversations_for(visual_tokens, range(first, first + count), args.question)
+                first += count
                 logger.info("%s: %d-token videos, %d requests, %d in flight", method, visual_tokens,
                             len(conversations), concurrency)
                 before = server.metrics()

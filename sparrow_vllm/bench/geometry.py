@@ -102,12 +102,10 @@ CPU_RUNNER_ENV: dict[str, dict[str, str]] = {
 
 def speculative_config(method: str, draft: Path, k: int, adaptive_draft_length: bool = False) -> dict[str, Any]:
     """vLLM's speculative config for `method` with K drafts every step: Sparrow's adaptive
-    draft length (where this version has it) is off unless asked for, so that every
-    decode step verifies K+1 tokens per request."""
-    from sparrow_vllm.serving.serving_options import SparrowServingOptions
-
+    draft length is off unless asked for, so that every decode step verifies K+1 tokens
+    per request (random drafts are never accepted, and the policy would stop drafting)."""
     spec: dict[str, Any] = {"method": method, "model": str(draft), "num_speculative_tokens": k}
-    if method == "sparrow" and "adaptive_draft_length" in SparrowServingOptions.model_fields:
+    if method == "sparrow":
         spec["adaptive_draft_length"] = adaptive_draft_length
     return spec
 

@@ -39,10 +39,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-FORGET = 0.95  # weight of an observation one step older (memory ~ 20 steps)
+FORGET = 0.95  # weight of a step time one step older (memory ~ 20 steps: load changes)
+ACCEPTANCE_FORGET = 0.99  # ... of acceptance counts (memory ~ 100 steps: content changes)
 PROBE_EVERY = 8  # every 8th decision tries K +- 1
-PRIOR_ACCEPTANCE = 0.5  # prior per-position conditional acceptance, until measured
-PRIOR_DRAFTS = 2.0  # ... with the weight of this many drafts
+PRIOR_ACCEPTANCE = 0.5  # prior of c_1, the first draft's acceptance, until measured
+PRIOR_DRAFTS = 2.0  # weight of each c_i's prior, in drafts
 LOG_EVERY_S = 30.0  # at most one INFO line per 30 s about K changes
 # warm-up decisions before the cost model is used: K_max, then K_max and 0 alternately
 # (both ends measured), a middle value, K_max again
@@ -98,25 +99,33 @@ def step_shape(
 
 
 class AcceptanceByPosition:
-    """a_i = P(the first i drafts are accepted), from decayed per-position counts; a step
-    that drafted fewer than i tokens says nothing about position i."""
+    """a_i = P(the first i drafts are accepted) = c_1 * ... * c_i, from decayed counts of the
+    conditional rates c_i = P(draft i accepted | drafts 1..i-1 accepted). A position the
+    policy seldom drafts keeps its estimate from the positions before it (the prior of c_i
+    is c_{i-1}), so rarely measuring it does not make drafting it look worse; a step that
+    drafted fewer than i tokens says nothing about position i."""
 
     def __init__(self, max_drafts: int) -> None:
-        self.offered = np.zeros(max_drafts)
-        self.accepted = np.zeros(max_drafts)
+        self.reached = np.zeros(max_drafts)  # drafts whose position i was verified
+        self.accepted = np.zeros(max_drafts)  # ... and accepted
 
     def record(self, num_drafts: int, num_accepted: int) -> None:
-        self.offered[:num_drafts] += 1
+        self.reached[: min(num_drafts, num_accepted + 1)] += 1
         self.accepted[:num_accepted] += 1
 
     def decay(self, factor: float) -> None:
-        self.offered *= factor
+        self.reached *= factor
         self.accepted *= factor
 
+    def conditional(self) -> np.ndarray:  # [K_max] c_1..c_K
+        rates, prior = [], PRIOR_ACCEPTANCE
+        for reached, accepted in zip(self.reached, self.accepted, strict=True):
+            prior = (accepted + PRIOR_DRAFTS * prior) / (reached + PRIOR_DRAFTS)
+            rates.append(prior)
+        return np.array(rates)
+
     def first_accepted(self) -> np.ndarray:  # [K_max] a_1..a_K, non-increasing
-        prior = PRIOR_ACCEPTANCE ** np.arange(1, len(self.offered) + 1)
-        rates = (self.accepted + PRIOR_DRAFTS * prior) / (self.offered + PRIOR_DRAFTS)
-        return np.minimum.accumulate(rates)
+        return np.cumprod(self.conditional())
 
     def expected_tokens(self) -> np.ndarray:  # [K_max + 1] L(0)..L(K_max)
         return np.concatenate(([1.0], 1.0 + np.cumsum(self.first_accepted())))
@@ -195,7 +204,7 @@ class DraftLengthPolicy:
         """(drafts verified, drafts accepted) of each request in one finished step."""
         if not drafts:
             return
-        self.acceptance.decay(FORGET)
+        self.acceptance.decay(ACCEPTANCE_FORGET)
         for num_drafts, num_accepted in drafts:
             self.acceptance.record(min(num_drafts, self.max_drafts), min(num_accepted, self.max_drafts))
 

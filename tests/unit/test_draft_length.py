@@ -108,12 +108,25 @@ def test_probes_neighbours_every_few_decisions():
 def test_acceptance_counts_only_the_positions_a_step_drafted():
     acc = AcceptanceByPosition(4)
     for _ in range(200):
-        acc.record(2, 2)  # only two drafts offered, both accepted
-    rates = acc.first_accepted()
-    assert rates[0] > 0.98 and rates[1] > 0.98
-    assert rates[2] == pytest.approx(0.5 ** 3)  # never offered: the prior
+        acc.record(3, 2)  # three drafts offered, the third rejected
+        acc.record(4, 1)  # four offered, the second rejected: positions 3 and 4 not verified
+    np.testing.assert_allclose(acc.reached, [400, 400, 200, 0])
+    np.testing.assert_allclose(acc.accepted, [400, 200, 0, 0])
+    c = acc.conditional()
+    assert c[0] == pytest.approx(1.0, abs=0.01) and c[1] == pytest.approx(0.5, abs=0.01)
+    assert c[2] < 0.02  # measured: never accepted after the second
+    assert c[3] == pytest.approx(c[2])  # never verified: keeps the previous position's rate
     assert acc.expected_tokens()[0] == 1.0
-    assert np.all(np.diff(rates) <= 0)
+    assert np.all(np.diff(acc.first_accepted()) <= 0)
+
+
+def test_rarely_drafted_positions_do_not_look_worse_than_measured_ones():
+    """Drafting K - 1 for a while must not make the K-th draft look useless: its estimate
+    follows the measured conditional rate of the positions before it."""
+    acc = AcceptanceByPosition(4)
+    for _ in range(100):
+        acc.record(3, 3)
+    assert acc.first_accepted()[3] > 0.9
 
 
 def test_cost_model_recovers_a_linear_cost():
@@ -151,6 +164,6 @@ def test_scheduler_adapter_sets_k_and_counts_accepted_drafts():
     runner_out = SimpleNamespace(sampled_token_ids=[[1, 2, 3], []], req_id_to_index={"a": 0, "b": 1})
     adapter.on_output(out, runner_out)
     # "a" verified 4 drafts and kept 2 (3 tokens sampled); "b" is mid-prompt
-    np.testing.assert_allclose(adapter.policy.acceptance.offered, [1, 1, 1, 1])
+    np.testing.assert_allclose(adapter.policy.acceptance.reached, [1, 1, 1, 0])
     np.testing.assert_allclose(adapter.policy.acceptance.accepted, [1, 1, 0, 0])
     assert adapter.policy.cost.observations == 1
