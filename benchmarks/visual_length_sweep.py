@@ -56,6 +56,10 @@ def _job(args: argparse.Namespace, method: str, requests: list[dict]) -> dict:
     if method != "none":
         draft = args.sparrow_draft if method == "sparrow" else args.eagle_draft
         spec = {"method": method, "model": str(draft), "num_speculative_tokens": args.k}
+        if method == "sparrow":
+            # K drafts every step, like eagle: acceptance length and draft time per step
+            # compare at the same K (serve_bench.py measures the adaptive draft length)
+            spec["adaptive_draft_length"] = False
     # a whole video fits in one step's encoder budget
     max_len = max(args.lengths) + 512
     engine = {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "max_num_seqs": 1,
