@@ -14,14 +14,18 @@ maximise the tokens each decoding request gains per second:
 T is a linear cost model of a step, fitted online to measured step times (wall clock from
 schedule to output, which the engine waits for anyway: no device sync is added):
 
-    T = c0 + c1 * tokens + c2 * attention work + c3 * K + c4 * K * B
+    T = c0 + c1 * verify tokens + c2 * verify work + c3 * prompt tokens + c4 * prompt work
+          + c5 * K + c6 * K * B
 
-tokens: tokens the target processes (prefill chunks, decode and draft tokens); attention
-work: sum over requests of query tokens x context (what grows with the video); K, K * B:
-the draft chain run after the target (B requests draft). The fit is least squares on
-relative error with exponential forgetting, so it follows load changes within a few steps,
-and every `PROBE_EVERY`-th decision tries a neighbouring K so that the cost of K stays
-measured. Acceptance a_i is counted per position from the drafts each step verified.
+verify tokens: the query tokens of verify passes (1 + drafts per decoding request);
+prompt tokens: those of prompt chunks; work: query tokens x context summed over requests
+(what grows with the video), for each kind apart (a prompt chunk is one batched pass, a
+verify pass is per request, and their costs per unit differ); K, K * B: the draft chain run
+after the target (B requests draft). The fit is least squares on relative error with
+exponential forgetting, so it follows load changes within a few steps, and every
+`PROBE_EVERY`-th decision tries a neighbouring K so that the cost of K stays measured.
+Acceptance a_i is counted per position from the drafts each step verified, as conditional
+rates (see AcceptanceByPosition).
 
 The policy only sizes drafts; the rejection sampler still decides every token, so output is
 unchanged (greedy output is identical to the target's alone at any K).
@@ -39,7 +43,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-FORGET = 0.95  # weight of a step time one step older (memory ~ 20 steps: load changes)
+FORGET = 0.97  # weight of a step time one step older (memory ~ 33 steps: load changes)
 ACCEPTANCE_FORGET = 0.99  # ... of acceptance counts (memory ~ 100 steps: content changes)
 PROBE_EVERY = 8  # every 8th decision tries K +- 1
 PRIOR_ACCEPTANCE = 0.5  # prior of c_1, the first draft's acceptance, until measured
@@ -52,49 +56,58 @@ _WARMUP_FRACTIONS = (1.0, 0.0, 1.0, 0.5, 1.0, 0.0)
 
 @dataclass(frozen=True)
 class StepShape:
-    """What one scheduled step asks of the target, and who drafts after it."""
+    """What one scheduled step asks of the target, and who drafts after it. Verify passes
+    (queries of at most 1 + K_max tokens of requests that sample) and prompt chunks are
+    counted apart: per token and per unit of attention work they cost differently (a
+    prompt chunk runs as one batched pass, a verify pass per request)."""
 
-    # tokens the target processes this step (prompt chunks, decode tokens, drafts)
-    num_tokens: int
-    # sum over requests of query tokens x context tokens after the step
-    attention_work: float
-    # requests that sample this step (and so draft after it)
+    # verify passes: query tokens, and query tokens x context tokens after the step
+    decode_tokens: int
+    decode_work: float
+    # prompt chunks (last ones included): the same
+    prefill_tokens: int
+    prefill_work: float
+    # prompt chunks of requests that do not sample this step (they continue next step)
+    continuing_tokens: int
+    continuing_work: float
+    # requests that sample this step (and so draft after it), and their context tokens
     drafting_requests: int
-    # their query tokens, and their query tokens x context
-    drafting_tokens: int
-    drafting_work: float
-    # their context tokens after the step
     drafting_context: int
 
     def features(self, k: int) -> np.ndarray:
         """Cost-model features of this step when its requests draft k tokens after it."""
         b = self.drafting_requests
-        return np.array([1.0, self.num_tokens / 1e3, self.attention_work / 1e6, float(k), float(k * b)])
+        return np.array([1.0, self.decode_tokens / 1e3, self.decode_work / 1e6,
+                         self.prefill_tokens / 1e3, self.prefill_work / 1e6, float(k), float(k * b)])
 
     def next_step(self, k: int) -> StepShape:
-        """The next step if nothing is admitted or finished: the others' prompt chunks
+        """The next step if nothing is admitted or finished: unfinished prompt chunks
         repeat, each drafting request verifies k drafts (a query of 1 + k tokens)."""
         b, ctx = self.drafting_requests, self.drafting_context
-        tokens, work = b * (1 + k), float((1 + k) * ctx)
         return StepShape(
-            num_tokens=self.num_tokens - self.drafting_tokens + tokens,
-            attention_work=self.attention_work - self.drafting_work + work,
-            drafting_requests=b, drafting_tokens=tokens, drafting_work=work, drafting_context=ctx,
+            decode_tokens=b * (1 + k), decode_work=float((1 + k) * ctx),
+            prefill_tokens=self.continuing_tokens, prefill_work=self.continuing_work,
+            continuing_tokens=self.continuing_tokens, continuing_work=self.continuing_work,
+            drafting_requests=b, drafting_context=ctx,
         )
 
 
 def step_shape(
     # (query tokens, context tokens after the step, samples this step) per request
     requests: list[tuple[int, int, bool]],
+    # the longest query that is a verify pass: 1 + K_max
+    max_verify_tokens: int,
 ) -> StepShape:
-    drafting = [(q, c) for q, c, samples in requests if samples]
+    verify = [(q, c) for q, c, samples in requests if samples and q <= max_verify_tokens]
+    chunks = [(q, c) for q, c, samples in requests if not (samples and q <= max_verify_tokens)]
+    continuing = [(q, c) for q, c, samples in requests if not samples]
+    drafting = [c for _, c, samples in requests if samples]
     return StepShape(
-        num_tokens=sum(q for q, _, _ in requests),
-        attention_work=float(sum(q * c for q, c, _ in requests)),
-        drafting_requests=len(drafting),
-        drafting_tokens=sum(q for q, _ in drafting),
-        drafting_work=float(sum(q * c for q, c in drafting)),
-        drafting_context=sum(c for _, c in drafting),
+        decode_tokens=sum(q for q, _ in verify), decode_work=float(sum(q * c for q, c in verify)),
+        prefill_tokens=sum(q for q, _ in chunks), prefill_work=float(sum(q * c for q, c in chunks)),
+        continuing_tokens=sum(q for q, _ in continuing),
+        continuing_work=float(sum(q * c for q, c in continuing)),
+        drafting_requests=len(drafting), drafting_context=sum(drafting),
     )
 
 
@@ -134,7 +147,7 @@ class AcceptanceByPosition:
 class StepCostModel:
     """T = theta . features, least squares on relative error with forgetting."""
 
-    def __init__(self, num_features: int = 5) -> None:
+    def __init__(self, num_features: int = 7) -> None:
         self.gram = np.zeros((num_features, num_features))
         self.moment = np.zeros(num_features)
         self.observations = 0
@@ -249,7 +262,7 @@ class SchedulerDraftLength:
             (q, requests[req_id].num_computed_tokens + q,
              requests[req_id].num_computed_tokens + q >= requests[req_id].num_tokens)
             for req_id, q in scheduler_output.num_scheduled_tokens.items()
-        ])
+        ], 1 + self.policy.max_drafts)
         k = self.policy.choose(shape)
         scheduler_output.num_spec_tokens_to_schedule = k
         self._pending[id(scheduler_output)] = (shape, k, self.clock())

@@ -25,8 +25,9 @@ FIRST_ACCEPTED = np.array([0.9, 0.75, 0.6, 0.45])  # P(first i drafts accepted)
 
 def true_seconds(shape: StepShape, k: int, per_token: float, per_attention: float) -> float:
     """A server: fixed cost, linear in tokens, attention work, and the draft chain."""
-    return (0.010 + per_token * shape.num_tokens + per_attention * shape.attention_work
-            + 0.0008 * k + 0.0002 * k * shape.drafting_requests)
+    tokens = shape.decode_tokens + shape.prefill_tokens
+    work = shape.decode_work + 0.3 * shape.prefill_work  # a prompt chunk's attention is cheaper per unit
+    return 0.010 + per_token * tokens + per_attention * work + 0.0008 * k + 0.0002 * k * shape.drafting_requests
 
 
 def true_best(shape: StepShape, per_token: float, per_attention: float) -> int:
@@ -40,7 +41,7 @@ def decode_shape(batch: int, context: int, verified: int, prefill: int = 0, pref
     reqs = [(1 + verified, context, True)] * batch
     if prefill:
         reqs.append((prefill, prefill_context, False))
-    return step_shape(reqs)
+    return step_shape(reqs, 1 + K_MAX)
 
 
 def serve(policy: DraftLengthPolicy, steps: int, load, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -130,7 +131,7 @@ def test_rarely_drafted_positions_do_not_look_worse_than_measured_ones():
 
 
 def test_cost_model_recovers_a_linear_cost():
-    model = StepCostModel()
+    model = StepCostModel(num_features=5)
     theta = np.array([0.01, 0.2, 0.05, 0.001, 0.0005])
     rng = np.random.default_rng(4)
     for _ in range(50):
@@ -139,12 +140,15 @@ def test_cost_model_recovers_a_linear_cost():
     np.testing.assert_allclose(model.theta(), theta, rtol=1e-3, atol=1e-5)
 
 
-def test_step_shape_next_step_replaces_decode_queries():
-    shape = step_shape([(5, 1000, True), (5, 2000, True), (512, 512, False)])
-    assert shape.num_tokens == 522 and shape.drafting_requests == 2
-    nxt = shape.next_step(1)
-    assert nxt.num_tokens == 512 + 2 * 2
-    assert nxt.attention_work == 512 * 512 + 2 * 3000
+def test_step_shape_counts_verify_passes_and_prompt_chunks_apart():
+    # two verify passes, a request's last prompt chunk (it samples), another's middle chunk
+    shape = step_shape([(5, 1000, True), (5, 2000, True), (300, 300, True), (512, 512, False)], 5)
+    assert (shape.decode_tokens, shape.decode_work) == (10, 15000)
+    assert (shape.prefill_tokens, shape.prefill_work) == (812, 300 * 300 + 512 * 512)
+    assert shape.drafting_requests == 3 and shape.drafting_context == 3300
+    nxt = shape.next_step(1)  # all three verify 1 draft; the middle chunk repeats
+    assert (nxt.decode_tokens, nxt.decode_work) == (6, 2 * 3300)
+    assert (nxt.prefill_tokens, nxt.prefill_work) == (512, 512 * 512)
 
 
 def test_refuses_a_zero_draft_budget():
