@@ -207,6 +207,8 @@ class DraftLengthPolicy:
             nxt = shape.next_step(k)
             seconds = self.cost.predict(nxt.features(k))
             rates.append(lengths[k] / seconds if seconds > 0 else 0.0)
+        if max(rates) == 0.0:  # no usable fit yet (every prediction <= 0): the configured K
+            return self.max_drafts, rates
         return int(np.argmax(rates)), rates
 
     def observe_step(self, shape: StepShape, k: int, seconds: float) -> None:

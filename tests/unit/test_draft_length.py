@@ -151,6 +151,12 @@ def test_step_shape_counts_verify_passes_and_prompt_chunks_apart():
     assert (nxt.prefill_tokens, nxt.prefill_work) == (512, 512 * 512)
 
 
+def test_an_unusable_fit_keeps_the_configured_k():
+    policy = DraftLengthPolicy(K_MAX)
+    policy.cost.observe(np.ones(7), -1.0)  # a fit that predicts negative times
+    assert policy.best(decode_shape(1, 600, 4))[0] == K_MAX
+
+
 def test_refuses_a_zero_draft_budget():
     with pytest.raises(ValueError, match="num_speculative_tokens >= 1"):
         DraftLengthPolicy(0)
