@@ -112,5 +112,9 @@ def run_engine_job(job: dict, tmp_path: Path, timeout: float = 600, runner: str 
     return json.loads(result_file.read_text())
 
 
-def sparrow(draft: Path, k: int = 3) -> dict:
-    return {"method": "sparrow", "model": str(draft), "num_speculative_tokens": k}
+def sparrow(draft: Path, k: int = 3, adaptive: bool = False) -> dict:
+    """Sparrow's speculative config. K drafts every step unless `adaptive` (the serving
+    default): tests that prove drafts are made and accepted on every step need that, and
+    the briefly trained test drafts are weak enough for the adaptive policy to stop drafting."""
+    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": k}
+    return spec if adaptive else {**spec, "adaptive_draft_length": False}

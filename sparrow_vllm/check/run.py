@@ -164,7 +164,10 @@ def run_check(target: str | Path, draft: str | Path, settings: CheckSettings | N
     kinds = prompt_kinds(family)
     job = {"target": str(target), "kinds": kinds, "max_tokens": settings.max_tokens,
            "engine": _engine_args(family, settings)}
-    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": settings.num_speculative_tokens}
+    # K drafts every step: the check judges the draft (exact output, acceptance at every
+    # position); the adaptive draft length would stop drafting a weak draft
+    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": settings.num_speculative_tokens,
+            "adaptive_draft_length": False}
     with tempfile.TemporaryDirectory(prefix="sparrow-check-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,9 @@ ALPHA = 1e-3  # family-wise, over the per-position and joint tests of one settin
 MAX_DETECTABLE_SHIFT = 0.2  # the test must see a total-variation shift this small
 METHODS = {
     # what users run: the adaptive draft length picks 0..4 drafts per step
-    "sparrow": sparrow(TOY_WORLD / "sparrow-draft", k=4),
+    "sparrow": sparrow(TOY_WORLD / "sparrow-draft", k=4, adaptive=True),
     # 4 drafts every step
-    "sparrow-probabilistic": {**sparrow(TOY_WORLD / "sparrow-draft", k=4), "draft_sample_method": "probabilistic",
-                              "adaptive_draft_length": False},
+    "sparrow-probabilistic": {**sparrow(TOY_WORLD / "sparrow-draft", k=4), "draft_sample_method": "probabilistic"},
     "eagle": {"method": "eagle", "model": str(TOY_WORLD / "eagle-draft"), "num_speculative_tokens": 4},
 }
 

@@ -36,7 +36,8 @@ def _accepted(result: dict) -> float:
 
 def test_trained_sparrow_draft_keeps_greedy_output(baseline, runner, tmp_path):
     """Adaptive draft length (the default): K changes per step, the output does not."""
-    result = run_engine_job(_job(sparrow(TOY_WORLD / "sparrow-draft", k=4)), tmp_path, runner=runner)
+    result = run_engine_job(_job(sparrow(TOY_WORLD / "sparrow-draft", k=4, adaptive=True)), tmp_path,
+                            runner=runner)
     assert_ran_on(result, runner)
     assert result["outputs"] == baseline["outputs"]
     # the policy chose several lengths (its warm-up alone tries 4 and 0)
