@@ -48,6 +48,7 @@ ACCEPTANCE_FORGET = 0.99  # ... of acceptance counts (memory ~ 100 steps: conten
 PROBE_EVERY = 8  # every 8th decision tries K +- 1
 PRIOR_ACCEPTANCE = 0.5  # prior of c_1, the first draft's acceptance, until measured
 PRIOR_DRAFTS = 2.0  # weight of each c_i's prior, in drafts
+_SAMPLING_EPS = 1e-5  # vLLM's: a temperature below it is greedy (SamplingParams.sampling_type)
 LOG_EVERY_S = 30.0  # at most one INFO line per 30 s about K changes
 # warm-up decisions before the cost model is used: K_max, then K_max and 0 alternately
 # (both ends measured), a middle value, K_max again
@@ -250,11 +251,23 @@ class SchedulerDraftLength:
     (`SchedulerOutput.num_spec_tokens_to_schedule`, which both model runners pass to the
     drafter), times each step, and counts what each verify pass accepted."""
 
-    def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_drafts: int,
+        clock: Callable[[], float] = time.monotonic,
+        seeded_draws_follow_k: bool = False,
+    ) -> None:
+        """seeded_draws_follow_k: the runner draws a seeded request's random numbers from a
+        per-request generator that advances with every draw (the V1 runner), so the tokens
+        such a request gets depend on how many drafts each of its steps verified. Steps
+        with a seeded request at T > 0 then draft K_max, as with a fixed K, so that its
+        output reproduces. Model Runner V2 keys every draw by (seed, position): no pin."""
         self.policy = DraftLengthPolicy(max_drafts, clock)
         self.clock = clock
+        self.seeded_draws_follow_k = seeded_draws_follow_k
         self._pending: dict[int, tuple[StepShape, int, float]] = {}
         self._last_output = float("-inf")
+        self._warned_seeded = False
 
     def on_scheduled(self, scheduler_output: Any, requests: dict[str, Any]) -> None:
         """Before vLLM advances the requests' computed tokens: set this step's K."""
@@ -265,9 +278,31 @@ class SchedulerDraftLength:
              requests[req_id].num_computed_tokens + q >= requests[req_id].num_tokens)
             for req_id, q in scheduler_output.num_scheduled_tokens.items()
         ], 1 + self.policy.max_drafts)
-        k = self.policy.choose(shape)
+        if self.seeded_draws_follow_k and self._any_seeded(scheduler_output, requests):
+            k = self.policy.max_drafts
+        else:
+            k = self.policy.choose(shape)
         scheduler_output.num_spec_tokens_to_schedule = k
         self._pending[id(scheduler_output)] = (shape, k, self.clock())
+
+    def _any_seeded(self, scheduler_output: Any, requests: dict[str, Any]) -> bool:
+        """Whether a scheduled request samples at T > 0 with its own seed."""
+        for req_id in scheduler_output.num_scheduled_tokens:
+            params = requests[req_id].sampling_params
+            if params is not None and params.seed is not None and params.temperature >= _SAMPLING_EPS:
+                if not self._warned_seeded:
+                    self._warned_seeded = True
+                    logger.warning(
+                        "Sparrow adaptive draft length: steps with a seeded request "
+                        "(SamplingParams.seed at T > 0) draft K = %d, as with a fixed K: the "
+                        "V1 runner's per-request generators advance with every draw, so a "
+                        "varying K would change that request's tokens from run to run. "
+                        "Costs what adaptive K would save while such requests run; Model "
+                        "Runner V2 needs no pin",
+                        self.policy.max_drafts,
+                    )
+                return True
+        return False
 
     def on_output(self, scheduler_output: Any, model_runner_output: Any) -> None:
         """The step's output is back: its time (from when it was scheduled, or from the

@@ -104,7 +104,9 @@ Ledger (what / why / how / what upstream change removes it):
          draft is Sparrow gets a SchedulerDraftLength; before _update_after_schedule it
          sets the step's num_spec_tokens_to_schedule; before update_from_output it
          records the step's time and accepted drafts. When vLLM has turned dynamic
-         speculation off (data parallel), it logs a WARNING and drafts K every step.
+         speculation off (data parallel), it logs a WARNING and drafts K every step. On
+         the V1 runner, steps with a seeded request at T > 0 draft K (WARNING once), so
+         that its output reproduces.
    gone: when vLLM's scheduler takes a pluggable draft-length policy.
 
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
@@ -328,7 +330,9 @@ def _patch_scheduler(module: ModuleType) -> None:
             return
         from sparrow_vllm.serving.draft_length import SchedulerDraftLength
 
-        self.sparrow_draft_length = SchedulerDraftLength(self.num_spec_tokens)
+        self.sparrow_draft_length = SchedulerDraftLength(
+            self.num_spec_tokens, seeded_draws_follow_k=not vllm_config.use_v2_model_runner
+        )
         logger.info("Sparrow draft length: adaptive, 0..%d drafts per step", self.num_spec_tokens)
 
     @functools.wraps(original_after)

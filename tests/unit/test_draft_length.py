@@ -4,6 +4,7 @@ does not pay), and follow a change of load within a few steps."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -177,3 +178,32 @@ def test_scheduler_adapter_sets_k_and_counts_accepted_drafts():
     np.testing.assert_allclose(adapter.policy.acceptance.reached, [1, 1, 1, 0])
     np.testing.assert_allclose(adapter.policy.acceptance.accepted, [1, 1, 0, 0])
     assert adapter.policy.cost.observations == 1
+
+
+@pytest.mark.parametrize("seeded_draws_follow_k", [True, False])
+def test_a_seeded_request_pins_k_where_the_runner_draws_per_generator(seeded_draws_follow_k, caplog):
+    """The V1 runner's seeded generators advance with every draw: while a seeded request at
+    T > 0 runs, every step drafts K_max (its output reproduces). Model Runner V2 keys draws
+    by position: the policy keeps choosing (warm-up's second decision is K = 0)."""
+    adapter = SchedulerDraftLength(K_MAX, seeded_draws_follow_k=seeded_draws_follow_k)
+    seeded = SimpleNamespace(seed=7, temperature=1.0)
+    unseeded = SimpleNamespace(seed=None, temperature=1.0)
+    greedy_seeded = SimpleNamespace(seed=7, temperature=0.0)
+
+    def step(params: SimpleNamespace) -> int:
+        requests = {"a": SimpleNamespace(num_computed_tokens=99, num_tokens=100, sampling_params=params)}
+        out = SimpleNamespace(total_num_scheduled_tokens=1, num_scheduled_tokens={"a": 1},
+                              scheduled_spec_decode_tokens={}, num_spec_tokens_to_schedule=K_MAX)
+        adapter.on_scheduled(out, requests)
+        return out.num_spec_tokens_to_schedule
+
+    with caplog.at_level(logging.WARNING, logger="sparrow_vllm.serving.draft_length"):
+        assert step(unseeded) == K_MAX  # warm-up decision 1: K_max
+        assert step(greedy_seeded) == 0  # greedy draws nothing: warm-up decision 2, K = 0
+        ks = [step(seeded) for _ in range(4)]
+    if seeded_draws_follow_k:
+        assert ks == [K_MAX] * 4
+        assert sum("seeded request" in r.getMessage() for r in caplog.records) == 1
+    else:
+        assert ks == [round(f * K_MAX) for f in (1.0, 0.5, 1.0, 0.0)]
+        assert not caplog.records
