@@ -48,7 +48,6 @@ ACCEPTANCE_FORGET = 0.99  # ... of acceptance counts (memory ~ 100 steps: conten
 PROBE_EVERY = 8  # every 8th decision tries K +- 1
 PRIOR_ACCEPTANCE = 0.5  # prior of c_1, the first draft's acceptance, until measured
 PRIOR_DRAFTS = 2.0  # weight of each c_i's prior, in drafts
-_SAMPLING_EPS = 1e-5  # vLLM's: a temperature below it is greedy (SamplingParams.sampling_type)
 LOG_EVERY_S = 30.0  # at most one INFO line per 30 s about K changes
 # warm-up decisions before the cost model is used: K_max, then K_max and 0 alternately
 # (both ends measured), a middle value, K_max again
@@ -287,9 +286,11 @@ class SchedulerDraftLength:
 
     def _any_seeded(self, scheduler_output: Any, requests: dict[str, Any]) -> bool:
         """Whether a scheduled request samples at T > 0 with its own seed."""
+        from vllm.sampling_params import SamplingType
+
         for req_id in scheduler_output.num_scheduled_tokens:
             params = requests[req_id].sampling_params
-            if params is not None and params.seed is not None and params.temperature >= _SAMPLING_EPS:
+            if params is not None and params.sampling_type == SamplingType.RANDOM_SEED:
                 if not self._warned_seeded:
                     self._warned_seeded = True
                     logger.warning(

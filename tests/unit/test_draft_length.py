@@ -186,11 +186,13 @@ def test_a_seeded_request_pins_k_where_the_runner_draws_per_generator(seeded_dra
     T > 0 runs, every step drafts K_max (its output reproduces). Model Runner V2 keys draws
     by position: the policy keeps choosing (warm-up's second decision is K = 0)."""
     adapter = SchedulerDraftLength(K_MAX, seeded_draws_follow_k=seeded_draws_follow_k)
-    seeded = SimpleNamespace(seed=7, temperature=1.0)
-    unseeded = SimpleNamespace(seed=None, temperature=1.0)
-    greedy_seeded = SimpleNamespace(seed=7, temperature=0.0)
+    from vllm import SamplingParams
 
-    def step(params: SimpleNamespace) -> int:
+    seeded = SamplingParams(seed=7, temperature=1.0)
+    unseeded = SamplingParams(temperature=1.0)
+    greedy_seeded = SamplingParams(seed=7, temperature=0.0)
+
+    def step(params: SamplingParams) -> int:
         requests = {"a": SimpleNamespace(num_computed_tokens=99, num_tokens=100, sampling_params=params)}
         out = SimpleNamespace(total_num_scheduled_tokens=1, num_scheduled_tokens={"a": 1},
                               scheduled_spec_decode_tokens={}, num_spec_tokens_to_schedule=K_MAX)
