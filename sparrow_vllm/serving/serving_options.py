@@ -75,6 +75,16 @@ class SparrowServingOptions(BaseModel):
 
     @classmethod
     def of(cls, speculative_config: Any) -> SparrowServingOptions:
-        """The options the API server attached to vLLM's SpeculativeConfig (defaults when
-        the engine was built without them, e.g. by a test building VllmConfig itself)."""
-        return getattr(speculative_config, OPTIONS_ATTRIBUTE, None) or cls()
+        """The options ledger entry 1 attached to vLLM's SpeculativeConfig of a Sparrow
+        draft; a config built any other way is refused (never silent defaults)."""
+        options = getattr(speculative_config, OPTIONS_ATTRIBUTE, None)
+        if options is None:
+            raise SparrowConfigError(
+                "this speculative config carries a Sparrow draft but no Sparrow options: it "
+                "was not built by sparrow-vllm's method \"sparrow\" (ledger entry 1 in "
+                "sparrow_vllm/serving/vllm_patches.py attaches them), e.g. a VllmConfig made "
+                "by hand or a plugin not loaded where the config was built. Build it through "
+                "vLLM's EngineArgs (LLM(...), vllm serve) with --speculative-config "
+                "'{\"method\": \"sparrow\", \"model\": \"<draft>\", \"num_speculative_tokens\": 4}'"
+            )
+        return options

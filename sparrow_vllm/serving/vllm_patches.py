@@ -2,14 +2,20 @@
 
 Ledger (what / why / how / what upstream change removes it):
 
-1. EngineArgs.create_speculative_config (vllm/engine/arg_utils.py)
-   why:  SpeculativeConfig.method is a closed Literal; "sparrow" is rejected.
-   how:  for method "sparrow", validate the draft against the target (so a bad draft fails
-         at start-up, before any worker), take Sparrow's own keys (serving_options.py:
-         text_row_budget, text_block_size) out of the dict, then build the config as
-         method "eagle" and attach the options to it as `sparrow_options`. The
-         draft's architecture (SparrowDraftForCausalLM, renamed EagleSparrowDraftForCausalLM
-         by EAGLEConfig) marks it as Sparrow in every process.
+1. EngineArgs.create_speculative_config and EngineArgs.add_cli_args (vllm/engine/arg_utils.py)
+   why:  SpeculativeConfig.method is a closed Literal; "sparrow" is rejected (and
+         --spec-method's argparse choices are that Literal).
+   how:  add "sparrow" to --spec-method's choices. For method "sparrow", given in
+         --speculative-config or as vLLM's flags (--spec-method/--spec-model/--spec-tokens,
+         which vLLM folds into the dict inside the original, so the wrapper folds them
+         itself, by vLLM's rule, and hands the original a dict with the flags cleared):
+         validate the draft against the target (so a bad draft fails at start-up, before
+         any worker), take Sparrow's own keys (serving_options.py) out of the dict, then
+         build the config as method "eagle" and attach the options to it as
+         `sparrow_options` (workers refuse a Sparrow draft without them). The draft's
+         architecture (SparrowDraftForCausalLM, renamed EagleSparrowDraftForCausalLM by
+         EAGLEConfig) marks it as Sparrow in every process; a Sparrow draft given with
+         another method ("eagle") is refused.
    gone: when vLLM accepts plugin-registered speculative methods.
 
 2. GPUModelRunner.__init__ (vllm/v1/worker/gpu_model_runner.py; the CPU runner subclasses it)
@@ -156,54 +162,117 @@ def _target_supports_aux_hidden_states(target_model_config: Any) -> bool:
     return supports_eagle3(model_cls)
 
 
+# vLLM's flag form of the speculative config: (EngineArgs field, key in the dict, flag)
+_SPEC_FLAGS = (
+    ("spec_method", "method", "--spec-method"),
+    ("spec_model", "model", "--spec-model"),
+    ("spec_tokens", "num_speculative_tokens", "--spec-tokens"),
+)
+
+
+def _merged_speculative_config(engine_args: Any) -> dict[str, Any]:
+    """The user's speculative config dict with the flag form folded in, as vLLM folds it
+    (a flag and the same key in the dict are mutually exclusive)."""
+    from sparrow_vllm.config import SparrowConfigError
+
+    merged = {k.replace("-", "_"): v for k, v in (engine_args.speculative_config or {}).items()}
+    for field, key, flag in _SPEC_FLAGS:
+        value = getattr(engine_args, field, None)
+        if value is None:
+            continue
+        if key in merged:
+            raise SparrowConfigError(
+                f"{flag} and --speculative-config['{key}'] are mutually exclusive; give {key} once"
+            )
+        merged[key] = value
+    return merged
+
+
+def _refuse_sparrow_draft_under_another_method(created: Any) -> None:
+    if is_sparrow_draft(created):
+        from sparrow_vllm.config import SparrowConfigError
+
+        raise SparrowConfigError(
+            f"{created.draft_model_config.model} is a Sparrow draft, given with method "
+            f'"{created.method}": it would run without Sparrow\'s start-up checks and settings. '
+            'Use "method": "sparrow" in --speculative-config (or --spec-method sparrow)'
+        )
+
+
+def _accept_sparrow_spec_method(parser: Any) -> None:
+    """Add "sparrow" to the choices vLLM's parser gives --spec-method (its Literal)."""
+    action = parser._option_string_actions.get("--spec-method")
+    if action is not None and action.choices is not None and SPARROW_METHOD not in action.choices:
+        action.choices = [*action.choices, SPARROW_METHOD]
+
+
 def _patch_arg_utils(module: ModuleType) -> None:
     engine_args = module.EngineArgs
     original = engine_args.create_speculative_config
+    original_add_cli_args = engine_args.add_cli_args
+
+    @functools.wraps(original_add_cli_args)
+    def add_cli_args(parser: Any) -> Any:
+        parser = original_add_cli_args(parser)
+        _accept_sparrow_spec_method(parser)
+        return parser
 
     @functools.wraps(original)
     def create_speculative_config(self: Any, target_model_config: Any, target_parallel_config: Any):
-        spec = self.speculative_config
-        if spec and spec.get("method") == SPARROW_METHOD:
-            from sparrow_vllm.checkpoint import check_draft_for_target
-            from sparrow_vllm.config import SparrowConfigError
-            from sparrow_vllm.families import resolve_family
-
-            if not spec.get("model"):
-                raise ValueError(
-                    'method "sparrow" needs a draft: --speculative-config '
-                    '\'{"method":"sparrow","model":"<draft dir>","num_speculative_tokens":4}\''
-                )
-            family = resolve_family(target_model_config.hf_config)
-            check_draft_for_target(
-                spec["model"], family, _target_supports_aux_hidden_states(target_model_config)
-            )
-            logger.info("Sparrow target family: %s", family.describe())
-            from sparrow_vllm.serving.serving_options import (
-                OPTIONS_ATTRIBUTE,
-                SparrowServingOptions,
-            )
-
-            rest, options = SparrowServingOptions.pop_from(spec)
-            self.speculative_config = {**rest, "method": "eagle"}
-            logger.info("Sparrow speculative decoding with draft %s", spec["model"])
-            try:
-                created = original(self, target_model_config, target_parallel_config)
-            finally:
-                self.speculative_config = spec
-            setattr(created, OPTIONS_ATTRIBUTE, options)
-            if options.adaptive_draft_length:
-                if created.num_speculative_tokens_per_batch_size is not None:
-                    raise SparrowConfigError(
-                        "adaptive_draft_length and num_speculative_tokens_per_batch_size both "
-                        "choose the draft length; pass \"adaptive_draft_length\": false in "
-                        "--speculative-config to use your batch-size schedule"
-                    )
-                # vLLM's dynamic speculation (entry 10 sizes each step within K)
-                created.num_speculative_tokens_per_batch_size = [(1, 1, created.num_speculative_tokens)]
+        flag = getattr(self, "spec_method", None)
+        given = flag if flag is not None else (self.speculative_config or {}).get("method")
+        if given != SPARROW_METHOD:
+            created = original(self, target_model_config, target_parallel_config)
+            _refuse_sparrow_draft_under_another_method(created)
             return created
-        return original(self, target_model_config, target_parallel_config)
+        from sparrow_vllm.checkpoint import check_draft_for_target
+        from sparrow_vllm.config import SparrowConfigError
+        from sparrow_vllm.families import resolve_family
 
-    setattr(create_speculative_config, _MARK, True)
+        spec = _merged_speculative_config(self)
+        if not spec.get("model"):
+            raise SparrowConfigError(
+                'method "sparrow" needs a draft: --speculative-config '
+                '\'{"method":"sparrow","model":"<draft dir>","num_speculative_tokens":4}\' '
+                "or --spec-method sparrow --spec-model <draft dir> --spec-tokens 4"
+            )
+        family = resolve_family(target_model_config.hf_config)
+        check_draft_for_target(
+            spec["model"], family, _target_supports_aux_hidden_states(target_model_config)
+        )
+        logger.info("Sparrow target family: %s", family.describe())
+        from sparrow_vllm.serving.serving_options import (
+            OPTIONS_ATTRIBUTE,
+            SparrowServingOptions,
+        )
+
+        rest, options = SparrowServingOptions.pop_from(spec)
+        saved = {field: getattr(self, field) for field, _, _ in _SPEC_FLAGS if hasattr(self, field)}
+        saved["speculative_config"] = self.speculative_config
+        for field in saved:
+            setattr(self, field, None)
+        self.speculative_config = {**rest, "method": "eagle"}
+        logger.info("Sparrow speculative decoding with draft %s", spec["model"])
+        try:
+            created = original(self, target_model_config, target_parallel_config)
+        finally:
+            for field, value in saved.items():
+                setattr(self, field, value)
+        setattr(created, OPTIONS_ATTRIBUTE, options)
+        if options.adaptive_draft_length:
+            if created.num_speculative_tokens_per_batch_size is not None:
+                raise SparrowConfigError(
+                    "adaptive_draft_length and num_speculative_tokens_per_batch_size both "
+                    "choose the draft length; pass \"adaptive_draft_length\": false in "
+                    "--speculative-config to use your batch-size schedule"
+                )
+            # vLLM's dynamic speculation (entry 10 sizes each step within K)
+            created.num_speculative_tokens_per_batch_size = [(1, 1, created.num_speculative_tokens)]
+        return created
+
+    for fn in (add_cli_args, create_speculative_config):
+        setattr(fn, _MARK, True)
+    engine_args.add_cli_args = staticmethod(add_cli_args)
     engine_args.create_speculative_config = create_speculative_config
 
 
