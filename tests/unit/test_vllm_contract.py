@@ -2,9 +2,8 @@
 (sparrow_vllm/vllm_source_check.py).
 
 The installed vLLM (0.32 on CPU) is checked from site-packages; vLLM 0.33, which has no
-CPU build, from its wheel's Python source: downloaded once with pip into
-$SPARROW_WHEEL_CACHE (default ~/.cache/sparrow-vllm/wheels), kept between runs and
-clones. A failed download fails the test (CI has PyPI). Nothing imports vLLM here.
+CPU build, from its wheel's Python source in tests/network (it needs the network once).
+Nothing imports vLLM here, and nothing reaches the network.
 """
 
 import textwrap
@@ -16,8 +15,6 @@ from sparrow_vllm.serving import plugin
 from sparrow_vllm.serving.vllm_contract import TouchPoint
 from sparrow_vllm.vllm_source_check import check_source, validate_touch_points
 from sparrow_vllm.vllm_source_roots import installed_source, wheel_source
-
-NEWEST_GPU_VLLM = "0.33.0"
 
 
 def _report(problems: list[str]) -> str:
@@ -32,14 +29,6 @@ def test_contract_holds_in_installed_vllm():
     root = installed_source()
     installed = plugin.installed_vllm_version()
     assert ".".join(installed.split("+")[0].split(".")[:2]) in plugin.SUPPORTED_VLLM
-    problems = check_source(root)
-    assert not problems, _report(problems)
-
-
-def test_contract_holds_in_newest_gpu_vllm_wheel():
-    assert NEWEST_GPU_VLLM.rsplit(".", 1)[0] in plugin.SUPPORTED_VLLM
-    root = wheel_source(NEWEST_GPU_VLLM)  # RuntimeError with pip's output if it fails
-    assert (root / "vllm" / "v1" / "worker" / "gpu_model_runner.py").is_file(), root
     problems = check_source(root)
     assert not problems, _report(problems)
 
