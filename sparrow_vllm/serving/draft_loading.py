@@ -21,6 +21,7 @@ from sparrow_vllm.serving.drafter import TextAnchoredDrafter
 from sparrow_vllm.serving.serving_options import DEFAULT_FREE_MEMORY_FRACTION, SparrowServingOptions
 from sparrow_vllm.serving.target_adapter import language_model_of
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.tp_agreement import least_over_tensor_parallel_group
 from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 
@@ -145,6 +146,13 @@ def free_device_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
+def agreed_free_memory(device: torch.device) -> int:
+    """Free bytes as every tensor-parallel rank sees them: the least over the group, so
+    all ranks size the same cache (and refuse the same budget) whatever their own
+    device holds. Called once per rank at start-up."""
+    return least_over_tensor_parallel_group(free_device_memory(device))
+
+
 class SparrowDraftSetup:
     """The validated draft checkpoint of one engine, and how to build its drafter."""
 
@@ -187,7 +195,7 @@ class SparrowDraftSetup:
             head_dim=layers.head_dim, dtype=dtype, window=self.checkpoint.sparrow.window,
             num_speculative_tokens=self.num_speculative_tokens,
             max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
-            options=self.options, free_bytes=free_device_memory(device),
+            options=self.options, free_bytes=agreed_free_memory(device),
         )
 
     def _allocate_cache(self, dtype: torch.dtype, device: torch.device) -> TextKVCache:

@@ -109,6 +109,7 @@ class TextAnchoredDrafter:
         qsl = inputs.query_start
         qlen = qsl[1:] - qsl[:-1]
         slots = self._slots(inputs)
+        self.cache.note_holes(slots, inputs.seq_start)
 
         # Row i carries token x_{i+1}; each request's sample row carries its next token.
         input_ids = torch.zeros(n_rows, dtype=torch.int64, device=self.device)
@@ -171,6 +172,11 @@ class TextAnchoredDrafter:
             self.cache.register_content(req_id, content)
             self.visual_rows.add_request(req_id, content.prompt_token_ids)
 
+    def on_requests_preempted(self, req_ids: set[str]) -> None:
+        """Requests vLLM preempted and will resume (V1): their rows go first when the
+        draft cache runs out of blocks or slots."""
+        self.cache.pause(req_ids)
+
     def on_requests_resumed(self, req_ids: set[str]) -> None:
         """Preempted requests are back (to be recomputed): rewind them next step."""
         if req_ids:
@@ -202,7 +208,7 @@ class TextAnchoredDrafter:
             return self._last_slots
         active = set(key)
         self.cache.retire_released()
-        next_seq = self.cache.next_seq.tolist()
+        next_seq = self.cache.catch_up()
         starts = inputs.seq_start.tolist()
         slots = [self.cache.prepare(r, s, active, next_seq) for r, s in zip(key, starts, strict=True)]
         self._last_batch = key

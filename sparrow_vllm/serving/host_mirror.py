@@ -3,40 +3,105 @@ the device."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
+# The allocator reads the row counts copied this many writes ago. On CUDA the copy was
+# enqueued behind the write two steps back; the host has since waited for the target's
+# sampled tokens of the step after it, so the copy has landed and the wait is free.
+MIRROR_LAG = 2
+
+
+class CopyEvent(Protocol):
+    """What the mirror needs of a CUDA event (a test may stand in its own)."""
+
+    def record(self) -> None: ...
+
+    def synchronize(self) -> None: ...
+
+
+@dataclass
+class _Copy:
+    """One host copy of the device's row counts, and the host's bounds when it was taken."""
+
+    host: torch.Tensor
+    event: CopyEvent | None
+    # slot -> rows the host had reserved for it in all when the copy was taken; slots
+    # whose host state changed since (sync, reset, rewind) are dropped
+    reserved_at_copy: dict[int, int] = field(default_factory=dict)
+
 
 class LengthMirror:
-    """A host copy of `lengths` taken after each write without waiting for the device (a
-    non-blocking copy into pinned memory and an event on CUDA; the tensor itself on CPU).
-    reserve() uses the latest copy, once it has landed, to make each request's bound exact
-    again; slots changed on the host since the copy are left out."""
+    """Host copies of `lengths` taken after each write without waiting for the device (a
+    non-blocking copy into pinned memory and an event on CUDA; a plain copy on CPU).
 
-    def __init__(self, lengths: torch.Tensor) -> None:
+    `refresh()` applies the copy taken `lag` writes earlier, waiting for it if it has not
+    landed. What the allocator then knows is a function of the sequence of steps alone,
+    never of when a copy happens to land, so every tensor-parallel rank (each with its own
+    cache) makes the same allocation, eviction and starvation decisions.
+
+    A copy makes each slot's lower bound exact as of that write; the upper bound becomes
+    that count plus the rows reserved since (host states count the rows they ever
+    reserved in `reserved`)."""
+
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        lag: int = MIRROR_LAG,
+        event_factory: Callable[[], CopyEvent] | None = None,
+    ) -> None:
+        if lag < 1:
+            raise ValueError(f"lag={lag}: the mirror reads a copy at least one write old")
         self.lengths = lengths
-        self.on_cuda = lengths.device.type == "cuda"
-        self.host = torch.zeros(lengths.shape, dtype=lengths.dtype, pin_memory=self.on_cuda)
-        self.event = torch.cuda.Event() if self.on_cuda else None
-        self.valid: set[int] = set()  # slots the latest copy still describes
+        self.lag = lag
+        self.pinned = lengths.device.type == "cuda"
+        if event_factory is None and self.pinned:
+            event_factory = torch.cuda.Event
+        self.event_factory = event_factory
+        self._copies: deque[_Copy] = deque()
+        self._spare: list[_Copy] = []  # landed copies whose buffers are reused
 
-    def snapshot(self) -> None:
-        if self.event is not None:
-            self.host.copy_(self.lengths, non_blocking=True)
-            self.event.record()
-        self.valid = set(range(self.lengths.shape[0]))
+    def snapshot(self, rows: dict[int, Any]) -> None:
+        """After a write: copy the counts and remember the rows reserved so far (`rows`:
+        slot -> host state with `reserved`)."""
+        copy = self._spare.pop() if self._spare else _Copy(
+            torch.zeros(self.lengths.shape, dtype=self.lengths.dtype, pin_memory=self.pinned),
+            self.event_factory() if self.event_factory is not None else None,
+        )
+        copy.host.copy_(self.lengths, non_blocking=self.pinned)
+        if copy.event is not None:
+            copy.event.record()
+        copy.reserved_at_copy = {slot: state.reserved for slot, state in rows.items()}
+        self._copies.append(copy)
 
     def forget(self, slots: list[int]) -> None:
-        self.valid.difference_update(slots)
+        """The host changed these slots' rows itself: older copies no longer describe them."""
+        for copy in self._copies:
+            for slot in slots:
+                copy.reserved_at_copy.pop(slot, None)
 
     def refresh(self, rows: dict[int, Any]) -> None:
-        if not self.valid or (self.event is not None and not self.event.query()):
+        """Apply the newest copy at least `lag` writes old to `rows` (slot -> host state
+        with `known_len`, `upper_len` and `reserved`)."""
+        if len(self._copies) < self.lag:
             return
-        values = (self.host if self.event is not None else self.lengths).tolist()
-        for slot in self.valid & rows.keys():
-            rows[slot].known_len = rows[slot].upper_len = values[slot]
-        self.valid = set()
+        while len(self._copies) > self.lag:
+            self._spare.append(self._copies.popleft())
+        copy = self._copies.popleft()
+        if copy.event is not None:
+            copy.event.synchronize()
+        values = copy.host.tolist()
+        for slot, reserved_then in copy.reserved_at_copy.items():
+            state = rows.get(slot)
+            if state is None:
+                continue
+            state.known_len = values[slot]
+            state.upper_len = values[slot] + state.reserved - reserved_then
+        self._spare.append(copy)
 
 
 def to_device(values: list[int], device: torch.device) -> torch.Tensor:

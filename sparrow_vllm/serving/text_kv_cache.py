@@ -67,6 +67,8 @@ class _SlotRows:
     # committed rows: exact at the last synchronisation (a lower bound) and an upper bound
     known_len: int = 0
     upper_len: int = 0
+    # rows reserve() ever added to the upper bound (the mirror's copies count from it)
+    reserved: int = 0
     starved: bool = False
 
 
@@ -108,6 +110,13 @@ class TextKVCache:
         self._table_writes: dict[tuple[int, int], int] = {}  # (slot, column) -> block
         self._mirror = LengthMirror(self.lengths)
         self.starved_requests = 0  # requests that gave up rows for lack of blocks, ever
+        # requests whose rows had a gap (a step the drafter never saw), counted on the
+        # device by note_holes() and read by catch_up(); host copy of the last reading
+        self.hole_count = torch.zeros((), dtype=torch.int64, device=device)
+        self.holed_requests = 0
+        # preempted requests (V1 keeps their state to resume them): the only ones whose
+        # rows may be dropped whole when blocks or slots run out
+        self._paused: set[str] = set()
         self._refs = [0] * num_blocks  # holders (requests, reusable entries) of each block
         # token ids -> per token, visual or not: rows whose input token is visual are never
         # stored (the drafter sets the family's rule; row keys need it)
@@ -159,6 +168,7 @@ class TextKVCache:
             "starved_requests": self.starved_requests,
             "reusable_entries": len(self._reuse.entries),
             "reused_rows": self._reuse.reused_rows,
+            "holed_requests": self.holed_requests,
         }
 
     def register_content(self, req_id: str, content: RequestContent) -> None:
@@ -169,9 +179,13 @@ class TextKVCache:
     def prepare(self, req_id: str, seq_start: int, active: set[str], next_seq: list[int]) -> int:
         """The slot of `req_id`, set up for rows starting at target index `seq_start`
         (`next_seq`: the host copy of `self.next_seq`). Call `retire_released()` first."""
+        self._paused.discard(req_id)
         slot = self._slot_of.get(req_id)
         if slot is None:
             slot = self._allocate_slot(req_id, active)
+            # rows before seq_start come from vLLM's prefix cache: adopted when reusable,
+            # else absent by design (not a hole)
+            self.next_seq[slot] = seq_start
             if seq_start > 0 and req_id in self._content:
                 self._adopt_reusable_rows(slot, self._rows[slot], self._content[req_id], seq_start, active)
         else:
@@ -180,9 +194,55 @@ class TextKVCache:
                 self._rewind(slot, seq_start, active)
         return slot
 
+    def pause(self, req_ids: set[str]) -> None:
+        """Requests vLLM preempted but keeps (V1): they resume later and are recomputed,
+        so theirs are the rows to give up first when the pool or the slots run out."""
+        self._paused.update(r for r in req_ids if r in self._slot_of)
+
+    def note_holes(
+        self,
+        # [B] pool slot per request
+        slots: torch.Tensor,
+        # [B] target index of each request's first row this step
+        seq_start: torch.Tensor,
+    ) -> None:
+        """Before a write: a request whose rows start past the next row its slot expects
+        missed a step (the runner ran the target without the drafter). Its cached rows
+        end before the gap, so drafting over them would read a wrong context: they are
+        dropped (first_row moves to the current count) and the request drafts from the
+        rows after the gap on, as after a prefix-cache hit. On the device, no sync;
+        counted in `hole_count` and logged by catch_up()."""
+        hole = seq_start > self.next_seq[slots]
+        lengths = self.lengths[slots]
+        self.first_row[slots] = torch.where(hole, torch.maximum(lengths, self.first_row[slots]),
+                                            self.first_row[slots])
+        self.hole_count += hole.sum()
+
+    def catch_up(self) -> list[int]:
+        """On a step that synchronises anyway (the batch changed): the device's next
+        expected row per slot (returned), and what note_holes() did since the last call
+        (rows given up are freed on the host; a WARNING when requests had holes)."""
+        reading = torch.cat((self.next_seq, self.first_row, self.hole_count.view(1))).tolist()
+        slots = self.num_slots + 1
+        next_seq, first_rows, holes = reading[:slots], reading[slots: 2 * slots], reading[-1]
+        for slot, state in self._rows.items():
+            if first_rows[slot] > state.first_row:
+                self._set_first_row(slot, state, first_rows[slot])
+        if holes > self.holed_requests:
+            logger.warning(
+                "Sparrow draft cache: %d request(s) missed a step's text rows (vLLM ran the "
+                "target without the drafter); each drafts from the rows after the gap on "
+                "(output stays exact; acceptance drops until its window refills). %d so far.",
+                holes - self.holed_requests, holes,
+            )
+            self.holed_requests = holes
+        self._flush()
+        return next_seq
+
     def release(self, req_id: str, keep_rows: bool = True) -> None:
         """A request finished, was aborted or preempted: free its slot; its rows become
         reusable (at the next `retire_released`) when its content is known."""
+        self._paused.discard(req_id)
         slot = self._slot_of.pop(req_id, None)
         content = self._content.pop(req_id, None)
         if slot is None:
@@ -236,20 +296,22 @@ class TextKVCache:
                 # lengths have not landed for many steps): read the exact count once
                 logger.debug("Sparrow draft cache: reading row counts back for slot %d", slot)
                 state.known_len = state.upper_len = int(self.lengths[slot])
+                self._mirror.forget([slot])
                 end = state.upper_len + rows + scratch_rows
             if state.first_row > state.known_len == state.upper_len:
                 # rows were given up up to past its end (out of blocks): cache again from
                 # its exact current length on
                 state.first_row = state.known_len
-                self.first_row[slot] = state.known_len
+                self.first_row[slot : slot + 1].clamp_(min=state.known_len)
             self._drop_unseen(slot, state, end)
             self._back(slot, state, end, active)
             state.upper_len += rows
+            state.reserved += rows
         self._flush()
 
     def after_write(self) -> None:
-        """Start the asynchronous read-back of `lengths` the next reserve() may use."""
-        self._mirror.snapshot()
+        """Start the asynchronous read-back of `lengths` a later reserve() uses."""
+        self._mirror.snapshot(self._rows)
 
     # ---- reuse ----------------------------------------------------------------------------
 
@@ -260,11 +322,12 @@ class TextKVCache:
             index = torch.tensor(block_list, device=self.device)
             seq = self.row_seq[index].flatten()[:length].tolist()
             tokens = self.row_token[index].flatten()[:length].tolist()
-            prompt = list(content.prompt_token_ids)
-            # generated tokens are the input tokens of the rows past the prompt
-            generated = [t for s, t in zip(seq, tokens, strict=True) if s >= len(prompt) - 1]
-            visual = self.visual_token_mask(prompt) + [False] * len(generated)
-            keys = row_keys(prompt + generated, content.mm_items, visual, len(prompt) + len(generated))
+            prefilled = list(content.token_ids)
+            # generated tokens are the input tokens of the rows past the prefilled ones
+            generated = [t for s, t in zip(seq, tokens, strict=True) if s >= len(prefilled) - 1]
+            visual = self.visual_token_mask(prefilled) + [False] * len(generated)
+            keys = row_keys(prefilled + generated, content.mm_items, visual,
+                            len(prefilled) + len(generated), content.namespace)
             rows = matching_rows(seq, keys)
         keep = -(-rows // self.block_size)
         for logical, block in state.blocks.items():
@@ -277,9 +340,9 @@ class TextKVCache:
         self, slot: int, state: _SlotRows, content: RequestContent, seq_start: int, active: set[str]
     ) -> None:
         """Start a request whose first `seq_start` target rows came from vLLM's prefix
-        cache with the longest run of reusable rows matching its prompt."""
-        keys = row_keys(content.prompt_token_ids, content.mm_items,
-                        self.visual_token_mask(content.prompt_token_ids), seq_start)
+        cache with the longest run of reusable rows matching the tokens it is prefilled with."""
+        keys = row_keys(content.token_ids, content.mm_items,
+                        self.visual_token_mask(content.token_ids), seq_start, content.namespace)
         match = self._reuse.longest_match(keys)
         if match is None:
             return
@@ -354,7 +417,8 @@ class TextKVCache:
             self._free_block(slot, state, logical)
         if row > state.first_row:
             state.first_row = row
-            self.first_row[slot] = row
+            # never below the device's own (note_holes may have raised it)
+            self.first_row[slot : slot + 1].clamp_(min=row)
 
     def _free_block(self, slot: int, state: _SlotRows, logical: int) -> None:
         self._unref(state.blocks.pop(logical))
@@ -390,10 +454,11 @@ class TextKVCache:
         return block
 
     def _reclaim(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> None:
-        """Free at least one block: a paused request's rows, else the oldest block of a
-        request holding more blocks than this one, else this request's oldest block below
-        `logical`, else any request's oldest block (never a block its coming write needs)."""
-        paused = next((r for r in self._slot_of if r not in active), None)
+        """Free at least one block: a paused (preempted) request's rows, else the oldest
+        block of a request holding more blocks than this one, else this request's oldest
+        block below `logical`, else any request's oldest block (never a block its coming
+        write needs). A live request merely not scheduled this step keeps its rows."""
+        paused = self._oldest_paused(active)
         if paused is not None:
             logger.warning(
                 "Sparrow draft cache out of blocks: dropping the cached rows of paused request "
@@ -444,11 +509,13 @@ class TextKVCache:
 
     def _allocate_slot(self, req_id: str, active: set[str]) -> int:
         if not self._free_slots:
-            victim = next((r for r in self._slot_of if r not in active), None)
+            victim = self._oldest_paused(active)
             if victim is None:
                 raise RuntimeError(
                     f"Sparrow draft cache: all {self.num_slots} slots belong to requests "
-                    "of this batch; the cache needs more slots than max_num_seqs"
+                    "vLLM has not preempted (at most max_num_seqs run at once, and the cache "
+                    "has twice as many slots): a request finished or was preempted without "
+                    "the drafter being told; this vLLM version's runner is not supported"
                 )
             logger.warning(
                 "Sparrow draft cache full: dropping the cached rows of paused request %s "
@@ -461,6 +528,10 @@ class TextKVCache:
         self._rows[slot] = _SlotRows(req_id)
         self._reset_device(slot)
         return slot
+
+    def _oldest_paused(self, active: set[str]) -> str | None:
+        """The least recently used paused request (never one of this step's batch)."""
+        return next((r for r in self._slot_of if r in self._paused and r not in active), None)
 
     def _reset_device(self, slot: int) -> None:
         self.lengths[slot] = 0

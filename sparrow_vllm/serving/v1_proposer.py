@@ -69,6 +69,10 @@ class SparrowProposer(EagleProposer):
         if self.drafter is not None:
             self.drafter.on_requests_added(request_contents(new_reqs))
 
+    def on_requests_preempted(self, req_ids: set[str]) -> None:
+        if self.drafter is not None:
+            self.drafter.on_requests_preempted(req_ids)
+
     def on_requests_resumed(self, req_ids: set[str]) -> None:
         if self.drafter is not None:
             self.drafter.on_requests_resumed(req_ids)

@@ -282,7 +282,8 @@ def test_paused_request_is_evicted_only_when_slots_run_out():
     drafter = _drafter(_draft(), slots=2)
     seqs = [Sequence(10, seed=s) for s in range(3)]
     _step(drafter, [("r0", seqs[0], 0, 4, 4), ("r1", seqs[1], 0, 4, 4)])
-    _step(drafter, [("r1", seqs[1], 4, 1, 1), ("r2", seqs[2], 0, 4, 4)])  # r0 paused
+    drafter.on_requests_preempted({"r0"})  # what the V1 runner adapter passes on
+    _step(drafter, [("r1", seqs[1], 4, 1, 1), ("r2", seqs[2], 0, 4, 4)])
     assert set(drafter.cached_rows()) == {"r1", "r2"}
 
 
@@ -290,9 +291,24 @@ def test_paused_request_gives_its_blocks_first_when_the_pool_runs_dry():
     drafter = _drafter(_draft(), slots=4, blocks=12, block_size=4)
     seqs = [Sequence(60, seed=s) for s in range(2)]
     _step(drafter, [("r0", seqs[0], 0, 30, 30)])
-    _step(drafter, [("r1", seqs[1], 0, 30, 30)])  # r0 paused; r1 needs its blocks
+    drafter.on_requests_preempted({"r0"})
+    _step(drafter, [("r1", seqs[1], 0, 30, 30)])  # r1 needs r0's blocks
     assert set(drafter.cached_rows()) == {"r1"}
     assert drafter.cached_rows()["r1"]["seq"] == list(range(30))
+    _check_cache(drafter.cache)
+
+
+def test_unscheduled_live_request_keeps_its_newest_rows_when_the_pool_runs_dry():
+    """A running request that vLLM merely did not schedule this step (token budget) is not
+    paused: it gives up its oldest blocks like any live request, never all its rows."""
+    drafter = _drafter(_draft(), slots=4, blocks=12, block_size=4)
+    seqs = [Sequence(60, seed=s) for s in range(2)]
+    _step(drafter, [("r0", seqs[0], 0, 30, 30)])
+    _step(drafter, [("r1", seqs[1], 0, 30, 30)])  # r0 not scheduled, not preempted
+    rows = drafter.cached_rows()
+    assert set(rows) == {"r0", "r1"}
+    assert rows["r0"]["seq"] and rows["r0"]["seq"][-1] == 29  # its newest rows stay
+    assert drafter.cache.stats()["starved_requests"] >= 1
     _check_cache(drafter.cache)
 
 
@@ -364,3 +380,24 @@ def test_cuda_decode_step_does_not_synchronise():
         drafter.step(decode, 3, sample)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_step_the_drafter_missed_leaves_no_silent_hole():
+    """The runner ran the target for one step without the drafter (V1 does so near
+    max_model_len): the rows before the gap are dropped, counted and logged, never read as
+    if the sequence were whole."""
+    drafter = _drafter(_draft())
+    a, b = Sequence(40, seed=1), Sequence(40, seed=2)
+    _step(drafter, [("a", a, 0, 10, 10)])
+    _step(drafter, [("a", a, 10, 4, 2)])  # rows 0..11 cached
+    # target rows 12..13 were verified without the drafter; it sees rows 14.. next
+    _step(drafter, [("a", a, 14, 4, 3)])
+    assert drafter.cached_rows()["a"]["seq"] == [14, 15, 16]
+    _step(drafter, [("a", a, 17, 4, 1), ("b", b, 0, 5, 5)])  # a batch change reads the count
+    assert drafter.cache.stats()["holed_requests"] == 1
+    assert drafter.cached_rows()["a"]["seq"] == [14, 15, 16, 17]
+    _check_cache(drafter.cache)
+    # a prefix-cache start is no hole: rows before it were never the drafter's
+    _step(drafter, [("a", a, 18, 1, 1), ("b", b, 5, 1, 1), ("c", Sequence(30, seed=3), 12, 6, 6)])
+    _step(drafter, [("a", a, 19, 1, 1), ("b", b, 6, 1, 1)])
+    assert drafter.cache.stats()["holed_requests"] == 1
