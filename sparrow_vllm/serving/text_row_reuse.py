@@ -8,11 +8,16 @@ the multimodal items among them. So the rows of a finished request can serve any
 request with the same prefix (the next turn of a chat, a repeated system prompt and video).
 
 A row's content key is a chained hash over the tokens x[0..i+1], with each multimodal
-item's identifier (vLLM's content hash of the image or video) folded in at its offset, as
-vLLM's own block hashes do. Finished requests leave their rows in the draft cache as
+item's identifier (vLLM's content hash of the image or video) folded in at its offset and
+the request's LoRA adapter (name, path) and cache_salt at its start, as vLLM's own block
+hashes do (vllm/v1/core/kv_cache_utils.py): requests share rows only where vLLM's prefix
+cache could share their KV blocks. The tokens are those the request is prefilled with: its
+prompt, and, when Model Runner V2 re-sends a preempted request as new
+(`prefill_token_ids`), the tokens it had generated, so that it adopts its own rows back
+past its prompt. Finished and preempted requests leave their rows in the draft cache as
 `ReusableRows` entries, indexed by key, evicted least recently used when blocks run out.
 A new request whose first step starts at target index L > 0 takes the longest run of
-rows whose keys match its prompt up to x[L - 1]; the one row it cannot get is row L - 1
+rows whose keys match its tokens up to x[L - 1]; the one row it cannot get is row L - 1
 (its input token x[L] lies past the cached prefix, and its hidden state was never
 computed for this request).
 """
@@ -27,29 +32,49 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RequestContent:
-    """What keys a request's rows: its prompt and the multimodal items in it."""
+    """What keys a request's rows: the tokens it is prefilled with, the multimodal items
+    among them, and what else keys vLLM's prefix cache."""
 
-    prompt_token_ids: tuple[int, ...]
+    # the prompt, then (Model Runner V2 re-sending a preempted request) the tokens it had
+    # generated: all the tokens the target computes the request's rows from
+    token_ids: tuple[int, ...]
     # (offset, length, identifier) of each multimodal item
     mm_items: tuple[tuple[int, int, str], ...] = ()
+    # the LoRA adapter (name, path) and cache_salt, as vLLM's block hashes take them
+    namespace: tuple[tuple[str, ...], ...] = ()
+    # how many of token_ids are the prompt (None: all of them)
+    prompt_len: int | None = None
+
+    @property
+    def prompt_token_ids(self) -> tuple[int, ...]:
+        return self.token_ids[: self.prompt_len]
 
     @classmethod
-    def from_vllm(cls, prompt_token_ids: Sequence[int], mm_features: Iterable[Any] | None) -> RequestContent:
-        """From vLLM's NewRequestData fields (MultiModalFeatureSpec: identifier, mm_position)."""
+    def from_vllm(cls, new_req: Any) -> RequestContent:
+        """From vLLM's NewRequestData: prompt_token_ids, prefill_token_ids (V2 only),
+        mm_features (MultiModalFeatureSpec: identifier, mm_position), lora_request, and
+        cache_salt (carried over by vllm_patches entry 12)."""
+        prompt = tuple(new_req.prompt_token_ids)
+        prefill = new_req.prefill_token_ids
         items = tuple(
-            (f.mm_position.offset, f.mm_position.length, str(f.identifier)) for f in (mm_features or ())
+            (f.mm_position.offset, f.mm_position.length, str(f.identifier))
+            for f in (new_req.mm_features or ())
         )
-        return cls(tuple(prompt_token_ids), items)
+        namespace: list[tuple[str, ...]] = []
+        lora = new_req.lora_request
+        if lora:  # vllm/v1/core/kv_cache_utils.py _gen_lora_extra_hash_keys
+            namespace.append(("lora", lora.lora_name, lora.lora_path))
+        if new_req.cache_salt:
+            namespace.append(("cache_salt", new_req.cache_salt))
+        return cls(
+            prompt if prefill is None else tuple(prefill), items, tuple(namespace), len(prompt)
+        )
 
 
 def request_contents(new_reqs: Iterable[Any]) -> dict[str, RequestContent]:
     """req_id -> content, from vLLM's NewRequestData list (requests without token ids,
     e.g. prompt embeddings, are left out: their rows are not reused)."""
-    return {
-        r.req_id: RequestContent.from_vllm(r.prompt_token_ids, r.mm_features)
-        for r in new_reqs
-        if r.prompt_token_ids is not None
-    }
+    return {r.req_id: RequestContent.from_vllm(r) for r in new_reqs if r.prompt_token_ids is not None}
 
 
 def row_keys(
@@ -57,13 +82,15 @@ def row_keys(
     mm_items: Iterable[tuple[int, int, str]],
     visual: Sequence[bool],
     end: int,
+    namespace: tuple[tuple[str, ...], ...],
 ) -> list[tuple[int, int]]:
     """(target index i, content key) of each text row i with i + 1 < end, in order. Row i is
     a text row when its input token tokens[i + 1] is not visual (`visual`, per token, the
-    family's rule: the rows the drafter commits)."""
+    family's rule: the rows the drafter commits). `namespace` (RequestContent.namespace)
+    seeds the chain: requests of other LoRA adapters or cache salts share no key."""
     identifiers = {offset: ident for offset, _, ident in mm_items}
     keys: list[tuple[int, int]] = []
-    h = 0
+    h = hash(namespace)
     for pos in range(min(end, len(tokens))):
         if pos in identifiers:
             h = hash((h, identifiers[pos]))

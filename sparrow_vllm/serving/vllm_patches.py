@@ -115,6 +115,16 @@ Ledger (what / why / how / what upstream change removes it):
          that its output reproduces.
    gone: when vLLM's scheduler takes a pluggable draft-length policy.
 
+12. NewRequestData.from_request (vllm/v1/core/sched/output.py; both model runners)
+   why:  vLLM's prefix cache keys KV blocks by the request's cache_salt (and LoRA adapter),
+         so requests with other salts never share them; the draft's reusable text rows
+         (text_row_reuse.py) must follow the same rule, but NewRequestData, all the model
+         runner learns of a new request, has the LoRA request and not the salt.
+   how:  after the original, set `cache_salt` on the NewRequestData from the scheduler's
+         Request (it reaches the workers with the rest: SchedulerOutput is pickled);
+         `NewRequestData.cache_salt = None` for those built otherwise (V2's warm-up).
+   gone: when NewRequestData carries cache_salt.
+
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
 runners.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
@@ -470,6 +480,24 @@ def _patch_topk_topp_sampler(module: ModuleType) -> None:
     module.apply_top_k_only = apply_top_k_only
 
 
+# ---- 12. the cache_salt of new requests, for the draft's reusable rows -------------------
+
+
+def _patch_sched_output(module: ModuleType) -> None:
+    data_cls = module.NewRequestData
+    original = data_cls.from_request.__func__
+
+    @functools.wraps(original)
+    def from_request(cls: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        data = original(cls, request, *args, **kwargs)
+        data.cache_salt = request.cache_salt
+        return data
+
+    setattr(from_request, _MARK, True)
+    data_cls.cache_salt = None  # NewRequestData not built from a Request (V2's warm-up)
+    data_cls.from_request = classmethod(from_request)
+
+
 # ---- applying patches on import ----------------------------------------------------------
 
 _PATCHES: dict[str, Callable[[ModuleType], None]] = {
@@ -479,6 +507,7 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.utils.cpu_triton_utils": _patch_cpu_triton_utils,
     "vllm.v1.sample.ops.topk_topp_sampler": _patch_topk_topp_sampler,
     "vllm.v1.core.sched.scheduler": _patch_scheduler,
+    "vllm.v1.core.sched.output": _patch_sched_output,
 }
 
 

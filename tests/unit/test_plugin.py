@@ -72,3 +72,28 @@ def test_a_runner_without_adapter_cannot_run_the_draft_as_eagle():
 
     with pytest.raises(UnknownRunnerError, match="VLLM_USE_V2_MODEL_RUNNER"):
         SparrowDraftForCausalLM(vllm_config=object())
+
+
+def test_new_request_data_carries_the_cache_salt_to_the_runner():
+    """vLLM's NewRequestData has no cache_salt; ledger entry 12 carries it over from the
+    scheduler's Request, so draft rows are keyed by it as vLLM's prefix cache is."""
+    code = (
+        "from sparrow_vllm.serving import plugin\n"
+        "plugin.register()\n"
+        "from vllm import SamplingParams\n"
+        "from vllm.lora.request import LoRARequest\n"
+        "from vllm.v1.core.sched.output import NewRequestData\n"
+        "from vllm.v1.request import Request\n"
+        "from sparrow_vllm.serving.text_row_reuse import request_contents\n"
+        "def content(salt, lora=None):\n"
+        "    r = Request('r', [1, 2, 3], SamplingParams(), None, cache_salt=salt, lora_request=lora)\n"
+        "    return request_contents([NewRequestData.from_request(r, ([],), [1, 2, 3, 4])])['r']\n"
+        "a, b, none = content('a'), content('b'), content(None)\n"
+        "assert a == content('a') and len({a, b, none}) == 3, (a, b, none)\n"
+        "assert content('a', LoRARequest('x', 1, '/x')) not in (a, content('a', LoRARequest('x', 1, '/y')))\n"
+        "assert a.token_ids == (1, 2, 3, 4) and a.prompt_token_ids == (1, 2, 3), a\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
