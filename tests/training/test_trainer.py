@@ -55,7 +55,9 @@ def test_validation_reports_acceptance_and_saves_a_loadable_draft(tiny_world, tm
     trainer = _trainer(tiny_world, tmp_path, steps=2)
     trainer.fit()
     entry = trainer.validate()
-    assert entry["drafts"] > 0 and 1.0 <= entry["acceptance_length"] <= 4.0
+    # two steps already learn the tiny target's commonest answers: acceptance length 2.0
+    # (an untrained draft: 1.0)
+    assert entry["drafts"] > 0 and entry["acceptance_length"] > 1.5, entry
     assert len(entry["per_position_rate"]) == 3
     out = trainer.save_draft(["test"])
     config = json.loads((out / "config.json").read_text())
