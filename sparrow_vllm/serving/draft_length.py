@@ -250,20 +250,17 @@ class SchedulerDraftLength:
     (`SchedulerOutput.num_spec_tokens_to_schedule`, which both model runners pass to the
     drafter), times each step, and counts what each verify pass accepted."""
 
-    def __init__(
-        self,
-        max_drafts: int,
-        clock: Callable[[], float] = time.monotonic,
-        seeded_draws_follow_k: bool = False,
-    ) -> None:
-        """seeded_draws_follow_k: the runner draws a seeded request's random numbers from a
-        per-request generator that advances with every draw (the V1 runner), so the tokens
-        such a request gets depend on how many drafts each of its steps verified. Steps
-        with a seeded request at T > 0 then draft K_max, as with a fixed K, so that its
-        output reproduces. Model Runner V2 keys every draw by (seed, position): no pin."""
+    def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """Steps that schedule a request sampling at T > 0 with its own seed draft K_max, as
+        with a fixed K, on both runners: such a request's token at a position depends on
+        whether and what was drafted there, so a K that follows load would change its
+        output with the batch it shares. V1 draws from a per-request generator that
+        advances with every draw. Model Runner V2 keys draws by (seed, position) but not
+        the choice: a drafted position is accepted if log p(d) > log u(seed, pos) and
+        otherwise resampled without d, an undrafted one is a plain Gumbel(seed, pos) draw
+        (on emulated V2, fixed K = 1 and K = 4 give a seeded request different tokens)."""
         self.policy = DraftLengthPolicy(max_drafts, clock)
         self.clock = clock
-        self.seeded_draws_follow_k = seeded_draws_follow_k
         self._pending: dict[int, tuple[StepShape, int, float]] = {}
         self._last_output = float("-inf")
         self._warned_seeded = False
@@ -277,7 +274,7 @@ class SchedulerDraftLength:
              requests[req_id].num_computed_tokens + q >= requests[req_id].num_tokens)
             for req_id, q in scheduler_output.num_scheduled_tokens.items()
         ], 1 + self.policy.max_drafts)
-        if self.seeded_draws_follow_k and self._any_seeded(scheduler_output, requests):
+        if self._any_seeded(scheduler_output, requests):
             k = self.policy.max_drafts
         else:
             k = self.policy.choose(shape)
@@ -295,11 +292,11 @@ class SchedulerDraftLength:
                     self._warned_seeded = True
                     logger.warning(
                         "Sparrow adaptive draft length: steps with a seeded request "
-                        "(SamplingParams.seed at T > 0) draft K = %d, as with a fixed K: the "
-                        "V1 runner's per-request generators advance with every draw, so a "
-                        "varying K would change that request's tokens from run to run. "
-                        "Costs what adaptive K would save while such requests run; Model "
-                        "Runner V2 needs no pin",
+                        "(SamplingParams.seed at T > 0) draft K = %d, as with a fixed K: "
+                        "on both runners (V1 and Model Runner V2) a seeded request's token "
+                        "depends on whether and what was drafted at its position, so a "
+                        "varying K would change its tokens with load and batch. Costs what "
+                        "adaptive K would save while such requests run",
                         self.policy.max_drafts,
                     )
                 return True

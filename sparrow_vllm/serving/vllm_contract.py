@@ -314,6 +314,12 @@ TOUCH_POINTS: list[TouchPoint] = [
        "the draft-length policy reads each request's context"),
     TP("vllm.v1.request", "Request.num_tokens", "attribute",
        "a request whose context reaches it samples this step"),
+    TP("vllm.v1.request", "Request.sampling_params", "attribute",
+       "the draft-length policy pins K while a seeded request at T > 0 is scheduled"),
+    TP("vllm.sampling_params", "SamplingParams.sampling_type", "attribute",
+       "vLLM's rule for a seeded request at T > 0 (RANDOM_SEED), read by the policy"),
+    TP("vllm.sampling_params", "SamplingType.RANDOM_SEED", "attribute",
+       "the sampling type of a request with its own seed at T > 0"),
     TP("vllm.config.speculative", "SpeculativeConfig.num_speculative_tokens_per_batch_size",
        "attribute", "entry 1 turns vLLM's dynamic speculation on for adaptive draft length"),
     # ---- vllm_patches.py 8 and 9: CPU build's sampling fixes --------------------------

@@ -111,8 +111,11 @@ Ledger (what / why / how / what upstream change removes it):
          sets the step's num_spec_tokens_to_schedule; before update_from_output it
          records the step's time and accepted drafts. When vLLM has turned dynamic
          speculation off (data parallel), it logs a WARNING and drafts K every step. On
-         the V1 runner, steps with a seeded request at T > 0 draft K (WARNING once), so
-         that its output reproduces.
+         both runners, steps with a seeded request at T > 0 draft K (WARNING once), so
+         that its output does not change with load and batch: its token at a position
+         depends on whether and what was drafted there (V1: per-request generators
+         advance with every draw; V2: accept test on u(seed, pos) at a drafted position,
+         a Gumbel(seed, pos) draw at an undrafted one).
    gone: when vLLM's scheduler takes a pluggable draft-length policy.
 
 12. NewRequestData.from_request (vllm/v1/core/sched/output.py; both model runners)
@@ -409,9 +412,7 @@ def _patch_scheduler(module: ModuleType) -> None:
             return
         from sparrow_vllm.serving.draft_length import SchedulerDraftLength
 
-        self.sparrow_draft_length = SchedulerDraftLength(
-            self.num_spec_tokens, seeded_draws_follow_k=not vllm_config.use_v2_model_runner
-        )
+        self.sparrow_draft_length = SchedulerDraftLength(self.num_spec_tokens)
         logger.info("Sparrow draft length: adaptive, 0..%d drafts per step", self.num_spec_tokens)
 
     @functools.wraps(original_after)

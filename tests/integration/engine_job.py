@@ -14,6 +14,10 @@ The job names the target, the speculative config (or none), engine settings, pro
   distribution   per sampling setting, `samples` sampled outputs of one prompt in one
                  batch, and the acceptance counters of that setting (distribution)
   seeded_outputs the outputs of requests with per-request seeds, twice (seeded_round)
+  seeded_alone_batched  seeded requests at T > 0 run alone, then batched with greedy
+                 long-video requests, and the draft length of every step that scheduled
+                 one (seeded_alone_batched; runs before the rounds, so the policy starts
+                 fresh)
   draft_lengths  steps per draft length chosen by the adaptive draft-length policy
   step_inputs    what the target handed the Sparrow drafter at each step, and the
                  prompts' token ids (record_step_inputs)
@@ -156,6 +160,52 @@ def draft_lengths_chosen(llm) -> dict[str, int] | None:
     return None if policy is None else {str(k): n for k, n in sorted(policy.policy.chosen.items())}
 
 
+def _record_seeded_steps(llm) -> list[int]:
+    """The draft length (num_spec_tokens_to_schedule) of every step from now on that
+    schedules a request sampling at T > 0 with its own seed."""
+    from vllm.sampling_params import SamplingType
+
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    schedule, steps = scheduler.schedule, []
+
+    def recording_schedule(*args, **kwargs):
+        out = schedule(*args, **kwargs)
+        if any(scheduler.requests[r].sampling_params.sampling_type == SamplingType.RANDOM_SEED
+               for r in out.num_scheduled_tokens):
+            steps.append(out.num_spec_tokens_to_schedule)
+        return out
+
+    scheduler.schedule = recording_schedule
+    return steps
+
+
+def seeded_alone_batched(llm, spec: dict) -> dict:
+    """Requests with seeds spec["seeds"] at T = spec["temperature"], on prompt
+    spec["seeded"], run alone, then again batched (first, so they are admitted and
+    scheduled first) with greedy requests of spec["companions"] (long videos): the tokens
+    of both runs and the draft length of each step that scheduled a seeded request. The
+    alone run is meant to be the engine's first generate call: the draft-length policy then
+    starts with its warm-up (K_max, 0, K_max, K_max / 2, ...); the batched run sees a fitted
+    policy and other step shapes."""
+    from vllm import SamplingParams
+
+    tokenizer = llm.get_tokenizer()
+    n = len(spec["seeds"])
+    seeded = [build_prompt(spec["seeded"], tokenizer)] * n
+    companions = [build_prompt(p, tokenizer) for p in spec["companions"]]
+    hot = [SamplingParams(temperature=spec["temperature"], seed=seed, max_tokens=spec["max_tokens"],
+                          ignore_eos=True) for seed in spec["seeds"]]
+    greedy = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
+    steps = _record_seeded_steps(llm)
+    alone = llm.generate(seeded, hot, use_tqdm=False)
+    alone_ks = list(steps)
+    steps.clear()
+    batched = llm.generate(seeded + companions, hot + [greedy] * len(companions), use_tqdm=False)[:n]
+    return {"alone": [list(g.outputs[0].token_ids) for g in alone],
+            "batched": [list(g.outputs[0].token_ids) for g in batched],
+            "alone_ks": alone_ks, "batched_ks": list(steps)}
+
+
 def spec_metrics(llm) -> dict:
     out = {}
     for metric in llm.get_metrics():
@@ -228,6 +278,8 @@ def main(job_path: str, result_path: str) -> None:
         spec = job["prompts"][job["inspect_after_prefill"]]
         result["inspected_prompt_ids"] = llm.get_tokenizer()(build_prompt(spec)["prompt"]).input_ids
         result["cached_rows"] = inspect_after_prefill(llm, prompts[job["inspect_after_prefill"]], params)
+    if job.get("seeded_alone_batched"):
+        result["seeded_alone_batched"] = seeded_alone_batched(llm, job["seeded_alone_batched"])
     result["outputs"] = []
     for _ in range(job.get("rounds", 1)):
         generated = llm.generate(prompts, params, use_tqdm=False)

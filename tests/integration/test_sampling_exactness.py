@@ -109,22 +109,53 @@ def test_speculation_keeps_the_target_distribution(runner, method, reference, nu
         assert not comparison.differs(ALPHA), (method, run["setting"], comparison.summary())
 
 
-def test_per_request_seeds_reproduce_sparrow_output(runner, tmp_path):
+@pytest.fixture(scope="module")
+def seeded(runner, tmp_path_factory) -> dict:
+    """One engine (Sparrow, adaptive draft length) for the per-request seed tests. Its
+    first generate call is the seeded requests alone (seeded_alone_batched), so the policy
+    starts with its warm-up and K varies there (K_max, 0, K_max, K_max / 2, ...)."""
+    prompts = [PROMPT] * 3 + [{"toy_scene": {"seed": 1, "index": 1, "frames": 16, "question": "describe"}}]
+    job = {
+        "target": str(TOY_WORLD / "target"), "speculative_config": METHODS["sparrow"],
+        "engine": {"max_model_len": 1024, "max_num_seqs": 8, "limit_mm_per_prompt": {"video": 1}},
+        "prompts": prompts, "rounds": 0, "max_tokens": 16, "seeded_round": True,
+        "seeded_alone_batched": {
+            # T = 2 on the ambiguous clip (tens of distinct tokens per position), so a
+            # token that depends on whether its position was drafted can show
+            "seeded": PROMPT, "seeds": list(range(7, 13)), "temperature": 2.0, "max_tokens": 16,
+            "companions": [{"toy_scene": {"seed": 1, "index": i, "frames": 64, "question": "describe"}}
+                           for i in (5, 6)],
+        },
+    }
+    result = run_engine_job(job, tmp_path_factory.mktemp(f"seeded-{runner}"), runner=runner)
+    assert_ran_on(result, runner)
+    return result
+
+
+def test_per_request_seeds_reproduce_sparrow_output(seeded):
     """SamplingParams(seed=...) at T = 1: the same requests give the same tokens when run
     again in another order (so in other batch rows), and other seeds give other tokens. vLLM's V1 runner on the CPU build
     cannot rewind a seeded CPU generator (torch's CPU generator has no offset), so a
     seeded request whose prompt is split into chunks fails there; these prompts fit one
     step."""
-    prompts = [PROMPT] * 3 + [{"toy_scene": {"seed": 1, "index": 1, "frames": 16, "question": "describe"}}]
-    job = {
-        "target": str(TOY_WORLD / "target"), "speculative_config": METHODS["sparrow"],
-        "engine": {"max_model_len": 1024, "max_num_seqs": 4, "limit_mm_per_prompt": {"video": 1}},
-        "prompts": prompts, "rounds": 0, "max_tokens": 16, "seeded_round": True,
-    }
-    result = run_engine_job(job, tmp_path, runner=runner)
-    assert_ran_on(result, runner)
-    first, second = result["seeded_outputs"]
+    first, second = seeded["seeded_outputs"]
     assert first == second
     assert all(len(tokens) == 16 for tokens in first)
     # one prompt, three seeds: the seeds matter (fixed by the seeds, so never flaky)
     assert len({tuple(tokens) for tokens in first[:3]}) > 1, first
+
+
+def test_seeded_requests_give_their_tokens_alone_and_batched_with_long_videos(seeded):
+    """Seeded requests at T = 2 give the same tokens alone (the adaptive policy's warm-up,
+    which drafts 0 on its second step) and batched with greedy long-video requests (a
+    fitted policy, other step shapes). Both runners' rejection samplers make a seeded
+    request's token depend on whether and what was drafted at its position (V1: its
+    generator advances with every draw; V2: a drafted position is an accept test on
+    u(seed, pos), an undrafted one a Gumbel(seed, pos) draw), so every step that schedules
+    one must draft K_max."""
+    run = seeded["seeded_alone_batched"]
+    k_max = METHODS["sparrow"]["num_speculative_tokens"]
+    assert [len(tokens) for tokens in run["alone"]] == [16] * 6
+    assert run["alone"] == run["batched"], run
+    assert run["alone_ks"] and run["batched_ks"], run
+    assert set(run["alone_ks"]) == set(run["batched_ks"]) == {k_max}, run

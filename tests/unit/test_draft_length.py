@@ -166,8 +166,8 @@ def test_refuses_a_zero_draft_budget():
 def test_scheduler_adapter_sets_k_and_counts_accepted_drafts():
     clock = iter(np.arange(0, 100, 0.01)).__next__
     adapter = SchedulerDraftLength(K_MAX, clock=lambda: float(clock()))
-    requests = {"a": SimpleNamespace(num_computed_tokens=99, num_tokens=100),
-                "b": SimpleNamespace(num_computed_tokens=10, num_tokens=100)}
+    requests = {"a": SimpleNamespace(num_computed_tokens=99, num_tokens=100, sampling_params=None),
+                "b": SimpleNamespace(num_computed_tokens=10, num_tokens=100, sampling_params=None)}
     out = SimpleNamespace(total_num_scheduled_tokens=5 + 50, num_scheduled_tokens={"a": 5, "b": 50},
                           scheduled_spec_decode_tokens={"a": [-1] * 4}, num_spec_tokens_to_schedule=K_MAX)
     adapter.on_scheduled(out, requests)
@@ -180,21 +180,24 @@ def test_scheduler_adapter_sets_k_and_counts_accepted_drafts():
     assert adapter.policy.cost.observations == 1
 
 
-@pytest.mark.parametrize("seeded_draws_follow_k", [True, False])
-def test_a_seeded_request_pins_k_where_the_runner_draws_per_generator(seeded_draws_follow_k, caplog):
-    """The V1 runner's seeded generators advance with every draw: while a seeded request at
-    T > 0 runs, every step drafts K_max (its output reproduces). Model Runner V2 keys draws
-    by position: the policy keeps choosing (warm-up's second decision is K = 0)."""
-    adapter = SchedulerDraftLength(K_MAX, seeded_draws_follow_k=seeded_draws_follow_k)
+def test_a_seeded_request_pins_k(caplog):
+    """Both runners' rejection samplers make a seeded request's token depend on whether and
+    what was drafted at its position (V1: its generator advances with every draw; Model
+    Runner V2: a drafted position is an accept test on u(seed, pos), an undrafted one a
+    Gumbel(seed, pos) draw). While a seeded request at T > 0 is scheduled, every step
+    drafts K_max (as the scheduler builds the adapter, on either runner), with one WARNING
+    naming the cost; greedy and unseeded requests leave the policy choosing."""
+    adapter = SchedulerDraftLength(K_MAX)
     from vllm import SamplingParams
 
     seeded = SamplingParams(seed=7, temperature=1.0)
     unseeded = SamplingParams(temperature=1.0)
     greedy_seeded = SamplingParams(seed=7, temperature=0.0)
 
-    def step(params: SamplingParams) -> int:
-        requests = {"a": SimpleNamespace(num_computed_tokens=99, num_tokens=100, sampling_params=params)}
-        out = SimpleNamespace(total_num_scheduled_tokens=1, num_scheduled_tokens={"a": 1},
+    def step(*params: SamplingParams) -> int:
+        requests = {f"r{i}": SimpleNamespace(num_computed_tokens=99, num_tokens=100, sampling_params=p)
+                    for i, p in enumerate(params)}
+        out = SimpleNamespace(total_num_scheduled_tokens=len(params), num_scheduled_tokens=dict.fromkeys(requests, 1),
                               scheduled_spec_decode_tokens={}, num_spec_tokens_to_schedule=K_MAX)
         adapter.on_scheduled(out, requests)
         return out.num_spec_tokens_to_schedule
@@ -202,10 +205,10 @@ def test_a_seeded_request_pins_k_where_the_runner_draws_per_generator(seeded_dra
     with caplog.at_level(logging.WARNING, logger="sparrow_vllm.serving.draft_length"):
         assert step(unseeded) == K_MAX  # warm-up decision 1: K_max
         assert step(greedy_seeded) == 0  # greedy draws nothing: warm-up decision 2, K = 0
-        ks = [step(seeded) for _ in range(4)]
-    if seeded_draws_follow_k:
-        assert ks == [K_MAX] * 4
-        assert sum("seeded request" in r.getMessage() for r in caplog.records) == 1
-    else:
-        assert ks == [round(f * K_MAX) for f in (1.0, 0.5, 1.0, 0.0)]
-        assert not caplog.records
+        ks = [step(seeded), step(unseeded, seeded), step(seeded, greedy_seeded), step(seeded)]
+        resumed = [step(unseeded), step(unseeded)]
+    assert ks == [K_MAX] * 4
+    # pinned steps are no decisions: the policy resumes at warm-up decisions 3 and 4
+    assert resumed == [K_MAX, round(0.5 * K_MAX)]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "seeded request" in warnings[0] and "Model Runner V2" in warnings[0], warnings
