@@ -164,6 +164,7 @@ class SparrowDraftSetup:
             spec.draft_model_config.model, self.family, vllm_aux_hidden_states=True
         )
         self.options = SparrowServingOptions.of(spec)
+        self.use_local_argmax_reduction: bool = bool(getattr(spec, "use_local_argmax_reduction", False))
         self.num_speculative_tokens: int = spec.num_speculative_tokens
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.max_num_seqs: int = vllm_config.scheduler_config.max_num_seqs
@@ -179,6 +180,13 @@ class SparrowDraftSetup:
         model = SparrowDraftForCausalLM.from_checkpoint(
             self.checkpoint, language_model_of(target_model), dtype, device
         )
+        if self.use_local_argmax_reduction and not model.supports_top_tokens():
+            raise SparrowConfigError(
+                f"use_local_argmax_reduction: the target's language model "
+                f"({type(model.target_language_model).__name__}) has no logits_processor and "
+                "lm_head to take a vocab-parallel argmax over; remove use_local_argmax_reduction "
+                "from --speculative-config"
+            )
         return TextAnchoredDrafter(
             model,
             self._allocate_cache(dtype, device),

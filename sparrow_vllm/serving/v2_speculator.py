@@ -18,7 +18,8 @@ What V2 gives `propose` and how it maps (per request b of the batch, rows flatte
                                             feature layer is not the final one
 Draft tokens are sampled by DraftModelSpeculator.sample_draft (argmax, or V2's Gumbel
 sampler with the draft-logits cache for `draft_sample_method: probabilistic`), so V2's
-rejection sampler sees the proposal distribution it expects.
+rejection sampler sees the proposal distribution it expects; with
+`use_local_argmax_reduction` the argmax is SparrowDraftForCausalLM.get_top_tokens.
 
 CUDA graphs: the drafting step runs eagerly (logged once; see ledger entry 7 in
 vllm_patches.py for why).
@@ -66,6 +67,8 @@ class SparrowSpeculator(DraftModelSpeculator):
     def load_model(self, target_model: nn.Module) -> None:
         """The draft has no vLLM attention layers and reads no multimodal embeddings."""
         self.model = self.load_draft_model(target_model, set())
+        # vLLM's own check, as DraftModelSpeculator.load_model runs it: greedy drafts only
+        self._validate_local_argmax_reduction()
         self.draft_attn_layer_names = set()
         self.supports_mm_inputs = False
         if self.use_acceptance_estimator:

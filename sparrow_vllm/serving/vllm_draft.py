@@ -67,6 +67,25 @@ class SparrowDraftForCausalLM(nn.Module):
         assert self.target_language_model is not None, "bind the target first"
         return self.target_language_model.compute_logits(hidden_states)
 
+    def get_top_tokens(
+        self,
+        # [T, H]
+        hidden_states: torch.Tensor,
+    ) -> torch.Tensor:  # [T] int64
+        """Greedy draft tokens without gathering the full logits (vLLM's
+        `use_local_argmax_reduction`): the target's vocab-parallel LM head takes each rank's
+        argmax and gathers one (value, index) pair per rank. A draft's own LM head is whole
+        on every rank, so its argmax needs no communication at all."""
+        if self.own_lm_head is not None:
+            return self.compute_logits(hidden_states).argmax(dim=-1)
+        lm = self.target_language_model
+        return lm.logits_processor.get_top_tokens(lm.lm_head, hidden_states)
+
+    def supports_top_tokens(self) -> bool:
+        """Whether get_top_tokens has an LM head to reduce over."""
+        lm = self.target_language_model
+        return self.own_lm_head is not None or (hasattr(lm, "logits_processor") and hasattr(lm, "lm_head"))
+
     def forward(
         self,
         # [T, H]

@@ -62,6 +62,19 @@ def test_draft_length_schedule_with_zero_keeps_greedy_output(baseline, runner, t
     assert 1 + _accepted(result) > 2.0
 
 
+def test_local_argmax_reduction_drafts_the_same_tokens(baseline, runner, tmp_path):
+    """vLLM's `use_local_argmax_reduction` (greedy drafts by a vocab-parallel argmax of the
+    LM head, no all-gather of the draft's logits) drafts what the full argmax drafts."""
+    plain = {**_job(sparrow(TOY_WORLD / "sparrow-draft", k=4)), "record_drafts": True}
+    local = {**plain, "speculative_config": {**plain["speculative_config"], "use_local_argmax_reduction": True}}
+    expected = run_engine_job(plain, tmp_path, runner=runner)
+    result = run_engine_job(local, tmp_path, runner=runner)
+    assert_ran_on(result, runner)
+    assert result["outputs"] == baseline["outputs"]
+    assert result["drafts"] == expected["drafts"] and result["greedy_draft_steps"] > 10
+    assert 1 + _accepted(result) > 2.0
+
+
 def test_full_visual_draft_runs_under_vllm_eagle(baseline, runner, tmp_path):
     eagle = {"method": "eagle", "model": str(TOY_WORLD / "eagle-draft"), "num_speculative_tokens": 4}
     result = run_engine_job(_job(eagle), tmp_path, runner=runner)

@@ -122,3 +122,25 @@ def test_workers_refuse_a_sparrow_draft_without_sparrow_options(engine_args_cls,
     delattr(config.speculative_config, OPTIONS_ATTRIBUTE)
     with pytest.raises(SparrowConfigError, match="no Sparrow options"):
         SparrowDraftSetup(config)  # both runner adapters build this in the worker
+
+
+def test_local_argmax_reduction_takes_the_argmax_of_the_drafts_lm_head(engine_args_cls):
+    """`use_local_argmax_reduction` (vLLM's vocab-parallel greedy drafting): a draft's own
+    LM head needs no reduction; a target language model without an LM head to reduce over
+    is refused when the drafter is built (start-up), naming the fix. The target-head path
+    runs in tests/integration/test_toy_world.py."""
+    import torch
+    from torch import nn
+
+    from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
+    from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+
+    own = SparrowDraftForCausalLM()
+    own.own_lm_head = torch.randn(50, 8)
+    hidden = torch.randn(5, 8)
+    assert own.supports_top_tokens()
+    assert torch.equal(own.get_top_tokens(hidden), (hidden @ own.own_lm_head.t()).argmax(dim=-1))
+    config = _engine_config(engine_args_cls, "--speculative-config", json.dumps(
+        {"method": "sparrow", "model": DRAFT, "num_speculative_tokens": 4, "use_local_argmax_reduction": True}))
+    with pytest.raises(SparrowConfigError, match="remove use_local_argmax_reduction"):
+        SparrowDraftSetup(config).build_drafter(nn.Module(), torch.float32, torch.device("cpu"))
