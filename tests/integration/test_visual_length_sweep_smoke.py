@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.toy_models import ENGINE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
+ACCEPTANCE_FLOOR = 2.0
 
 
 def test_visual_length_sweep_smoke(tmp_path):
@@ -28,7 +29,9 @@ def test_visual_length_sweep_smoke(tmp_path):
         assert row["text_equal_to_none"], (method, n)
         assert row["prefill_s"] > 0 and row["decode_s"] > 0
         if method != "none":
-            assert 1.0 <= row["acceptance_length"] <= 5.0
+            # the toy world's trained drafts (K = 4) reach ~4 greedy; a draft that drafts
+            # garbage stays at ~1.0
+            assert row["acceptance_length"] > ACCEPTANCE_FLOOR, (method, n, row["acceptance_length"])
             assert len(row["per_position_rate"]) == 4 and row["draft_ms_per_step"] > 0
     assert rows[("none", 64)]["dsr"] == 1.0
     assert set(result["targets"]) >= {"draft_step_within_1.1x", "sparrow_dsr_above_1_and_eagle"}
