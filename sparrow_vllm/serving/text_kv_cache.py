@@ -63,6 +63,14 @@ class _SlotRows:
     req_id: str
     # logical block -> physical block, for every block from first_row's on
     blocks: dict[int, int] = field(default_factory=dict)
+    # lowest and highest logical block held (hi < lo: none). The blocks held form one run
+    # [lo, hi] except after rows past a request's end were given up (rare, see _back), so
+    # reserve() looks only at the blocks a step adds or drops, not at the whole context
+    lo: int = 0
+    hi: int = -1
+    # logical block -> when it was taken (cache-wide count): blocks are freed oldest taken
+    # first, the order `blocks` iterates in, without iterating it
+    taken: dict[int, int] = field(default_factory=dict)
     first_row: int = 0
     # committed rows: exact at the last synchronisation (a lower bound) and an upper bound
     known_len: int = 0
@@ -118,6 +126,7 @@ class TextKVCache:
         # rows may be dropped whole when blocks or slots run out
         self._paused: set[str] = set()
         self._refs = [0] * num_blocks  # holders (requests, reusable entries) of each block
+        self._holds = 0  # blocks requests ever took (orders each request's `taken`)
         # token ids -> per token, visual or not: rows whose input token is visual are never
         # stored (the drafter sets the family's rule; row keys need it)
         self.visual_token_mask: Callable[[Sequence[int]], list[bool]] = lambda ids: [False] * len(ids)
@@ -387,6 +396,13 @@ class TextKVCache:
     # ---- internals ----------------------------------------------------------------------
 
     def _hold(self, slot: int, state: _SlotRows, logical: int, block: int) -> None:
+        if logical not in state.blocks:
+            if not state.blocks:
+                state.lo = state.hi = logical
+            else:
+                state.lo, state.hi = min(state.lo, logical), max(state.hi, logical)
+            state.taken[logical] = self._holds
+            self._holds += 1
         state.blocks[logical] = block
         self._table_writes[(slot, logical % self.table_width)] = block
 
@@ -413,7 +429,9 @@ class TextKVCache:
 
     def _set_first_row(self, slot: int, state: _SlotRows, row: int) -> None:
         first_block = row // self.block_size
-        for logical in [j for j in state.blocks if j < first_block]:
+        below = [j for j in range(state.lo, min(first_block, state.hi + 1)) if j in state.blocks]
+        below.sort(key=state.taken.__getitem__)
+        for logical in below:
             self._free_block(slot, state, logical)
         if row > state.first_row:
             state.first_row = row
@@ -422,19 +440,37 @@ class TextKVCache:
 
     def _free_block(self, slot: int, state: _SlotRows, logical: int) -> None:
         self._unref(state.blocks.pop(logical))
+        del state.taken[logical]
         self._table_writes[(slot, logical % self.table_width)] = self.trash_block
+        if not state.blocks:
+            state.lo, state.hi = 0, -1
+        elif logical == state.lo:
+            while state.lo not in state.blocks:
+                state.lo += 1
+        elif logical == state.hi:
+            while state.hi not in state.blocks:
+                state.hi -= 1
 
     def _back(self, slot: int, state: _SlotRows, end: int, active: set[str]) -> None:
         """Allocate the missing blocks of rows [first_row, end), newest first; rows that
-        cannot be backed are given up (first_row moves past them)."""
+        cannot be backed are given up (first_row moves past them).
+
+        When the blocks held form one run [lo, hi], the missing ones are those above hi
+        and below lo: the walk skips the run (while it allocates, the only blocks this
+        request can lose are its lowest, so the run stays one). Only after rows past its
+        end were given up (reserve() moved first_row back down) can the run have a gap;
+        then every block is looked at until the gap fills."""
+        one_run = len(state.blocks) == state.hi - state.lo + 1
         logical = (end - 1) // self.block_size
         while logical >= state.first_row // self.block_size:
-            if logical not in state.blocks:
-                block = self._take_block(slot, state, logical, active)
-                if block is None:
-                    self._starve(slot, state, (logical + 1) * self.block_size)
-                    return
-                self._hold(slot, state, logical, block)
+            if logical in state.blocks:
+                logical = state.lo - 1 if one_run else logical - 1
+                continue
+            block = self._take_block(slot, state, logical, active)
+            if block is None:
+                self._starve(slot, state, (logical + 1) * self.block_size)
+                return
+            self._hold(slot, state, logical, block)
             logical -= 1
 
     def _take_block(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> int | None:
@@ -470,9 +506,8 @@ class TextKVCache:
         richer = [d for n, d in donors if n > len(state.blocks) + 1]
         if richer and self._give_oldest(richer[0]):
             return
-        older = [j for j in state.blocks if j < logical]
-        if older:
-            self._starve(slot, state, (min(older) + 1) * self.block_size)
+        if state.blocks and state.lo < logical:  # its oldest block below `logical`
+            self._starve(slot, state, (state.lo + 1) * self.block_size)
             return
         for _, donor in donors:
             if self._give_oldest(donor):
@@ -481,7 +516,7 @@ class TextKVCache:
     def _give_oldest(self, slot: int) -> bool:
         """Free `slot`'s oldest block if its coming write cannot need it."""
         rows = self._rows[slot]
-        oldest = min(rows.blocks, default=None)
+        oldest = rows.lo if rows.blocks else None
         if oldest is None or (oldest + 1) * self.block_size > rows.known_len:
             return False
         self._starve(slot, rows, (oldest + 1) * self.block_size)

@@ -148,6 +148,10 @@ def _check_cache(cache):
         state = cache._rows[slot]
         first, length = int(cache.first_row[slot]), int(cache.lengths[slot])
         assert first == state.first_row and state.known_len <= length <= state.upper_len
+        # the allocator's bounds of the blocks held, and their order taken
+        held = list(state.blocks)
+        assert (state.lo, state.hi) == ((min(held), max(held)) if held else (0, -1)), req_id
+        assert sorted(held, key=state.taken.__getitem__) == held, req_id
         for row in range(first, length):
             logical = row // cache.block_size
             assert logical in state.blocks, (req_id, row)
