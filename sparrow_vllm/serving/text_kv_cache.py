@@ -116,6 +116,9 @@ class TextKVCache:
         self._slot_of: OrderedDict[str, int] = OrderedDict()
         self._rows: dict[int, _SlotRows] = {}
         self._table_writes: dict[tuple[int, int], int] = {}  # (slot, column) -> block
+        # slot -> row its device first_row is raised to (at least) at the next _flush: one
+        # device op per step, not one per request whose window moved
+        self._first_row_floors: dict[int, int] = {}
         self._mirror = LengthMirror(self.lengths)
         self.starved_requests = 0  # requests that gave up rows for lack of blocks, ever
         # requests whose rows had a gap (a step the drafter never saw), counted on the
@@ -436,7 +439,7 @@ class TextKVCache:
         if row > state.first_row:
             state.first_row = row
             # never below the device's own (note_holes may have raised it)
-            self.first_row[slot : slot + 1].clamp_(min=row)
+            self._first_row_floors[slot] = max(self._first_row_floors.get(slot, row), row)
 
     def _free_block(self, slot: int, state: _SlotRows, logical: int) -> None:
         self._unref(state.blocks.pop(logical))
@@ -535,12 +538,19 @@ class TextKVCache:
         self._set_first_row(slot, state, first_row)
 
     def _flush(self) -> None:
-        if not self._table_writes:
+        writes, floors = self._table_writes, self._first_row_floors
+        if not writes and not floors:
             return
-        (slots, columns), blocks = zip(*self._table_writes, strict=True), self._table_writes.values()
-        index = to_device([*slots, *columns, *blocks], self.device).view(3, -1)
-        self.block_table[index[0], index[1]] = index[2].to(torch.int32)
-        self._table_writes.clear()
+        slots, columns = zip(*writes, strict=True) if writes else ((), ())
+        index = to_device([*slots, *columns, *writes.values(), *floors, *floors.values()], self.device)
+        if writes:
+            table = index[: 3 * len(writes)].view(3, -1)
+            self.block_table[table[0], table[1]] = table[2].to(torch.int32)
+        if floors:
+            raised = index[3 * len(writes):].view(2, -1)
+            self.first_row[raised[0]] = torch.maximum(self.first_row[raised[0]], raised[1])
+        writes.clear()
+        floors.clear()
 
     def _allocate_slot(self, req_id: str, active: set[str]) -> int:
         if not self._free_slots:
@@ -569,6 +579,7 @@ class TextKVCache:
         return next((r for r in self._slot_of if r in self._paused and r not in active), None)
 
     def _reset_device(self, slot: int) -> None:
+        self._first_row_floors.pop(slot, None)
         self.lengths[slot] = 0
         self.first_row[slot] = 0
         self.next_seq[slot] = 0
