@@ -92,15 +92,17 @@ def assert_ran_on(result: dict, runner: str, sparrow: bool = True) -> None:
         assert info["sparrow_adapter"] == runner and info["sparrow_steps"] > 0, info
 
 
-def run_engine_job(job: dict, tmp_path: Path, timeout: float = 600, runner: str = "v1") -> dict:
-    """Run engine_job.py in a fresh process (one engine at a time) on `runner` and return
-    its JSON."""
+def run_engine_job(
+    job: dict, tmp_path: Path, timeout: float = 600, runner: str = "v1", env: dict | None = None
+) -> dict:
+    """Run engine_job.py in a fresh process (one engine at a time) on `runner` (with `env`
+    added to its environment) and return its JSON."""
     workdir = Path(tempfile.mkdtemp(dir=tmp_path))
     job_file, result_file = workdir / "job.json", workdir / "result.json"
     job_file.write_text(json.dumps(job, default=str))
     # The engine core runs in this subprocess: every request is queued before the first
     # step, so batches (and so drafts) are the same from run to run.
-    env = {**os.environ, **runner_env(runner), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env = {**os.environ, **runner_env(runner), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(JOB), str(job_file), str(result_file)],
         env=env, capture_output=True, text=True, timeout=timeout,

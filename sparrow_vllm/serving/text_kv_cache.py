@@ -314,7 +314,10 @@ class TextKVCache:
                 # rows were given up up to past its end (out of blocks): cache again from
                 # its exact current length on
                 state.first_row = state.known_len
-                self.first_row[slot : slot + 1].clamp_(min=state.known_len)
+                # lowered on the device too: known_len is the exact count, at or above any
+                # gap note_holes() marked, so no row before a gap becomes visible
+                self._first_row_floors.pop(slot, None)
+                self.first_row[slot] = state.known_len
             self._drop_unseen(slot, state, end)
             self._back(slot, state, end, active)
             state.upper_len += rows

@@ -37,7 +37,10 @@ Ledger (what / why / how / what upstream change removes it):
          batch is unchanged, so it must be told. New requests' prompts (token ids and
          multimodal hashes) key the text rows the draft cache keeps for reuse after a
          prefix-cache hit.
-   how:  before the original, pass `scheduled_cached_reqs.resumed_req_ids` to
+   how:  before the original, pass `preempted_req_ids` (set by the scheduler on every
+         step, documented as V2's) to `drafter.on_requests_preempted` (their rows are the
+         ones given up first when the draft cache runs out; a live request merely not
+         scheduled this step keeps its rows), `scheduled_cached_reqs.resumed_req_ids` to
          `drafter.on_requests_resumed` and `scheduled_new_reqs` to
          `drafter.on_requests_added`.
    gone: with drafter hooks for resumed and new requests.
@@ -117,6 +120,17 @@ Ledger (what / why / how / what upstream change removes it):
          advance with every draw; V2: accept test on u(seed, pos) at a drafted position,
          a Gumbel(seed, pos) draw at an undrafted one).
    gone: when vLLM's scheduler takes a pluggable draft-length policy.
+
+11. GPUModelRunner._input_fits_in_drafter (V1 model runner)
+   why:  V1 skips the drafter for the whole batch on a step where any request is within K
+         tokens of max_model_len (EAGLE's own KV cache has no slots past it). The Sparrow
+         draft keeps no vLLM KV cache (its positions are clamped below max_model_len), but
+         a skipped step leaves a gap in every request's text rows. The drafter detects
+         such gaps anyway (TextKVCache.note_holes: rows before a gap are dropped, counted
+         and logged); this patch keeps them from happening.
+   how:  for a Sparrow drafter, the input fits whenever the runner built drafter
+         metadata; otherwise call the original.
+   gone: when vLLM asks the proposer whether it can draft near max_model_len.
 
 12. NewRequestData.from_request (vllm/v1/core/sched/output.py; both model runners)
    why:  vLLM's prefix cache keys KV blocks by the request's cache_salt (and LoRA adapter),
@@ -297,6 +311,7 @@ def _patch_model_runner(module: ModuleType) -> None:
     original_init = runner_cls.__init__
     original_removed = runner_cls._on_request_state_removed
     original_update = runner_cls._update_states
+    original_fits = runner_cls._input_fits_in_drafter
 
     @functools.wraps(original_init)
     def __init__(self: Any, vllm_config: Any, device: Any) -> None:
@@ -321,15 +336,23 @@ def _patch_model_runner(module: ModuleType) -> None:
         drafter = getattr(self, "drafter", None)
         resumed = getattr(drafter, "on_requests_resumed", None)
         if resumed is not None:
+            drafter.on_requests_preempted(set(scheduler_output.preempted_req_ids or ()))
             resumed(set(scheduler_output.scheduled_cached_reqs.resumed_req_ids))
             drafter.on_requests_added(scheduler_output.scheduled_new_reqs)
         return original_update(self, scheduler_output)
 
-    for fn in (__init__, _on_request_state_removed, _update_states):
+    @functools.wraps(original_fits)
+    def _input_fits_in_drafter(self: Any, common_attn_metadata: Any) -> bool:
+        if getattr(getattr(self, "drafter", None), "adapter_name", None) == "v1":
+            return common_attn_metadata is not None  # entry 11: Sparrow drafts every step
+        return original_fits(self, common_attn_metadata)
+
+    for fn in (__init__, _on_request_state_removed, _update_states, _input_fits_in_drafter):
         setattr(fn, _MARK, True)
     runner_cls.__init__ = __init__
     runner_cls._on_request_state_removed = _on_request_state_removed
     runner_cls._update_states = _update_states
+    runner_cls._input_fits_in_drafter = _input_fits_in_drafter
 
 
 # ---- 5 and 6. Model Runner V2 ---------------------------------------------------------

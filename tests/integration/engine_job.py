@@ -4,11 +4,14 @@ Usage: python engine_job.py JOB.json RESULT.json
 
 The job names the target, the speculative config (or none), engine settings, prompts
 (text, optionally with a synthetic video and/or image), and what to record:
-  outputs        greedy output token ids per prompt, per round
+  outputs        greedy output token ids per prompt, per round (every second round in
+                 reverse order with alternate_order)
+  prefix_cache   vLLM's prefix-cache queries and hits (tokens) of each round
   metrics        vLLM's spec-decode counters
   drafts         every [B, K] draft the runner's drafter returned (record_drafts)
   cached_rows    the Sparrow draft cache after a prefill (inspect_after_prefill)
-  sampled_outputs  one extra round at temperature 0.8 (sampled_round)
+  sampled_outputs  one extra round at temperature 0.8, and the spec-decode counters of
+                 that round alone (sampled_metrics) (sampled_round)
   mixed_greedy_outputs  the greedy requests of a batch that interleaves greedy and T = 1
                  requests (mixed_round)
   distribution   per sampling setting, `samples` sampled outputs of one prompt in one
@@ -21,6 +24,11 @@ The job names the target, the speculative config (or none), engine settings, pro
   draft_lengths  steps per draft length chosen by the adaptive draft-length policy
   step_inputs    what the target handed the Sparrow drafter at each step, and the
                  prompts' token ids (record_step_inputs)
+  late_starts    each time the Sparrow draft cache set a request up past its first row
+                 (a prefix-cache hit, or a preempted request resuming), the rows it then
+                 held (record_late_starts)
+  ranks          per tensor-parallel rank: the Sparrow cache's stats and rows, and its
+                 recorded drafts (per_rank)
 """
 
 from __future__ import annotations
@@ -140,6 +148,33 @@ def _install_step_recorder(worker):
     return True
 
 
+def _install_late_start_recorder(worker):
+    """Record each request the draft cache sets up at a target index > 0 (a new slot: a
+    new request after a prefix-cache hit, or Model Runner V2 re-sending a preempted one;
+    or a rewound slot: V1 resuming a preempted one) and the rows it then holds."""
+    cache = _speculative_adapter(worker).drafter.cache
+    cache.recorded_late_starts = []
+    prepare = cache.prepare
+
+    def recording_prepare(req_id, seq_start, *args):
+        slot = cache.slot_of(req_id)
+        late = seq_start > 0 and (slot is None or seq_start < int(cache.next_seq[slot]))
+        out = prepare(req_id, seq_start, *args)
+        if late:
+            cache.recorded_late_starts.append(
+                {"req_id": req_id, "seq_start": seq_start, "new_slot": slot is None,
+                 "rows": cache.committed(req_id)[0]}
+            )
+        return out
+
+    cache.prepare = recording_prepare
+    return True
+
+
+def _recorded_late_starts(worker):
+    return _speculative_adapter(worker).drafter.cache.recorded_late_starts
+
+
 def _recorded_step_inputs(worker):
     return _speculative_adapter(worker).drafter.recorded_inputs
 
@@ -214,6 +249,17 @@ def spec_metrics(llm) -> dict:
     return out
 
 
+def prefix_cache_counters(llm) -> dict:
+    """vLLM's prefix-cache counters (tokens queried and tokens found cached) so far."""
+    names = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
+    return {names[m.name]: m.value for m in llm.get_metrics() if m.name in names}
+
+
+def metrics_delta(before: dict, after: dict) -> dict:
+    return {name: (after.get(name) or 0) - (before.get(name) or 0) for name in after
+            if not isinstance(after[name], list)}
+
+
 def inspect_after_prefill(llm, prompt: dict, params) -> dict:
     """Prefill one request with the step API, then read the draft cache."""
     engine = llm.llm_engine
@@ -274,16 +320,22 @@ def main(job_path: str, result_path: str) -> None:
         llm.collective_rpc(_install_draft_recorder)
     if job.get("record_step_inputs"):
         llm.collective_rpc(_install_step_recorder)
+    if job.get("record_late_starts"):
+        llm.collective_rpc(_install_late_start_recorder)
     if job.get("inspect_after_prefill") is not None:
         spec = job["prompts"][job["inspect_after_prefill"]]
         result["inspected_prompt_ids"] = llm.get_tokenizer()(build_prompt(spec)["prompt"]).input_ids
         result["cached_rows"] = inspect_after_prefill(llm, prompts[job["inspect_after_prefill"]], params)
     if job.get("seeded_alone_batched"):
         result["seeded_alone_batched"] = seeded_alone_batched(llm, job["seeded_alone_batched"])
-    result["outputs"] = []
-    for _ in range(job.get("rounds", 1)):
-        generated = llm.generate(prompts, params, use_tqdm=False)
+    result["outputs"], result["prefix_cache"] = [], []
+    for round_index in range(job.get("rounds", 1)):
+        before = prefix_cache_counters(llm)
+        # alternate_order: every second round asks the prompts in reverse order
+        ordered = prompts[::-1] if job.get("alternate_order") and round_index % 2 else prompts
+        generated = llm.generate(ordered, params, use_tqdm=False)
         result["outputs"].append([list(g.outputs[0].token_ids) for g in generated])
+        result["prefix_cache"].append(metrics_delta(before, prefix_cache_counters(llm)))
         result["prompt_lens"] = [len(g.prompt_token_ids) for g in generated]
     if job.get("record_drafts"):
         recorded = llm.collective_rpc(_recorded_drafts)[0]
@@ -297,8 +349,10 @@ def main(job_path: str, result_path: str) -> None:
         # no top-p: Model Runner V2's top-k/top-p Triton kernel does not run in Triton's
         # interpreter (AttributeError inside the kernel), which is how V2 runs on this CPU
         sampled = SamplingParams(temperature=0.8, max_tokens=16, ignore_eos=True)
+        before = spec_metrics(llm)
         generated = llm.generate(prompts, sampled, use_tqdm=False)
         result["sampled_outputs"] = [list(g.outputs[0].token_ids) for g in generated]
+        result["sampled_metrics"] = metrics_delta(before, spec_metrics(llm))
     if job.get("mixed_round"):
         # greedy requests interleaved with sampled ones (T = 1) in one batch: the greedy
         # ones must still give their greedy-only tokens
@@ -324,8 +378,12 @@ def main(job_path: str, result_path: str) -> None:
     result["metrics"] = spec_metrics(llm)
     result["draft_lengths"] = draft_lengths_chosen(llm)
     result["runner_info"] = llm.collective_rpc(_runner_info)[0]
+    if job.get("record_late_starts"):
+        result["late_starts"] = llm.collective_rpc(_recorded_late_starts)[0]
     if job.get("record_drafts"):
         result["drafts"] = llm.collective_rpc(_recorded_drafts)[0]
+    if job.get("per_rank"):
+        result["ranks"] = llm.collective_rpc(_rank_state)
     if job.get("speculative_config"):
         result["cached_rows_after"] = llm.collective_rpc(
             _cached_rows if job["speculative_config"]["method"] == "sparrow" else _no_rows
@@ -336,6 +394,14 @@ def main(job_path: str, result_path: str) -> None:
 
 def _no_rows(worker):
     return {}
+
+
+def _rank_state(worker) -> dict:
+    """One tensor-parallel rank's drafter: its cache's stats and rows, and every draft it
+    made (when recorded): ranks must agree on all of it."""
+    adapter = _speculative_adapter(worker)
+    return {"draft_cache": adapter.drafter.cache.stats(), "cached_rows": adapter.cached_rows(),
+            "drafts": getattr(adapter, "recorded", None)}
 
 
 if __name__ == "__main__":
