@@ -180,7 +180,7 @@ class TextKVCache:
             "starved_requests": self.starved_requests,
             "reusable_entries": len(self._reuse.entries),
             "reused_rows": self._reuse.reused_rows,
-            "holed_requests": self.holed_requests,
+            "holed_requests": int(self.hole_count),  # reads the device counter
         }
 
     def register_content(self, req_id: str, content: RequestContent) -> None:
