@@ -24,12 +24,16 @@ ENGINE = {
     "enable_chunked_prefill": True,
     "max_num_batched_tokens": 128,
     "limit_mm_per_prompt": {"video": 1, "image": 1},
+    # KV blocks of 32 tokens (the CPU default, 128, is longer than every prompt here, so
+    # vLLM's prefix cache would hold nothing): a repeated video prompt finds its first
+    # block, text and video tokens, in the prefix cache
+    "block_size": 32,
 }
 
 
 @pytest.fixture(scope="module")
 def baseline(toy_models, runner, tmp_path_factory):
-    job = {"target": str(toy_models["vl_target"]), "engine": ENGINE, "prompts": PROMPTS}
+    job = {"target": str(toy_models["vl_target"]), "engine": ENGINE, "prompts": PROMPTS, "rounds": 2}
     return run_engine_job(job, tmp_path_factory.mktemp("vl-baseline"), runner=runner)
 
 
@@ -41,6 +45,7 @@ def sparrow_run(toy_models, runner, tmp_path_factory):
         "engine": ENGINE,
         "prompts": PROMPTS,
         "inspect_after_prefill": 0,
+        "rounds": 2,
     }
     return run_engine_job(job, tmp_path_factory.mktemp("vl-sparrow"), runner=runner)
 
@@ -50,6 +55,16 @@ def test_greedy_output_equals_target_alone(baseline, sparrow_run, runner):
     assert sparrow_run["outputs"] == baseline["outputs"]
     assert sparrow_run["metrics"]["vllm:spec_decode_num_drafts"] > 0
     assert sparrow_run["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 0
+
+
+def test_prefix_cache_hits_on_video_prompts_keep_output_exact(baseline, sparrow_run):
+    """Round 1's prompt 0 repeats the inspected (aborted) request, and round 2 repeats
+    round 1: vLLM serves their first blocks, video tokens included, from its prefix cache;
+    the draft starts from the cached requests' text rows and the output stays the target's."""
+    first, second = sparrow_run["prefix_cache"]
+    assert first["hits"] > 0 and second["hits"] > 0, sparrow_run["prefix_cache"]
+    assert sparrow_run["outputs"][1] == sparrow_run["outputs"][0] == baseline["outputs"][0]
+    assert sparrow_run["runner_info"]["draft_cache"]["reused_rows"] > 0, sparrow_run["runner_info"]
 
 
 def test_draft_cache_after_video_prefill_holds_no_visual_rows(toy_models, sparrow_run):
