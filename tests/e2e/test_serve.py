@@ -63,22 +63,30 @@ def test_chat_with_video_streaming_and_not(toy_models, start_server, tmp_path, r
         }
     ]
     full = client.chat.completions.create(
-        model=model, messages=messages, max_tokens=16, temperature=0.0,
-        extra_body={"ignore_eos": True},
+        model=model, messages=messages, max_tokens=16, temperature=0.0, logprobs=True, top_logprobs=2,
+        extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True},
     )
     assert full.usage.completion_tokens == 16
-    assert full.choices[0].message.content
+    # Greedy: each token is the target's own top choice at its position (the logprobs come
+    # from the verifying forward); a draft token taken without verification would not be.
+    # vLLM lists the chosen token first, then the top ones: with 2 listed, a chosen token
+    # that is not the top one has the top one after it, more likely.
+    chosen = full.choices[0].logprobs.content
+    assert len(chosen) == 16
+    assert all(t.logprob == max(top.logprob for top in t.top_logprobs) for t in chosen), chosen
 
     stream = client.chat.completions.create(
         model=model, messages=messages, max_tokens=16, temperature=0.0, stream=True,
         extra_body={"ignore_eos": True},
     )
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-    assert streamed == full.choices[0].message.content
+    assert streamed and streamed == full.choices[0].message.content
 
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert _counter(metrics, "vllm:spec_decode_num_drafts_total") > 0
     assert _counter(metrics, "vllm:spec_decode_num_draft_tokens_total") > 0
+    # drafts were accepted, so the tokens checked above include verified draft tokens
+    assert _counter(metrics, "vllm:spec_decode_num_accepted_tokens_total") > 0
     # The plugin's INFO lines reach vLLM's own log, and name the runner adapter that drafted.
     log = server.log.read_text()
     assert ADAPTER_LOG[runner] in log
