@@ -148,6 +148,41 @@ def test_prefix_cache_hits_keep_output_exact(toy_models, runner, tmp_path):
     assert spec["runner_info"]["draft_cache"]["reused_rows"] > 0, spec["runner_info"]
 
 
+def test_preempted_request_gets_its_rows_back(toy_models, runner, tmp_path):
+    """Two 20-token prompts, 120 tokens each, in 9 KV blocks of 32: the second request is
+    preempted after ~100 generated tokens and resumes when the first finishes, vLLM's
+    prefix cache serving its first 64 tokens (EAGLE-style drafts recompute the last
+    matched block). It must get its draft rows back up to row 62, past its prompt: V1
+    keeps its slot and rewinds it; Model Runner V2 re-sends it as new with the tokens it
+    generated, and it adopts the rows it left (keyed by the tokens prefilled, not by its
+    prompt alone, which stopped at row 18)."""
+    prompts = [{"text": " " + " ".join(WORDS[i : i + 4] * 5)} for i in range(2)]
+    engine = {**HARD_SCHEDULING, "enable_prefix_caching": True, "block_size": 32,
+              "num_gpu_blocks_override": 9}
+    job = {"target": str(toy_models["text_target"]), "engine": engine, "prompts": prompts,
+           "max_tokens": 120}
+    base = run_engine_job(job, tmp_path, runner=runner)
+    spec = run_engine_job(
+        {**job, "speculative_config": sparrow(toy_models["text_draft"]), "record_late_starts": True},
+        tmp_path,
+        runner=runner,
+    )
+    assert_ran_on(spec, runner)
+    assert spec["outputs"] == base["outputs"]
+    prompt_lens = spec["prompt_lens"]
+    resumed = [s for s in spec["late_starts"]
+               if s["seq_start"] > prompt_lens[int(s["req_id"].split("-")[0])] + 1]
+    assert resumed, spec["late_starts"]  # a request resumed past its prompt
+    for start in resumed:
+        # every row but the one before the hit (its input token was never computed here);
+        # a text target's rows are all text rows
+        hit = start["seq_start"]
+        assert start["rows"][: hit - 1] == list(range(hit - 1)), start
+        assert start["new_slot"] == (runner == "v2"), start
+    if runner == "v2":
+        assert spec["runner_info"]["draft_cache"]["reused_rows"] >= resumed[0]["seq_start"] - 1
+
+
 def test_text_budget_smaller_than_the_requests_keeps_output_exact(toy_models, baseline, runner, tmp_path):
     """A text_row_budget of the minimum (2 blocks of 16 rows for each of 6 sequences) for
     6 concurrent requests whose text exceeds one block: requests give up their oldest rows
