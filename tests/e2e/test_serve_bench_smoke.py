@@ -11,6 +11,9 @@ from pathlib import Path
 from tests.toy_models import ENGINE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
+# draft tokens accepted: 0.7-1.0 with the toy world's trained draft (K = 4, greedy), ~0 with
+# garbage drafts
+ACCEPTED_SHARE_FLOOR = 0.4
 
 
 def test_serve_bench_smoke(tmp_path):
@@ -31,8 +34,12 @@ def test_serve_bench_smoke(tmp_path):
         assert row["ttft_mean_s"] > 0 and row["tpot_mean_ms"] > 0 and row["output_tokens_per_s"] > 0
         assert row["text_equal_to_none"] is True
     for concurrency in (1, 2):
+        # adaptive Sparrow drafted at both loads (at most K = 4 tokens a draft), and the
+        # toy world's trained draft was accepted: share of draft tokens accepted (the
+        # adaptive length may draft fewer than K, so not the acceptance length)
         adaptive = rows[("sparrow", concurrency)]
-        assert 0 <= adaptive["draft_tokens"] <= 4 * adaptive["drafts"]
+        assert 0 < adaptive["draft_tokens"] <= 4 * adaptive["drafts"], adaptive
+        assert adaptive["accepted_tokens"] / adaptive["draft_tokens"] > ACCEPTED_SHARE_FLOOR, adaptive
     goals = result["goals"]
     assert [(g["concurrency"], g["tpot_fixed_ms"]) for g in goals] == [(1, None), (2, None)]
     assert all(isinstance(g["adaptive_at_most_none"], bool) for g in goals)
