@@ -1,5 +1,8 @@
 """Every change sparrow-vllm makes to vLLM 0.32 / 0.33, in one place.
 
+(Over 400 lines on purpose: the house rule keeps every monkeypatch and its ledger entry in
+one module, so that what sparrow-vllm changes in vLLM can be read in one place.)
+
 Ledger (what / why / how / what upstream change removes it):
 
 1. EngineArgs.create_speculative_config and EngineArgs.add_cli_args (vllm/engine/arg_utils.py)
