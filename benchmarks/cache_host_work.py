@@ -61,8 +61,12 @@ def _run(module: ModuleType, args: argparse.Namespace, window: int | None) -> di
     )
     req_ids = [f"r{i}" for i in range(args.requests)]
     active = set(req_ids)
-    next_seq = [0] * (cache.num_slots + 1)
-    slots = [cache.prepare(r, 0, active, next_seq) for r in req_ids]
+    if hasattr(cache, "prepare_batch"):
+        zeros = torch.zeros(len(req_ids), dtype=torch.int64, device=cache.device)
+        slots, _ = cache.prepare_batch(req_ids, zeros, [0] * len(req_ids), set())
+    else:  # a revision from before prepare_batch
+        next_seq = [0] * (cache.num_slots + 1)
+        slots = [cache.prepare(r, 0, active, next_seq) for r in req_ids]
     slot_index = torch.tensor(slots, device=cache.device)
     # the prompt: one prefill chunk of `context` text rows per request (synchronising)
     cache.sync(slots, [0] * len(slots))

@@ -103,7 +103,8 @@ def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
     drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(filter_visual, device), max_model_len=1 << 20,
                                   max_draft_tokens=k)
     req_ids = [f"r{i}" for i in range(args.batch)]
-    slots = [cache.prepare(r, 0, set(req_ids), [0] * (args.batch + 1)) for r in req_ids]
+    zeros = torch.zeros(args.batch, dtype=torch.int64, device=device)
+    slots, _ = cache.prepare_batch(req_ids, zeros, [0] * args.batch, set())
     # every request has seen its V + T prompt rows; `rows` of them are cached (in blocks)
     cache.reserve(slots, [rows] * args.batch, k, set(req_ids))
     cache.lengths[: args.batch] = rows
@@ -126,6 +127,7 @@ def _decode_inputs(args, req_ids, device, dtype) -> StepInputs:
         sample_idx=torch.arange(b, device=device) * n + n - 1,
         query_start=torch.arange(b + 1, device=device) * n,
         seq_start=torch.full((b,), start, device=device),
+        seq_start_host=[start] * b,
         num_valid=torch.full((b,), n, device=device),
         max_query_len=n,
     )

@@ -78,7 +78,8 @@ class DecodeCase:
         cache = self.cache = drafter.cache
         self.drafter, self.k, self.rows = drafter, k, rows
         drafter.release("r0")
-        slot = cache.prepare("r0", 0, {"r0"}, cache.next_seq.tolist())
+        (slot,), _ = cache.prepare_batch(["r0"], torch.zeros(1, dtype=torch.int64, device=cache.device),
+                                         [0], set())
         cache.reserve([slot], [rows], k, {"r0"})
         cache.k.normal_(generator=g)
         cache.v.normal_(generator=g)
@@ -99,6 +100,7 @@ class DecodeCase:
             sample_idx=torch.tensor([accepted]),
             query_start=torch.tensor([0, n]),
             seq_start=torch.tensor([start]),
+            seq_start_host=[start],
             num_valid=torch.tensor([accepted + 1]),
             max_query_len=n,
         )

@@ -128,10 +128,16 @@ def plan_text_window(
     window: int | None,
     block_size: int,
     num_rows: int,
+    max_cached: int | None = None,
+    max_new: int | None = None,
 ) -> TextWindowPlan:
     """Indices and mask of `text_window_attention_batched` for `num_rows` rows of q (rows
-    past cu_seqlens[-1] belong to no request and get some padded slot's output). It reads
-    three sizes back: free on CPU; the CUDA path runs the Triton kernel instead."""
+    past cu_seqlens[-1] belong to no request and get some padded slot's output).
+
+    Without bounds it reads three sizes back (free on CPU). With host bounds `max_cached`
+    (of cached rows any query sees) and `max_new` (of rows per request) it reads nothing
+    back and pads to them; `max_new == 1` with `num_rows == B` then means one row per
+    request, in order."""
     device = cu_seqlens.device
     batch = slot_ids.shape[0]
     cu = _int64(cu_seqlens)
@@ -141,7 +147,10 @@ def plan_text_window(
     if window is not None:
         lo = torch.maximum(lo, prefix - (window - 1))
     lo = torch.minimum(lo, prefix)
-    if batch == 0:
+    if max_cached is not None and max_new is not None:
+        num_cached, num_new = max_cached, max_new
+        total = num_rows if max_new == 1 and num_rows == batch else -1
+    elif batch == 0:
         num_cached = num_new = total = 0
     else:
         num_cached, num_new, total = torch.cat(

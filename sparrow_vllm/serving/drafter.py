@@ -48,6 +48,9 @@ class StepInputs:
     query_start: torch.Tensor
     # [B] int64 target sequence index of each request's first row
     seq_start: torch.Tensor
+    # host: seq_start as the runner knows it without reading the device (exact for a
+    # request's first step; an upper bound later, under asynchronous scheduling)
+    seq_start_host: list[int]
     # [B] int64 valid (not rejected) rows per request
     num_valid: torch.Tensor
     # host int, the longest query of the step
@@ -93,6 +96,7 @@ class TextAnchoredDrafter:
         self._last_slot_list: list[int] = []
         self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
         self._last_spans: torch.Tensor | None = None  # [B, R, 2] frame-text segments
+        self._resumed: set[str] = set()  # preempted requests back, to rewind at their next step
 
     def step(
         self, inputs: StepInputs, num_tokens: int, sample: SampleFn
@@ -100,8 +104,8 @@ class TextAnchoredDrafter:
         """Commit this step's verified text rows and draft `num_tokens` tokens per request.
 
         Returns drafts [B, K] and, when `sample` gives them, probabilities [B, K, vocab].
-        A decode step (at most K + 1 rows per request) runs without host synchronisation
-        once the batch's requests are unchanged from the previous step.
+        A decode step (at most K + 1 rows per request) runs without host synchronisation,
+        also when the batch's requests changed; a prefill chunk reads its row counts back.
         """
         self.steps += 1
         batch = len(inputs.req_ids)
@@ -147,7 +151,7 @@ class TextAnchoredDrafter:
             self.model.embed_input_ids(input_ids[order]),
             inputs.hidden_states[order],
             inputs.positions[order].long(),
-            self._attend_fn(rows, records),
+            self._attend_fn(rows, records, self.cache.visible_rows_bound(self._last_slot_list, 0)),
         )
         commit = (keep & is_text)[order]
         self._commit(records, rows, row_req[order], commit, row_seq[order], input_ids[order])
@@ -159,7 +163,8 @@ class TextAnchoredDrafter:
         # The sample row is the last kept row of each request.
         hidden = out[rows.cu_seqlens[1:] - 1]
         pos = inputs.positions[inputs.sample_idx].long()
-        return self._draft_chain(hidden, pos, slots, num_tokens, sample)
+        return self._draft_chain(hidden, pos, slots, num_tokens, sample,
+                                 self.cache.visible_rows_bound(self._last_slot_list, num_tokens))
 
     def release(self, req_id: str) -> None:
         self.cache.release(req_id)
@@ -179,8 +184,7 @@ class TextAnchoredDrafter:
 
     def on_requests_resumed(self, req_ids: set[str]) -> None:
         """Preempted requests are back (to be recomputed): rewind them next step."""
-        if req_ids:
-            self._last_batch = None
+        self._resumed |= req_ids
 
     def cached_rows(self) -> dict[str, dict[str, list[int]]]:
         """Per live request: target sequence index and input token id of each cached row."""
@@ -196,24 +200,21 @@ class TextAnchoredDrafter:
         zero = torch.zeros(1, dtype=torch.int64, device=self.device)
         rows = _NewRows(torch.tensor([0, num_rows], device=self.device), zero, zero, num_rows)
         self.model(zeros, zeros, torch.arange(num_rows, device=self.device),
-                   self._attend_fn(rows, None))
+                   self._attend_fn(rows, None, 0))
 
     # ---- internals ----------------------------------------------------------------------
 
     def _slots(self, inputs: StepInputs) -> torch.Tensor:
         """[B] pool slots. Host bookkeeping (allocation, rewind after recompute) runs only
-        when the batch's requests differ from the previous step's."""
+        when the batch's requests differ from the previous step's, and reads nothing back."""
         key = tuple(inputs.req_ids)
-        if key == self._last_batch:
+        if key == self._last_batch and not self._resumed:
             return self._last_slots
-        active = set(key)
-        self.cache.retire_released()
-        next_seq = self.cache.catch_up()
-        starts = inputs.seq_start.tolist()
-        slots = [self.cache.prepare(r, s, active, next_seq) for r, s in zip(key, starts, strict=True)]
+        resumed = self._resumed & set(key)
+        self._resumed -= resumed
+        self._last_slot_list, self._last_slots = self.cache.prepare_batch(
+            key, inputs.seq_start, inputs.seq_start_host, resumed)
         self._last_batch = key
-        self._last_slot_list = slots
-        self._last_slots = torch.tensor(slots, dtype=torch.int64, device=self.device)
         self._last_spans = self.visual_rows.batch_spans(key)
         return self._last_slots
 
@@ -253,6 +254,8 @@ class TextAnchoredDrafter:
         slots: torch.Tensor,
         num_tokens: int,
         sample: SampleFn,
+        # host: an upper bound of the cached rows any chain row sees
+        visible_rows: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = hidden.shape[0]
         tokens, probs = sample(hidden)
@@ -274,7 +277,7 @@ class TextAnchoredDrafter:
                 self.model.embed_input_ids(tokens),
                 hidden,
                 positions[step - 1],
-                self._attend_fn(rows, records),
+                self._attend_fn(rows, records, visible_rows),
             )
             block, offset = blocks[step - 1], offsets[step - 1]
             for layer, (k_new, v_new) in enumerate(records):
@@ -289,7 +292,9 @@ class TextAnchoredDrafter:
         return torch.stack(drafted, dim=1), stacked_probs
 
     def _attend_fn(
-        self, rows: _NewRows, record: list[tuple[torch.Tensor, torch.Tensor]] | None
+        self, rows: _NewRows, record: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        # host: an upper bound of the cached rows any of these rows sees
+        visible_rows: int,
     ) -> AttentionFn:
         cache = self.cache
         window = self.window
@@ -304,7 +309,7 @@ class TextAnchoredDrafter:
             if not plan:
                 plan.append(plan_attention(q.device, rows.cu_seqlens, cache.block_table, rows.slot_ids,
                                            rows.prefix_lens, first_rows, window, cache.block_size,
-                                           q.shape[0]))
+                                           q.shape[0], max_cached=visible_rows, max_new=rows.max_rows))
             return text_window_attention(
                 q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
                 cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,

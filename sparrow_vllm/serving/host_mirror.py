@@ -3,6 +3,7 @@ the device."""
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,23 @@ import torch
 # enqueued behind the write two steps back; the host has since waited for the target's
 # sampled tokens of the step after it, so the copy has landed and the wait is free.
 MIRROR_LAG = 2
+
+
+# Host buffers the device's values are copied into (pinned on CUDA). Reading one is a host
+# read of host memory, not of the device: tests that count device read-backs skip them.
+_HOST_COPIES: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def is_host_copy(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is one of the host buffers made by `host_buffer`."""
+    return _HOST_COPIES.get(id(tensor)) is tensor
+
+
+def host_buffer(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, pinned: bool) -> torch.Tensor:
+    """A host tensor the device copies into without blocking (pinned on CUDA)."""
+    buffer = torch.zeros(shape, dtype=dtype, pin_memory=pinned)
+    _HOST_COPIES[id(buffer)] = buffer
+    return buffer
 
 
 class CopyEvent(Protocol):
@@ -65,14 +83,18 @@ class LengthMirror:
         self._copies: deque[_Copy] = deque()
         self._spare: list[_Copy] = []  # landed copies whose buffers are reused
 
-    def snapshot(self, rows: dict[int, Any]) -> None:
+    def snapshot(self, rows: dict[int, Any], values: torch.Tensor | None = None) -> None:
         """After a write: copy the counts and remember the rows reserved so far (`rows`:
-        slot -> host state with `reserved`)."""
-        copy = self._spare.pop() if self._spare else _Copy(
-            torch.zeros(self.lengths.shape, dtype=self.lengths.dtype, pin_memory=self.pinned),
-            self.event_factory() if self.event_factory is not None else None,
-        )
-        copy.host.copy_(self.lengths, non_blocking=self.pinned)
+        slot -> host state with `reserved`). `values` ([L] int64, `lengths` first, then
+        whatever else the caller reads back with them) defaults to `lengths`."""
+        values = self.lengths if values is None else values
+        copy = self._spare.pop() if self._spare else None
+        if copy is None or copy.host.shape != values.shape:
+            copy = _Copy(
+                host_buffer(values.shape, values.dtype, self.pinned),
+                self.event_factory() if self.event_factory is not None else None,
+            )
+        copy.host.copy_(values, non_blocking=self.pinned)
         if copy.event is not None:
             copy.event.record()
         copy.reserved_at_copy = {slot: state.reserved for slot, state in rows.items()}
@@ -84,29 +106,53 @@ class LengthMirror:
             for slot in slots:
                 copy.reserved_at_copy.pop(slot, None)
 
-    def refresh(self, rows: dict[int, Any]) -> None:
+    def refresh(self, rows: dict[int, Any]) -> tuple[list[int], list[int]] | None:
         """Apply the newest copy at least `lag` writes old to `rows` (slot -> host state
-        with `known_len`, `upper_len` and `reserved`)."""
+        with `known_len`, `upper_len` and `reserved`). Returns that copy's values and the
+        slots it still describes (their request is the one it was taken for), or None."""
         if len(self._copies) < self.lag:
-            return
+            return None
         while len(self._copies) > self.lag:
             self._spare.append(self._copies.popleft())
         copy = self._copies.popleft()
         if copy.event is not None:
             copy.event.synchronize()
         values = copy.host.tolist()
+        described = []
         for slot, reserved_then in copy.reserved_at_copy.items():
             state = rows.get(slot)
             if state is None:
                 continue
+            described.append(slot)
             state.known_len = values[slot]
             state.upper_len = values[slot] + state.reserved - reserved_then
         self._spare.append(copy)
+        return values, described
 
 
 def to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    """A small host list on `device` without a blocking copy."""
+    """A small host list on `device` without a blocking copy (pinned, non-blocking)."""
     host = torch.tensor(values, dtype=torch.int64)
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host
+
+
+class AsyncRead:
+    """Device values read back later without waiting: a non-blocking copy into a host
+    buffer now, and `values()` once `lag` more writes have happened (by then the copy has
+    landed, so the wait is free)."""
+
+    def __init__(self, values: torch.Tensor, writes_now: int, lag: int = MIRROR_LAG) -> None:
+        pinned = values.device.type == "cuda"
+        self.host = host_buffer(values.shape, values.dtype, pinned)
+        self.host.copy_(values, non_blocking=pinned)
+        self.event = torch.cuda.Event() if pinned else None
+        if self.event is not None:
+            self.event.record()
+        self.ready_at = writes_now + lag
+
+    def values(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()

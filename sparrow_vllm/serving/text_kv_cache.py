@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sparrow_vllm.serving.host_mirror import LengthMirror, to_device
+from sparrow_vllm.serving.host_mirror import AsyncRead, LengthMirror, to_device
 from sparrow_vllm.serving.text_row_reuse import (
     RequestContent,
     ReusableRows,
@@ -122,7 +122,7 @@ class TextKVCache:
         self._mirror = LengthMirror(self.lengths)
         self.starved_requests = 0  # requests that gave up rows for lack of blocks, ever
         # requests whose rows had a gap (a step the drafter never saw), counted on the
-        # device by note_holes() and read by catch_up(); host copy of the last reading
+        # device by note_holes() and read back with the row counts; the last reading
         self.hole_count = torch.zeros((), dtype=torch.int64, device=device)
         self.holed_requests = 0
         # preempted requests (V1 keeps their state to resume them): the only ones whose
@@ -136,8 +136,10 @@ class TextKVCache:
         self.reuse_rows = reuse_rows
         self._reuse = ReuseIndex()
         self._content: dict[str, RequestContent] = {}
-        # released requests whose rows may become reusable: (content, rows, length on device)
-        self._retiring: list[tuple[RequestContent, _SlotRows, torch.Tensor]] = []
+        # released requests whose rows may become reusable: (content, rows, blocks from
+        # row 0 on, their row count and rows' sequence indices and tokens on the way back)
+        self._retiring: list[tuple[RequestContent, _SlotRows, list[int], AsyncRead]] = []
+        self._writes = 0  # writes so far (after_write calls): when asynchronous reads land
 
     @staticmethod
     def nbytes_for(
@@ -188,23 +190,52 @@ class TextKVCache:
         if self.reuse_rows:
             self._content[req_id] = content
 
-    def prepare(self, req_id: str, seq_start: int, active: set[str], next_seq: list[int]) -> int:
-        """The slot of `req_id`, set up for rows starting at target index `seq_start`
-        (`next_seq`: the host copy of `self.next_seq`). Call `retire_released()` first."""
-        self._paused.discard(req_id)
-        slot = self._slot_of.get(req_id)
-        if slot is None:
-            slot = self._allocate_slot(req_id, active)
-            # rows before seq_start come from vLLM's prefix cache: adopted when reusable,
-            # else absent by design (not a hole)
-            self.next_seq[slot] = seq_start
-            if seq_start > 0 and req_id in self._content:
-                self._adopt_reusable_rows(slot, self._rows[slot], self._content[req_id], seq_start, active)
-        else:
-            self._slot_of.move_to_end(req_id)
-            if seq_start < next_seq[slot]:
-                self._rewind(slot, seq_start, active)
-        return slot
+    def prepare_batch(
+        self,
+        req_ids: Sequence[str],
+        # [B] int64 target index of each request's first row this step
+        seq_start: torch.Tensor,
+        # host: seq_start, exact for a request's first step (an upper bound later on)
+        seq_start_host: Sequence[int],
+        resumed: set[str],
+    ) -> tuple[list[int], torch.Tensor]:
+        """The pool slots of a batch whose requests changed ([B] host list and device
+        tensor), without reading the device: a new request gets a slot (and the reusable
+        rows matching its prefix-cache hit); a `resumed` one (preempted, now recomputed) is
+        rewound on the device to the rows before its first row this step."""
+        active = set(req_ids)
+        # a prefix-cache hit may match rows released in the last steps: wait for their
+        # copies then (they were enqueued a step or two ago; never a read of the device)
+        hit = any(start > 0 and r in self._content and r not in self._slot_of
+                  for r, start in zip(req_ids, seq_start_host, strict=True))
+        self.retire_released(wait=hit)
+        slots, fresh, rewound = [], [], []
+        for b, (req_id, start) in enumerate(zip(req_ids, seq_start_host, strict=True)):
+            self._paused.discard(req_id)
+            slot = self._slot_of.get(req_id)
+            if slot is None:
+                slot = self._allocate_slot(req_id, active)
+                fresh.append(b)
+                # rows before seq_start come from vLLM's prefix cache: adopted when
+                # reusable, else absent by design (not a hole)
+                if start > 0 and req_id in self._content:
+                    self._adopt_reusable_rows(slot, self._rows[slot], self._content[req_id], start, active)
+            else:
+                self._slot_of.move_to_end(req_id)
+                if req_id in resumed:
+                    rewound.append(b)
+            slots.append(slot)
+        slot_ids = to_device(slots, self.device)
+        if fresh or rewound:
+            index = to_device([*fresh, *rewound], self.device)
+            fresh_idx, rewound_idx = index[: len(fresh)], index[len(fresh):]
+            self.next_seq[slot_ids[fresh_idx]] = seq_start[fresh_idx]
+            if rewound:
+                self._rewind(slot_ids[rewound_idx], seq_start[rewound_idx])
+                for b in rewound:
+                    self._rewound_on_device(slots[b], active)
+        self._flush()
+        return slots, slot_ids
 
     def pause(self, req_ids: set[str]) -> None:
         """Requests vLLM preempted but keeps (V1): they resume later and are recomputed,
@@ -223,21 +254,20 @@ class TextKVCache:
         end before the gap, so drafting over them would read a wrong context: they are
         dropped (first_row moves to the current count) and the request drafts from the
         rows after the gap on, as after a prefix-cache hit. On the device, no sync;
-        counted in `hole_count` and logged by catch_up()."""
+        counted in `hole_count` and logged when its copy lands (`_apply_reading`)."""
         hole = seq_start > self.next_seq[slots]
         lengths = self.lengths[slots]
         self.first_row[slots] = torch.where(hole, torch.maximum(lengths, self.first_row[slots]),
                                             self.first_row[slots])
         self.hole_count += hole.sum()
 
-    def catch_up(self) -> list[int]:
-        """On a step that synchronises anyway (the batch changed): the device's next
-        expected row per slot (returned), and what note_holes() did since the last call
-        (rows given up are freed on the host; a WARNING when requests had holes)."""
-        reading = torch.cat((self.next_seq, self.first_row, self.hole_count.view(1))).tolist()
-        slots = self.num_slots + 1
-        next_seq, first_rows, holes = reading[:slots], reading[slots: 2 * slots], reading[-1]
-        for slot, state in self._rows.items():
+    def _apply_reading(self, values: list[int], slots: list[int]) -> None:
+        """A landed copy of the device's view (`_device_view`), for the `slots` it still
+        describes: rows note_holes() gave up are freed on the host, and new holes logged."""
+        width = self.num_slots + 1
+        first_rows, holes = values[width: 2 * width], values[-1]
+        for slot in slots:
+            state = self._rows[slot]
             if first_rows[slot] > state.first_row:
                 self._set_first_row(slot, state, first_rows[slot])
         if holes > self.holed_requests:
@@ -248,8 +278,11 @@ class TextKVCache:
                 holes - self.holed_requests, holes,
             )
             self.holed_requests = holes
-        self._flush()
-        return next_seq
+
+    def _device_view(self) -> torch.Tensor:  # [2 * (num_slots + 1) + 1] int64
+        """What the host reads back asynchronously after each write: row counts, first
+        cached rows and the hole counter."""
+        return torch.cat((self.lengths, self.first_row, self.hole_count.view(1)))
 
     def release(self, req_id: str, keep_rows: bool = True) -> None:
         """A request finished, was aborted or preempted: free its slot; its rows become
@@ -260,8 +293,13 @@ class TextKVCache:
         if slot is None:
             return
         state = self._rows.pop(slot)
-        if keep_rows and content is not None and state.first_row == 0 and state.blocks:
-            self._retiring.append((content, state, self.lengths[slot].clone()))
+        blocks = [state.blocks.get(j) for j in range(state.hi + 1)]
+        if keep_rows and content is not None and state.first_row == 0 and state.blocks and None not in blocks:
+            # its row count and rows come back without waiting; retired once they landed
+            index = to_device(blocks, self.device)
+            values = torch.cat((self.lengths[slot].view(1), self.row_seq[index].flatten(),
+                                self.row_token[index].flatten()))
+            self._retiring.append((content, state, blocks, AsyncRead(values, self._writes)))
         else:
             for block in state.blocks.values():
                 self._unref(block)
@@ -269,12 +307,16 @@ class TextKVCache:
         self._reset_device(slot)
         self._free_slots.append(slot)
 
-    def retire_released(self) -> None:
-        """Turn released requests' rows into reusable entries (reads their row counts and
-        tokens back from the device: call it only on a step that synchronises anyway)."""
-        for content, state, length in self._retiring:
-            self._retire(content, state, int(length))
-        self._retiring.clear()
+    def retire_released(self, wait: bool = False) -> None:
+        """Turn released requests' rows into reusable entries once their asynchronous
+        read-back has landed (MIRROR_LAG writes after the release: no wait), or all of
+        them now (`wait`: waits for copies enqueued less than MIRROR_LAG writes ago)."""
+        while self._retiring and (wait or self._retiring[0][3].ready_at <= self._writes):
+            content, state, blocks, read = self._retiring.pop(0)
+            values = read.values()
+            length, cells = values[0], len(blocks) * self.block_size
+            self._retire(content, state, blocks, length, values[1: 1 + length],
+                         values[1 + cells: 1 + cells + length])
 
     def committed(self, req_id: str) -> tuple[list[int], list[int]]:
         """(target sequence indices, input token ids) of the rows stored for `req_id`."""
@@ -299,7 +341,10 @@ class TextKVCache:
         """Back with blocks every row the coming write may touch: up to `new_rows[i]`
         committed rows of slot `slots[i]` plus `scratch_rows` draft-chain rows after them.
         Host work only, plus one small non-blocking copy when the block table changes."""
-        self._mirror.refresh(self._rows)
+        reading = self._mirror.refresh(self._rows)
+        if reading is not None:
+            self._apply_reading(*reading)
+        self.retire_released()
         for slot, rows in zip(slots, new_rows, strict=True):
             state = self._rows[slot]
             end = state.upper_len + rows + scratch_rows
@@ -324,19 +369,27 @@ class TextKVCache:
             state.reserved += rows
         self._flush()
 
+    def visible_rows_bound(self, slots: list[int], extra: int) -> int:
+        """Host upper bound of the cached rows any query of `slots` sees, when each has
+        up to `extra` rows more than its reserved ones (the draft chain's scratch rows)."""
+        bound = max((self._rows[s].upper_len + extra - self._rows[s].first_row for s in slots), default=0)
+        return max(0, bound if self.window is None else min(bound, self.window - 1))
+
     def after_write(self) -> None:
         """Start the asynchronous read-back of `lengths` a later reserve() uses."""
-        self._mirror.snapshot(self._rows)
+        self._writes += 1
+        self._mirror.snapshot(self._rows, self._device_view())
 
     # ---- reuse ----------------------------------------------------------------------------
 
-    def _retire(self, content: RequestContent, state: _SlotRows, length: int) -> None:
-        block_list = [state.blocks.get(j) for j in range(-(-length // self.block_size))]
+    def _retire(
+        self, content: RequestContent, state: _SlotRows, block_list: list[int], length: int,
+        seq: list[int], tokens: list[int],
+    ) -> None:
+        """`block_list`: the request's blocks from row 0 on; `seq` / `tokens`: its first
+        `length` rows' target indices and input tokens."""
         rows = 0
-        if length and None not in block_list:
-            index = torch.tensor(block_list, device=self.device)
-            seq = self.row_seq[index].flatten()[:length].tolist()
-            tokens = self.row_token[index].flatten()[:length].tolist()
+        if length:
             prefilled = list(content.token_ids)
             # generated tokens are the input tokens of the rows past the prefilled ones
             generated = [t for s, t in zip(seq, tokens, strict=True) if s >= len(prefilled) - 1]
@@ -481,6 +534,8 @@ class TextKVCache:
 
     def _take_block(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> int | None:
         """A free block with one holder (the caller), or None."""
+        if not self._free_blocks and self._retiring:
+            self.retire_released(wait=True)  # rows on their way to reuse go first
         while not self._free_blocks:
             entry = self._reuse.pop_oldest()  # reusable rows go first, oldest first
             if entry is None:
@@ -589,22 +644,40 @@ class TextKVCache:
         self.block_table[slot] = self.trash_block
         self._mirror.forget([slot])
 
-    def _rewind(self, slot: int, seq_start: int, active: set[str]) -> None:
-        """Forget rows at target index >= seq_start (preemption, recompute)."""
+    def _rewind(
+        self,
+        # [R] slots of resumed requests
+        slots: torch.Tensor,
+        # [R] target index each one is recomputed from
+        starts: torch.Tensor,
+    ) -> None:
+        """Forget, on the device, the rows at target index >= starts (preemption then
+        recompute): rows are stored in sequence order, so they are the newest ones."""
+        span = self.table_width * self.block_size  # at most this many rows are cached
+        length = self.lengths[slots]
+        first = torch.minimum(self.first_row[slots], length)
+        rows = length[:, None] - 1 - torch.arange(span, device=self.device)  # newest first
+        columns = (rows.clamp(min=0) // self.block_size) % self.table_width
+        blocks = self.block_table[slots[:, None], columns].long()
+        seq = self.row_seq[blocks, rows.clamp(min=0) % self.block_size]
+        drop = (rows >= first[:, None]) & (seq >= starts[:, None])
+        self.lengths[slots] = length - drop.sum(1)
+        self.next_seq[slots] = starts
+
+    def _rewound_on_device(self, slot: int, active: set[str]) -> None:
+        """Host side of `_rewind`: its exact row count is unknown until the next copy
+        lands, so the lower bound drops to what any rewind keeps; the blocks stay held
+        (rows past the new count are rewritten before anything reads them), except that
+        a block shared with reusable rows is copied before the request writes into it."""
         state = self._rows[slot]
-        length = int(self.lengths[slot])
-        first = min(state.first_row, length)
-        blocks, offsets = self._cells(slot, torch.arange(first, length, device=self.device))
-        keep = int((self.row_seq[blocks, offsets] < seq_start).sum())
-        new_length = first + keep
-        last_block = (new_length - 1) // self.block_size if keep else -1
-        for logical in [j for j in state.blocks if j > last_block]:
-            self._free_block(slot, state, logical)
-        if keep and new_length % self.block_size and not self._own(slot, state, last_block, active):
-            self._free_block(slot, state, last_block)  # no block to copy a shared one into
-            new_length = last_block * self.block_size
-        state.known_len = state.upper_len = new_length
-        self.lengths[slot] = new_length
-        self.next_seq[slot] = seq_start
-        self._flush()
+        state.known_len = min(state.known_len, state.first_row)
+        for logical in sorted(state.blocks):
+            if self._refs[state.blocks[logical]] > 1 and not self._own(slot, state, logical, active):
+                # no block to copy it into: the rows from this block on are given up
+                cap = logical * self.block_size
+                self.lengths[slot] = torch.clamp(self.lengths[slot], max=cap)
+                state.known_len = min(state.known_len, cap)
+                for above in [j for j in state.blocks if j >= logical]:
+                    self._free_block(slot, state, above)
+                break
         self._mirror.forget([slot])

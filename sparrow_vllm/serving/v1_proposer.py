@@ -118,6 +118,14 @@ class SparrowProposer(EagleProposer):
         qsl = cad.query_start_loc[: batch + 1].long()
         qlen = qsl[1:] - qsl[:-1]
         rejected = 0 if num_rejected_tokens_gpu is None else num_rejected_tokens_gpu.long()
+        if cad.seq_lens_cpu_upper_bound is None:
+            raise RuntimeError(
+                "The Sparrow drafter needs CommonAttentionMetadata.seq_lens_cpu_upper_bound "
+                "(the host's sequence lengths) from the V1 runner; this vLLM version's runner "
+                "does not set it and is not supported by sparrow-vllm"
+            )
+        qsl_cpu = cad.query_start_loc_cpu[: batch + 1]
+        seq_start_host = cad.seq_lens_cpu_upper_bound[:batch] - (qsl_cpu[1:] - qsl_cpu[:-1])
         inputs = StepInputs(
             req_ids=list(self.runner.input_batch.req_ids[:batch]),
             token_ids=target_token_ids,
@@ -127,6 +135,7 @@ class SparrowProposer(EagleProposer):
             sample_idx=qsl[1:] - 1 if token_indices_to_sample is None else token_indices_to_sample.long(),
             query_start=qsl,
             seq_start=cad.seq_lens[:batch].long() - qlen,
+            seq_start_host=seq_start_host.tolist(),  # host tensors: no device read
             num_valid=qlen - rejected,
             max_query_len=int(cad.max_query_len),
         )

@@ -186,6 +186,9 @@ class SparrowSpeculator(DraftModelSpeculator):
             sample_idx=sample_idx,
             query_start=qsl,
             seq_start=input_batch.seq_lens[:num_reqs].long() - qlen,
+            # host values (exact for a request's first step, optimistic later)
+            seq_start_host=(input_batch.seq_lens_cpu_upper_bound[:num_reqs].numpy()
+                            - input_batch.num_scheduled_tokens[:num_reqs]).tolist(),
             num_valid=num_valid,
             max_query_len=int(input_batch.num_scheduled_tokens.max()),
         )

@@ -17,6 +17,7 @@ import torch
 
 from sparrow_vllm.config import FrameText
 from sparrow_vllm.families import TargetFamily
+from sparrow_vllm.serving.host_mirror import to_device
 
 
 class VisualRows:
@@ -50,8 +51,8 @@ class VisualRows:
         width = max((len(s) for s in spans), default=0)
         if width == 0:
             return None
-        table = [s + [(0, 0)] * (width - len(s)) for s in spans]
-        return torch.tensor(table, dtype=torch.int64, device=self.device)
+        flat = [bound for s in spans for span in s + [(0, 0)] * (width - len(s)) for bound in span]
+        return to_device(flat, self.device).view(len(spans), width, 2)
 
     def is_text(
         self,

@@ -198,6 +198,12 @@ TOUCH_POINTS: list[TouchPoint] = [
        "propose: sequence length of each request"),
     TP("vllm.v1.attention.backend", "CommonAttentionMetadata.max_query_len", "attribute",
        "propose: longest query in the batch"),
+    TP("vllm.v1.attention.backend", "CommonAttentionMetadata.seq_lens_cpu_upper_bound",
+       "attribute", "propose: host sequence lengths (a new request's first row, sync-free)"),
+    TP("vllm.v1.attention.backend", "CommonAttentionMetadata.query_start_loc_cpu", "attribute",
+       "propose: host query rows of each request"),
+    TP("vllm.v1.worker.gpu.input_batch", "InputBatch.seq_lens_cpu_upper_bound", "attribute",
+       "V2 propose: host sequence lengths (a new request's first row, sync-free)"),
     # ---- configuration read by draft_loading.py / vllm_draft.py -------------------------
     TP("vllm.config.vllm", "VllmConfig.speculative_config", "attribute",
        "the draft's model config and draft length"),
@@ -347,6 +353,35 @@ TOUCH_POINTS: list[TouchPoint] = [
        "the sampling type of a request with its own seed at T > 0"),
     TP("vllm.config.speculative", "SpeculativeConfig.num_speculative_tokens_per_batch_size",
        "attribute", "entry 1 turns vLLM's dynamic speculation on for adaptive draft length"),
+    TP("vllm.config.speculative", "SpeculativeConfig.uses_dynamic_speculative_decoding", "method",
+       "entries 13 and 14 act only while dynamic speculation is on", _SELF),
+    # ---- vllm_patches.py 13: V1 runner on CUDA keeps FULL graphs ------------------------
+    TP("vllm.config.vllm", "VllmConfig._maybe_override_dynamic_sd_cudagraph_mode", "method",
+       "patched: a Sparrow engine on V1 with CUDA graphs drafts K (adaptive off by default) "
+       "before vLLM forces PIECEWISE", _SELF),
+    TP("vllm.config.vllm", "VllmConfig.compilation_config", "attribute",
+       "entry 13 reads the cudagraph mode"),
+    TP("vllm.config.compilation", "CompilationConfig.cudagraph_mode", "attribute",
+       "entry 13: whether FULL graphs are on"),
+    TP("vllm.config.compilation", "CUDAGraphMode.has_full_cudagraphs", "method",
+       "entry 13: whether FULL graphs are on", _SELF),
+    TP("vllm.platforms.interface", "Platform.is_cuda_alike", "method",
+       "entry 13 acts on CUDA (and ROCm) only", _SELF),
+    # ---- vllm_patches.py 14: Model Runner V2 dispatches a FULL graph per draft length -----
+    TP("vllm.v1.worker.gpu.cudagraph_utils", "CudaGraphManager._init_candidates", "method",
+       "patched: a Sparrow engine's candidates list a FULL graph of every captured length", _SELF),
+    *(
+        TP("vllm.v1.worker.gpu.cudagraph_utils", f"CudaGraphManager.{attr}", "attribute",
+           "entry 14 reads (the last, extends) it")
+        for attr in ("vllm_config", "_capture_descs", "_candidates")
+    ),
+    *(
+        TP("vllm.v1.worker.gpu.cudagraph_utils", f"BatchExecutionDescriptor.{field}", "attribute",
+           "entry 14 matches graphs by it")
+        for field in ("cg_mode", "num_tokens", "uniform_token_count", "num_active_loras", "num_ubatches")
+    ),
+    TP("vllm.config.compilation", "CUDAGraphMode.FULL", "attribute",
+       "entry 14 widens the FULL candidates only"),
     # ---- vllm_patches.py 8 and 9: CPU build's sampling fixes --------------------------
     TP("vllm.utils.cpu_triton_utils", "_expand_kernel_impl", "function",
        "replaced by expand_per_request, which must take the same arguments",

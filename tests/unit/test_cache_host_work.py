@@ -59,7 +59,8 @@ def test_reserve_looks_at_new_blocks_only(window):
     )
     req_ids = [f"r{i}" for i in range(requests)]
     active = set(req_ids)
-    slots = [cache.prepare(r, 0, active, [0] * (cache.num_slots + 1)) for r in req_ids]
+    zeros = torch.zeros(requests, dtype=torch.int64)
+    slots, _ = cache.prepare_batch(req_ids, zeros, [0] * requests, set())
     context = CONTEXT_BLOCKS * BLOCK - 2
     cache.sync(slots, [0] * requests)
     cache.reserve(slots, [context] * requests, K, active)  # the prompt

@@ -126,7 +126,9 @@ def test_reusable_rows_are_evicted_before_live_requests_lose_rows():
     drafter = _drafter(_draft(), slots=4, blocks=14, block_size=4)
     seqs = [Sequence(90, visual=[(5, 17)], seed=s) for s in range(3)]
     _finished_turn(drafter, seqs[0], "old")
-    drafter.cache.retire_released()  # what the next step does first
+    # its rows become reusable once their copy lands (a step that runs out of blocks or
+    # adopts rows waits for it)
+    drafter.cache.retire_released(wait=True)
     assert drafter.cache.stats()["reusable_entries"] == 1
     # a new request needing most of the pool: the old entry goes, nobody starves
     drafter.on_requests_added({"new": _content(seqs[1], 40)})
