@@ -172,6 +172,10 @@ class DraftLengthPolicy:
 
     max_drafts: int
     clock: Callable[[], float] = time.monotonic
+    # the K it may choose (ascending, max_drafts included); None: every K in 0..max_drafts.
+    # In vLLM, those in the dense schedule of Sparrow's dynamic table: the target's CUDA
+    # graphs are captured for them only (see dynamic_table)
+    choices: tuple[int, ...] | None = None
     cost: StepCostModel = field(default_factory=StepCostModel)
     decisions: int = 0
     chosen: dict[int, int] = field(default_factory=dict)  # K -> steps that drafted K
@@ -181,7 +185,14 @@ class DraftLengthPolicy:
     def __post_init__(self) -> None:
         if self.max_drafts < 1:
             raise ValueError(f"DraftLengthPolicy needs num_speculative_tokens >= 1, got {self.max_drafts}")
+        self.choices = tuple(sorted(set(range(self.max_drafts + 1) if self.choices is None else self.choices)))
+        if self.max_drafts not in self.choices or not 0 <= self.choices[0]:
+            raise ValueError(f"DraftLengthPolicy choices {self.choices} must lie in 0..{self.max_drafts} "
+                             f"and hold {self.max_drafts} (seeded requests draft it)")
         self.acceptance = AcceptanceByPosition(self.max_drafts)
+
+    def _nearest(self, k: int) -> int:
+        return min(self.choices, key=lambda c: (abs(c - k), -c))
 
     def choose(self, shape: StepShape) -> int:
         """K for the requests that draft after this step."""
@@ -190,7 +201,7 @@ class DraftLengthPolicy:
         n = self.decisions
         self.decisions += 1
         if n < len(_WARMUP_FRACTIONS):
-            k = round(_WARMUP_FRACTIONS[n] * self.max_drafts)
+            k = self._nearest(round(_WARMUP_FRACTIONS[n] * self.max_drafts))
         else:
             best, rates = self.best(shape)
             k = self._probe(best) if n % PROBE_EVERY == 0 else best
@@ -209,7 +220,7 @@ class DraftLengthPolicy:
             rates.append(lengths[k] / seconds if seconds > 0 else 0.0)
         if max(rates) == 0.0:  # no usable fit yet (every prediction <= 0): the configured K
             return self.max_drafts, rates
-        return int(np.argmax(rates)), rates
+        return max(self.choices, key=lambda k: rates[k]), rates
 
     def observe_step(self, shape: StepShape, k: int, seconds: float) -> None:
         """A finished step: its shape, the K its requests drafted after it, its time."""
@@ -224,11 +235,14 @@ class DraftLengthPolicy:
             self.acceptance.record(min(num_drafts, self.max_drafts), min(num_accepted, self.max_drafts))
 
     def _probe(self, best: int) -> int:
+        """The neighbour of `best` among the choices, alternately above and below."""
+        if len(self.choices) == 1:
+            return best
         side = 1 if (self.decisions // PROBE_EVERY) % 2 else -1
-        k = best + side
-        if not 0 <= k <= self.max_drafts:
-            k = best - side
-        return min(max(k, 0), self.max_drafts)
+        i = self.choices.index(best) + side
+        if not 0 <= i < len(self.choices):
+            i -= 2 * side
+        return self.choices[i]
 
     def _log_change(self, best: int, rates: list[float]) -> None:
         now = self.clock()
@@ -244,14 +258,41 @@ class DraftLengthPolicy:
         )
 
 
+def dynamic_table(max_drafts: int) -> list[tuple[int, int, int]]:
+    """The `num_speculative_tokens_per_batch_size` table Sparrow hands vLLM to turn its
+    dynamic speculation on (ledger entry 1): batch sizes 1..K+1 get K, 0, K-1, ..., 1, and
+    larger batches K.
+
+    vLLM expands it to a dense schedule (one K per batch size up to max_num_seqs) that the
+    scheduler reads as each step's default (the policy overrides it every step) and that
+    Model Runner V2 captures FULL decode graphs from: one per K in the dense schedule
+    (`CudaGraphManager._init_candidates`), with capture sizes up to the widest batch that
+    runs it (`VllmConfig._set_cudagraph_sizes`). So every K the policy may choose must
+    appear in it. With max_num_seqs <= K there is no room for all: the order keeps both
+    ends (K, and 0 where speculation does not pay) and drops the middle ones from the
+    smallest up (`choices_in` restricts the policy to what is there). K again from batch
+    size K+2 on, so that the widest batches and anything reading the table as a plain
+    schedule draft K."""
+    values = [max_drafts, 0, *range(max_drafts - 1, 0, -1)]
+    return [(b, b, k) for b, k in enumerate(values, start=1)] + [
+        (max_drafts + 2, max_drafts + 2, max_drafts)]
+
+
+def choices_in(dense_schedule: list[int]) -> tuple[int, ...]:
+    """The K a dense schedule holds (index 0 unused, as vLLM builds it): the K the
+    target has FULL decode graphs for on Model Runner V2."""
+    return tuple(sorted(set(dense_schedule[1:])))
+
+
 class SchedulerDraftLength:
     """The policy inside vLLM's scheduler (vllm_patches.py, ledger entry 10): sizes each
     scheduled step's drafts through vLLM's dynamic speculation field
     (`SchedulerOutput.num_spec_tokens_to_schedule`, which both model runners pass to the
     drafter), times each step, and counts what each verify pass accepted."""
 
-    def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic) -> None:
-        """Steps that schedule a request sampling at T > 0 with its own seed draft K_max, as
+    def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic,
+                 choices: tuple[int, ...] | None = None) -> None:
+        """`choices`: the K the policy may choose (see DraftLengthPolicy). Steps that schedule a request sampling at T > 0 with its own seed draft K_max, as
         with a fixed K, on both runners: such a request's token at a position depends on
         whether and what was drafted there, so a K that follows load would change its
         output with the batch it shares. V1 draws from a per-request generator that
@@ -259,7 +300,7 @@ class SchedulerDraftLength:
         the choice: a drafted position is accepted if log p(d) > log u(seed, pos) and
         otherwise resampled without d, an undrafted one is a plain Gumbel(seed, pos) draw
         (on emulated V2, fixed K = 1 and K = 4 give a seeded request different tokens)."""
-        self.policy = DraftLengthPolicy(max_drafts, clock)
+        self.policy = DraftLengthPolicy(max_drafts, clock, choices)
         self.clock = clock
         self._pending: dict[int, tuple[StepShape, int, float]] = {}
         self._last_output = float("-inf")

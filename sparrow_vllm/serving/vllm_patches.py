@@ -18,7 +18,13 @@ Ledger (what / why / how / what upstream change removes it):
          `sparrow_options` (workers refuse a Sparrow draft without them). The draft's
          architecture (SparrowDraftForCausalLM, renamed EagleSparrowDraftForCausalLM by
          EAGLEConfig) marks it as Sparrow in every process; a Sparrow draft given with
-         another method ("eagle") is refused.
+         another method ("eagle") is refused. With `adaptive_draft_length` on (the
+         default) it turns vLLM's dynamic speculation on with the table
+         draft_length.dynamic_table(K): batch sizes 1..K+1 get K, 0, K-1, ..., 1, larger
+         ones K, so that the dense schedule vLLM expands it to holds every K in 0..K when
+         max_num_seqs > K. Model Runner V2 captures FULL decode graphs for exactly the K in
+         it (cudagraph_utils.CudaGraphManager._init_candidates); the old table [(1, 1, K)]
+         gave graphs for K only, and every step with fewer drafts ran PIECEWISE.
    gone: when vLLM accepts plugin-registered speculative methods.
 
 2. GPUModelRunner.__init__ (vllm/v1/worker/gpu_model_runner.py; the CPU runner subclasses it)
@@ -111,9 +117,12 @@ Ledger (what / why / how / what upstream change removes it):
          the drafter, and no padding of decode queries to K + 1), but only from a fixed
          batch-size table (`num_speculative_tokens_per_batch_size`). Sparrow sizes each
          step from measured acceptance and step cost (serving/draft_length.py).
-   how:  entry 1 turns vLLM's dynamic speculation on with the table [(1, 1, K)] when
-         `adaptive_draft_length` is on (the default); after __init__, a scheduler whose
-         draft is Sparrow gets a SchedulerDraftLength; before _update_after_schedule it
+   how:  entry 1 turns vLLM's dynamic speculation on with draft_length.dynamic_table(K)
+         when `adaptive_draft_length` is on (the default); after __init__, a scheduler whose
+         draft is Sparrow gets a SchedulerDraftLength, which on Model Runner V2 with FULL
+         graphs chooses among the K in the dense schedule only (those with FULL graphs:
+         all of 0..K unless max_num_seqs <= K, which an INFO line names), elsewhere among
+         all of 0..K; before _update_after_schedule it
          sets the step's num_spec_tokens_to_schedule; before update_from_output it
          records the step's time and accepted drafts. When vLLM has turned dynamic
          speculation off (data parallel), it logs a WARNING and drafts K every step. On
@@ -121,7 +130,8 @@ Ledger (what / why / how / what upstream change removes it):
          that its output does not change with load and batch: its token at a position
          depends on whether and what was drafted there (V1: per-request generators
          advance with every draw; V2: accept test on u(seed, pos) at a drafted position,
-         a Gumbel(seed, pos) draw at an undrafted one).
+         a Gumbel(seed, pos) draw at an undrafted one). On the V1 runner with CUDA graphs
+         entry 13 turns the adaptive draft length off unless it was asked for.
    gone: when vLLM's scheduler takes a pluggable draft-length policy.
 
 11. GPUModelRunner._input_fits_in_drafter (V1 model runner)
@@ -144,6 +154,32 @@ Ledger (what / why / how / what upstream change removes it):
          Request (it reaches the workers with the rest: SchedulerOutput is pickled);
          `NewRequestData.cache_salt = None` for those built otherwise (V2's warm-up).
    gone: when NewRequestData carries cache_salt.
+
+13. VllmConfig._maybe_override_dynamic_sd_cudagraph_mode (vllm/config/vllm.py)
+   why:  on the V1 runner, vLLM forces the whole engine to PIECEWISE CUDA graphs while
+         dynamic speculation is on (the adaptive draft length); estimated 10-47% slower
+         decode steps (vLLM PRs #42885, #25444), more than the adaptive draft length gained
+         over a fixed K in Sparrow's serving benchmark (README "Draft length under load").
+   how:  before the original, for a Sparrow draft on CUDA/ROCm with FULL graphs on and
+         the V1 runner: when `adaptive_draft_length` was left at its default, drop entry
+         1's table and turn the option off (every step drafts K, FULL graphs kept; one
+         WARNING names `"adaptive_draft_length": true` to turn it on); when it was asked
+         for, keep it (vLLM goes PIECEWISE; one WARNING gives the cost). Model Runner V2
+         (vLLM's default on CUDA) is left alone.
+   gone: when the V1 runner captures FULL graphs per draft length (as V2 does).
+
+14. vllm.v1.worker.gpu.cudagraph_utils.CudaGraphManager._init_candidates (Model Runner V2)
+   why:  dispatch looks a uniform decode batch of B requests x q tokens up among the graphs
+         of the smallest captured size >= B * q only; with several draft lengths captured
+         (entry 1) that size often holds other lengths' graphs only, and the step ran
+         PIECEWISE although a larger FULL graph of its length exists (max_num_seqs 256,
+         K = 4: 58 of the 100 batch sizes a K = 4 graph holds got one).
+   how:  after the original, for a Sparrow draft with dynamic speculation on, add to each
+         token count's candidates the smallest FULL graph of every captured query length
+         at least that large (not already there), ahead of the PIECEWISE ones; every
+         (B, K) that a captured graph holds then replays a FULL graph (padded to it).
+   gone: when vLLM's dispatch searches past the smallest size for a graph of the batch's
+         query length.
 
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
@@ -296,8 +332,11 @@ def _patch_arg_utils(module: ModuleType) -> None:
                     "choose the draft length; pass \"adaptive_draft_length\": false in "
                     "--speculative-config to use your batch-size schedule"
                 )
-            # vLLM's dynamic speculation (entry 10 sizes each step within K)
-            created.num_speculative_tokens_per_batch_size = [(1, 1, created.num_speculative_tokens)]
+            # vLLM's dynamic speculation (entry 10 sizes each step within K); a table whose
+            # dense schedule holds every K, so that V2 captures FULL graphs for each
+            from sparrow_vllm.serving.draft_length import dynamic_table
+
+            created.num_speculative_tokens_per_batch_size = dynamic_table(created.num_speculative_tokens)
         return created
 
     for fn in (add_cli_args, create_speculative_config):
@@ -436,10 +475,24 @@ def _patch_scheduler(module: ModuleType) -> None:
                 self.num_spec_tokens,
             )
             return
-        from sparrow_vllm.serving.draft_length import SchedulerDraftLength
+        from sparrow_vllm.serving.draft_length import SchedulerDraftLength, choices_in
 
-        self.sparrow_draft_length = SchedulerDraftLength(self.num_spec_tokens)
-        logger.info("Sparrow draft length: adaptive, 0..%d drafts per step", self.num_spec_tokens)
+        # with FULL decode graphs on Model Runner V2, only the K captured (entry 1's table)
+        every_k = tuple(range(self.num_spec_tokens + 1))
+        graphs = vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs()
+        choices = choices_in(self.dynamic_sd_lookup) if graphs and vllm_config.use_v2_model_runner else every_k
+        self.sparrow_draft_length = SchedulerDraftLength(self.num_spec_tokens, choices=choices)
+        if choices == every_k:
+            logger.info("Sparrow draft length: adaptive, 0..%d drafts per step", self.num_spec_tokens)
+        else:
+            logger.info(
+                "Sparrow draft length: adaptive, one of %s drafts per step: max_num_seqs=%d "
+                "leaves vLLM's dynamic table room for %d draft lengths, and the target's FULL "
+                "CUDA graphs are captured for those only (max_num_seqs >= %d gives all of "
+                "0..%d)",
+                list(choices), len(self.dynamic_sd_lookup) - 1, len(choices),
+                self.num_spec_tokens + 1, self.num_spec_tokens,
+            )
 
     @functools.wraps(original_after)
     def _update_after_schedule(self: Any, scheduler_output: Any) -> None:
@@ -460,6 +513,113 @@ def _patch_scheduler(module: ModuleType) -> None:
     scheduler_cls.__init__ = __init__
     scheduler_cls._update_after_schedule = _update_after_schedule
     scheduler_cls.update_from_output = update_from_output
+
+
+# ---- 13. V1 runner on CUDA: adaptive draft length off by default (keeps FULL graphs) -----
+
+# Estimates of what PIECEWISE costs against FULL CUDA graphs on decode steps, from vLLM's own
+# measurements (not Sparrow's): vLLM PR #42885 (TPOT -10%, throughput +14% when decode
+# attention joined the FULL graph) and PR #25444 (+47% requests/s for a small-active MoE on
+# one H100 when FULL_AND_PIECEWISE became the default). README "Draft length under load".
+PIECEWISE_COST_ESTIMATE = "about 10-47% slower decode steps (vLLM PRs #42885, #25444; an estimate)"
+
+
+def _sparrow_adaptive_on_v1_cuda(config: Any) -> None:
+    """Before vLLM forces PIECEWISE for dynamic speculation on the V1 runner: a Sparrow
+    engine whose adaptive draft length is on by default drafts K every step instead (its
+    table dropped, the option turned off), so the target keeps its FULL graphs; one asked
+    for explicitly stays on, and vLLM goes PIECEWISE (a WARNING gives the cost)."""
+    from vllm.platforms import current_platform
+
+    from sparrow_vllm.serving.serving_options import OPTIONS_ATTRIBUTE, SparrowServingOptions
+
+    spec = config.speculative_config
+    if (
+        not current_platform.is_cuda_alike()
+        or not config.compilation_config.cudagraph_mode.has_full_cudagraphs()
+        or config.use_v2_model_runner
+    ):
+        return
+    options = SparrowServingOptions.of(spec)
+    if not options.adaptive_draft_length:  # the user's own batch-size table: vLLM's rule
+        return
+    if "adaptive_draft_length" in options.model_fields_set:
+        logger.warning(
+            "Sparrow adaptive draft length on the V1 model runner (asked for): vLLM runs the "
+            "target with PIECEWISE CUDA graphs while the draft length varies, %s. Model "
+            "Runner V2 (vLLM's default on CUDA) keeps FULL graphs with it",
+            PIECEWISE_COST_ESTIMATE,
+        )
+        return
+    spec.num_speculative_tokens_per_batch_size = None
+    setattr(spec, OPTIONS_ATTRIBUTE, options.model_copy(update={"adaptive_draft_length": False}))
+    logger.warning(
+        "Sparrow adaptive draft length is off on the V1 model runner with CUDA graphs: vLLM "
+        "would run the target with PIECEWISE instead of FULL CUDA graphs whenever the draft "
+        "length varies (%s), more than the adaptive draft length gained over a fixed K in "
+        "Sparrow's serving benchmark. Every step drafts %d. To turn it on anyway, pass "
+        '"adaptive_draft_length": true in --speculative-config; Model Runner V2 (vLLM\'s '
+        "default on CUDA, VLLM_USE_V2_MODEL_RUNNER=1) keeps both",
+        PIECEWISE_COST_ESTIMATE, spec.num_speculative_tokens,
+    )
+
+
+def _patch_vllm_config(module: ModuleType) -> None:
+    config_cls = module.VllmConfig
+    original = config_cls._maybe_override_dynamic_sd_cudagraph_mode
+
+    @functools.wraps(original)
+    def _maybe_override_dynamic_sd_cudagraph_mode(self: Any) -> None:
+        spec = self.speculative_config
+        if spec is not None and spec.uses_dynamic_speculative_decoding() and is_sparrow_draft(spec):
+            _sparrow_adaptive_on_v1_cuda(self)
+        original(self)
+
+    setattr(_maybe_override_dynamic_sd_cudagraph_mode, _MARK, True)
+    config_cls._maybe_override_dynamic_sd_cudagraph_mode = _maybe_override_dynamic_sd_cudagraph_mode
+
+
+# ---- 14. Model Runner V2: a FULL graph for every captured draft length ------------------
+
+
+def _widen_full_decode_candidates(manager: Any) -> None:
+    """Let each token count's candidates hold, for every uniform query length captured in
+    FULL mode, the smallest FULL graph of that length at least that large, ahead of the
+    PIECEWISE ones (vLLM lists only the graphs of the smallest captured size, which with
+    several query lengths is often another length's)."""
+    from vllm.config.compilation import CUDAGraphMode
+
+    full_mode = CUDAGraphMode.FULL
+    graphs = sorted(
+        (d for d in manager._capture_descs.get(full_mode, ()) if d.uniform_token_count),
+        key=lambda d: d.num_tokens,
+    )
+    for (num_tokens, loras), candidates in manager._candidates.items():
+        held = {(d.uniform_token_count, d.num_ubatches) for d in candidates if d.cg_mode == full_mode}
+        extra = []
+        for d in graphs:
+            kind = (d.uniform_token_count, d.num_ubatches)
+            if d.num_tokens >= num_tokens and d.num_active_loras == loras and kind not in held:
+                held.add(kind)
+                extra.append(d)
+        if extra:
+            at = next((i for i, d in enumerate(candidates) if d.cg_mode != full_mode), len(candidates))
+            candidates[at:at] = extra
+
+
+def _patch_v2_cudagraph_utils(module: ModuleType) -> None:
+    manager_cls = module.CudaGraphManager
+    original = manager_cls._init_candidates
+
+    @functools.wraps(original)
+    def _init_candidates(self: Any) -> None:
+        original(self)
+        spec = self.vllm_config.speculative_config
+        if spec is not None and spec.uses_dynamic_speculative_decoding() and is_sparrow_draft(spec):
+            _widen_full_decode_candidates(self)
+
+    setattr(_init_candidates, _MARK, True)
+    manager_cls._init_candidates = _init_candidates
 
 
 # ---- 8. CPU build: the rejection sampler's per-token expansion ----------------------------
@@ -535,6 +695,8 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.v1.sample.ops.topk_topp_sampler": _patch_topk_topp_sampler,
     "vllm.v1.core.sched.scheduler": _patch_scheduler,
     "vllm.v1.core.sched.output": _patch_sched_output,
+    "vllm.config.vllm": _patch_vllm_config,
+    "vllm.v1.worker.gpu.cudagraph_utils": _patch_v2_cudagraph_utils,
 }
 
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.serving.draft_length import dynamic_table
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
 
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
@@ -64,7 +65,7 @@ def _same(a, b) -> None:
 def test_flag_form_builds_the_json_forms_sparrow_config(engine_args_cls, json_form):
     flags = _speculative_config(engine_args_cls, *FLAGS)
     _same(flags, json_form)
-    assert flags.method == "eagle" and flags.num_speculative_tokens_per_batch_size == [(1, 1, 4)]
+    assert flags.method == "eagle" and flags.num_speculative_tokens_per_batch_size == dynamic_table(4)
     # the same fields given in Python (LLM(..., spec_method="sparrow", ...))
     python = engine_args_cls(model=TARGET, dtype="float32", max_model_len=1024, spec_method="sparrow",
                              spec_model=DRAFT, spec_tokens=4).create_engine_config().speculative_config
