@@ -153,6 +153,21 @@ def agreed_free_memory(device: torch.device) -> int:
     return least_over_tensor_parallel_group(free_device_memory(device))
 
 
+def draft_compile_backend(compilation_config: Any) -> str | None:
+    """The torch.compile backend of the draft forward: vLLM's own (inductor on the CPU
+    and on CUDA), or None when vLLM compiles nothing (compilation mode NONE, which
+    enforce-eager sets), as vLLM decides for its EAGLE drafter."""
+    from vllm.config import CompilationMode
+
+    if compilation_config.mode == CompilationMode.NONE:
+        logger.info("Sparrow draft forward: eager (vLLM's compilation mode is NONE)")
+        return None
+    backend = compilation_config.backend or "inductor"
+    logger.info("Sparrow draft forward: torch.compile, backend %s, dynamic shapes (compiled at "
+                "warm-up and on the first steps of each new shape family)", backend)
+    return backend
+
+
 class SparrowDraftSetup:
     """The validated draft checkpoint of one engine, and how to build its drafter."""
 
@@ -168,6 +183,7 @@ class SparrowDraftSetup:
         self.num_speculative_tokens: int = spec.num_speculative_tokens
         self.max_model_len: int = vllm_config.model_config.max_model_len
         self.max_num_seqs: int = vllm_config.scheduler_config.max_num_seqs
+        self.compile_backend: str | None = draft_compile_backend(vllm_config.compilation_config)
 
     @property
     def aux_layer_index(self) -> int | None:
@@ -194,6 +210,7 @@ class SparrowDraftSetup:
             VisualRows(self.family, self.checkpoint.sparrow.frame_text, device),
             self.max_model_len,
             self.num_speculative_tokens,
+            compile_backend=self.compile_backend,
         )
 
     def plan(self, dtype: torch.dtype, device: torch.device) -> TextCachePlan:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sparrow_vllm.kernels.reference import TextWindowPlan
+from sparrow_vllm.kernels.reference import TextWindowPlan, plan_text_window
 from sparrow_vllm.modeling.draft_model import AttentionFn
-from sparrow_vllm.serving.attention import plan_attention, text_window_attention
+from sparrow_vllm.serving import attention_op
+from sparrow_vllm.serving.attention import select_backend
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.visual_rows import VisualRows
@@ -71,6 +72,24 @@ class _NewRows:
     max_rows: int
 
 
+@dataclass
+class _Selection:
+    """A step's rows as the draft sees them."""
+
+    # [N] input token of each row (row i carries x_{i+1}; sample rows the next token)
+    input_ids: torch.Tensor
+    # [N] request of each row
+    row_req: torch.Tensor
+    # [N] target sequence index of each row
+    row_seq: torch.Tensor
+    # [N] bool, the draft runs on the row (valid and text, or a sample row)
+    keep: torch.Tensor
+    # [N] bool, the row's input token is text
+    is_text: torch.Tensor
+    # [B] kept rows per request
+    counts: torch.Tensor
+
+
 class TextAnchoredDrafter:
     def __init__(
         self,
@@ -80,7 +99,10 @@ class TextAnchoredDrafter:
         visual_rows: VisualRows,
         max_model_len: int,
         max_draft_tokens: int,
+        compile_backend: str | None = None,
     ) -> None:
+        """`compile_backend`: torch.compile backend of the draft forward (vLLM's own, e.g.
+        "inductor"), None to run it eagerly (vLLM's compilation mode NONE, enforce-eager)."""
         self.model = model
         self.cache = cache
         self.window = window
@@ -97,7 +119,15 @@ class TextAnchoredDrafter:
         self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
         self._last_spans: torch.Tensor | None = None  # [B, R, 2] frame-text segments
         self._resumed: set[str] = set()  # preempted requests back, to rewind at their next step
+        self.attention_backend = select_backend(self.device)
+        self.compile_backend = compile_backend
+        self._forward = self._forward_eager
+        self._compiled_decode_shapes = False
+        if compile_backend is not None:
+            # shapes change with the batch and the rows kept: compiled once, dynamically
+            self._forward = torch.compile(self._forward_eager, backend=compile_backend, dynamic=True)
 
+    @torch.no_grad()
     def step(
         self, inputs: StepInputs, num_tokens: int, sample: SampleFn
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -105,23 +135,72 @@ class TextAnchoredDrafter:
 
         Returns drafts [B, K] and, when `sample` gives them, probabilities [B, K, vocab].
         A decode step (at most K + 1 rows per request) runs without host synchronisation,
-        also when the batch's requests changed; a prefill chunk reads its row counts back.
+        also when the batch's requests changed: host bookkeeping from host-known bounds,
+        then `decode_step` (device work only). A prefill chunk reads its row counts back.
         """
         self.steps += 1
+        slots = self._slots(inputs)
+        active = set(inputs.req_ids)
+        if inputs.max_query_len <= self.max_draft_tokens + 1:
+            # each request commits at most max_query_len rows
+            self.cache.reserve(self._last_slot_list, [inputs.max_query_len] * len(inputs.req_ids),
+                               max(num_tokens - 1, 0), active)
+            drafts = self.decode_step(inputs, slots, num_tokens, sample, *self._visible_rows(num_tokens))
+        else:
+            drafts = self._prefill_step(inputs, slots, num_tokens, sample, active)
+        self.cache.after_write()
+        return drafts
+
+    def decode_step(
+        self,
+        inputs: StepInputs,
+        # [B] pool slots
+        slots: torch.Tensor,
+        num_tokens: int,
+        sample: SampleFn,
+        # host: upper bounds of the cached rows the step's rows, and its chain rows, see
+        visible_rows: int,
+        visible_chain_rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The device work of a decode step, once the cache has backed its rows: no host
+        bookkeeping and no read of the device (torch.compile captures it whole)."""
+        sel = self._select(inputs, slots)
+        # all rows, kept ones first (grouped by request)
+        order = torch.argsort((~sel.keep).long() * len(inputs.req_ids) + sel.row_req, stable=True)
+        return self._write_and_draft(inputs, slots, sel, order, num_tokens, sample, visible_rows,
+                                     visible_chain_rows)
+
+    def _prefill_step(
+        self, inputs: StepInputs, slots: torch.Tensor, num_tokens: int, sample: SampleFn, active: set[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        sel = self._select(inputs, slots)
+        # only the kept rows (visual rows cost nothing further); this synchronises anyway,
+        # so read the exact row counts with it
+        order = torch.nonzero(sel.keep).squeeze(1)
+        lengths, new_rows = torch.stack((self.cache.lengths[slots], sel.counts)).tolist()
+        self.cache.sync(self._last_slot_list, lengths)
+        self.cache.reserve(self._last_slot_list, new_rows, max(num_tokens - 1, 0), active)
+        return self._write_and_draft(inputs, slots, sel, order, num_tokens, sample,
+                                     *self._visible_rows(num_tokens))
+
+    def _visible_rows(self, num_tokens: int) -> tuple[int, int]:
+        """Host bounds of the cached rows a step's rows and its chain rows see."""
+        slots = self._last_slot_list
+        return self.cache.visible_rows_bound(slots, 0), self.cache.visible_rows_bound(slots, num_tokens)
+
+    def _select(self, inputs: StepInputs, slots: torch.Tensor) -> _Selection:
+        """Which of the step's rows the draft runs on and which it commits."""
         batch = len(inputs.req_ids)
         n_rows = inputs.token_ids.shape[0]
         qsl = inputs.query_start
-        qlen = qsl[1:] - qsl[:-1]
-        slots = self._slots(inputs)
         self.cache.note_holes(slots, inputs.seq_start)
-
         # Row i carries token x_{i+1}; each request's sample row carries its next token.
         input_ids = torch.zeros(n_rows, dtype=torch.int64, device=self.device)
         input_ids[: n_rows - 1] = inputs.token_ids[1:n_rows]
         input_ids[inputs.sample_idx] = inputs.next_token_ids.long()
 
         arange_b = torch.arange(batch, device=self.device)
-        row_req = torch.repeat_interleave(arange_b, qlen, output_size=n_rows)
+        row_req = torch.repeat_interleave(arange_b, qsl[1:] - qsl[:-1], output_size=n_rows)
         local = torch.arange(n_rows, device=self.device) - qsl[:-1][row_req]
         is_valid = local < inputs.num_valid[row_req]
         row_seq = inputs.seq_start[row_req] + local
@@ -131,40 +210,55 @@ class TextAnchoredDrafter:
         keep = is_valid & (is_text | is_sample)
         counts = torch.zeros(batch, dtype=torch.int64, device=self.device)
         counts.scatter_add_(0, row_req, keep.long())
+        return _Selection(input_ids, row_req, row_seq, keep, is_text, counts)
 
-        if inputs.max_query_len <= self.max_draft_tokens + 1:
-            # decode: all rows, kept ones first (grouped by request), no host sync; each
-            # request commits at most max_query_len rows
-            order = torch.argsort((~keep).long() * batch + row_req, stable=True)
-            new_rows = [inputs.max_query_len] * batch
-        else:
-            # prefill chunk: only the kept rows (visual rows cost nothing further); this
-            # synchronises anyway, so read the exact row counts with it
-            order = torch.nonzero(keep).squeeze(1)
-            lengths, new_rows = torch.stack((self.cache.lengths[slots], counts)).tolist()
-            self.cache.sync(self._last_slot_list, lengths)
-        self.cache.reserve(self._last_slot_list, new_rows, max(num_tokens - 1, 0),
-                           set(inputs.req_ids))
-        rows = _NewRows(_cumsum0(counts), slots, self.cache.lengths[slots], inputs.max_query_len)
-        records: list[tuple[torch.Tensor, torch.Tensor]] = []
-        out = self.model(
-            self.model.embed_input_ids(input_ids[order]),
+    def _write_and_draft(
+        self,
+        inputs: StepInputs,
+        slots: torch.Tensor,
+        sel: _Selection,
+        # [R] the rows the draft runs on, kept ones first, grouped by request
+        order: torch.Tensor,
+        num_tokens: int,
+        sample: SampleFn,
+        visible_rows: int,
+        visible_chain_rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = len(inputs.req_ids)
+        rows = _NewRows(_cumsum0(sel.counts), slots, self.cache.lengths[slots], inputs.max_query_len)
+        out, records = self._forward(
+            self.model.embed_input_ids(sel.input_ids[order]),
             inputs.hidden_states[order],
             inputs.positions[order].long(),
-            self._attend_fn(rows, records, self.cache.visible_rows_bound(self._last_slot_list, 0)),
+            rows,
+            visible_rows,
         )
-        commit = (keep & is_text)[order]
-        self._commit(records, rows, row_req[order], commit, row_seq[order], input_ids[order])
+        commit = (sel.keep & sel.is_text)[order]
+        self._commit(records, rows, sel.row_req[order], commit, sel.row_seq[order], sel.input_ids[order])
         self.cache.next_seq[slots] = inputs.seq_start + inputs.num_valid
-        self.cache.after_write()
 
         if num_tokens == 0:  # the draft-length policy chose K = 0: rows committed, no chain
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
         # The sample row is the last kept row of each request.
         hidden = out[rows.cu_seqlens[1:] - 1]
         pos = inputs.positions[inputs.sample_idx].long()
-        return self._draft_chain(hidden, pos, slots, num_tokens, sample,
-                                 self.cache.visible_rows_bound(self._last_slot_list, num_tokens))
+        return self._draft_chain(hidden, pos, slots, num_tokens, sample, visible_chain_rows)
+
+    def _forward_eager(
+        self,
+        # [R, H] input embeddings of the rows
+        embeds: torch.Tensor,
+        # [R, H] target features of the rows
+        hidden: torch.Tensor,
+        # [R] int64 positions
+        positions: torch.Tensor,
+        rows: _NewRows,
+        visible_rows: int,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The draft over `rows`: its output [R, H] and each layer's new (k, v)."""
+        records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        out = self.model(embeds, hidden, positions, self._attend_fn(rows, records, visible_rows))
+        return out, records
 
     def release(self, req_id: str) -> None:
         self.cache.release(req_id)
@@ -194,13 +288,25 @@ class TextAnchoredDrafter:
             out[req_id] = {"seq": seq, "tokens": tokens}
         return out
 
+    @torch.no_grad()
     def warm_up(self, num_rows: int, hidden_size: int, dtype: torch.dtype) -> None:
-        """The draft over `num_rows` rows with no cache (warm-up and memory profiling)."""
-        zeros = torch.zeros(num_rows, hidden_size, dtype=dtype, device=self.device)
-        zero = torch.zeros(1, dtype=torch.int64, device=self.device)
-        rows = _NewRows(torch.tensor([0, num_rows], device=self.device), zero, zero, num_rows)
-        self.model(zeros, zeros, torch.arange(num_rows, device=self.device),
-                   self._attend_fn(rows, None, 0))
+        """The draft over `num_rows` rows with no cache (warm-up and memory profiling).
+        A compiled forward also compiles, once, the shape families of decode steps (one
+        and several requests, K + 1 rows each over cached rows; the chain's one row each),
+        so that serving does not compile them on its first requests."""
+        shapes = [(1, num_rows, 0)]
+        if self.compile_backend is not None and not self._compiled_decode_shapes:
+            self._compiled_decode_shapes = True
+            cached = 2 * self.cache.block_size
+            shapes += [(batch, per_request, cached) for batch in (1, 2)
+                       for per_request in (self.max_draft_tokens + 1, 1)]
+        for batch, per_request, cached in shapes:
+            n = batch * per_request
+            zeros = torch.zeros(n, hidden_size, dtype=dtype, device=self.device)
+            zero = torch.zeros(batch, dtype=torch.int64, device=self.device)
+            starts = torch.arange(0, n + 1, per_request, device=self.device)
+            self._forward(zeros, zeros, torch.arange(n, device=self.device),
+                          _NewRows(starts, zero, zero, per_request), cached)
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -272,13 +378,8 @@ class TextAnchoredDrafter:
                                             self.cache.trash_block)
         for step in range(1, num_tokens):
             rows = _NewRows(one_each, slots, prefixes[step - 1], 1)
-            records: list[tuple[torch.Tensor, torch.Tensor]] = []
-            hidden = self.model(
-                self.model.embed_input_ids(tokens),
-                hidden,
-                positions[step - 1],
-                self._attend_fn(rows, records, visible_rows),
-            )
+            hidden, records = self._forward(
+                self.model.embed_input_ids(tokens), hidden, positions[step - 1], rows, visible_rows)
             block, offset = blocks[step - 1], offsets[step - 1]
             for layer, (k_new, v_new) in enumerate(records):
                 self.cache.k[layer, block, offset] = k_new
@@ -298,8 +399,10 @@ class TextAnchoredDrafter:
     ) -> AttentionFn:
         cache = self.cache
         window = self.window
+        backend = self.attention_backend
         # the same for every layer of this forward: read once, and the reference backend's
         # gather indices and mask planned once (on the first layer, whose q gives the rows)
+        # from host bounds, so nothing is read back
         first_rows = cache.first_row[rows.slot_ids]
         plan: list[TextWindowPlan | None] = []
 
@@ -307,13 +410,13 @@ class TextAnchoredDrafter:
             if record is not None:
                 record.append((k, v))
             if not plan:
-                plan.append(plan_attention(q.device, rows.cu_seqlens, cache.block_table, rows.slot_ids,
-                                           rows.prefix_lens, first_rows, window, cache.block_size,
-                                           q.shape[0], max_cached=visible_rows, max_new=rows.max_rows))
-            return text_window_attention(
+                plan.append(None if backend != "reference" else plan_text_window(
+                    rows.cu_seqlens, cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
+                    window, cache.block_size, q.shape[0], visible_rows, rows.max_rows))
+            return attention_op.attend(
                 q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
                 cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
-                window=window, max_new_rows=rows.max_rows, plan=plan[0],
+                window, backend, rows.max_rows, plan[0],
             )
 
         return attend

@@ -57,7 +57,8 @@ class SparrowProposer(EagleProposer):
         self.kv_cache_gid = 0
 
     def initialize_cudagraph_keys(self, cudagraph_mode: Any) -> None:
-        """The draft runs eagerly; nothing to capture."""
+        """Nothing is captured: the draft forward is compiled when vLLM compiles, and
+        launched from the host (ledger entry 7)."""
         del cudagraph_mode
 
     def on_request_finished(self, req_id: str) -> None:

@@ -21,8 +21,8 @@ sampler with the draft-logits cache for `draft_sample_method: probabilistic`), s
 rejection sampler sees the proposal distribution it expects; with
 `use_local_argmax_reduction` the argmax is SparrowDraftForCausalLM.get_top_tokens.
 
-CUDA graphs: the drafting step runs eagerly (logged once; see ledger entry 7 in
-vllm_patches.py for why).
+CUDA graphs: the draft forward is compiled when vLLM compiles, not captured (logged
+once on CUDA; see ledger entry 7 in vllm_patches.py for why).
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ class SparrowSpeculator(DraftModelSpeculator):
     def init_cudagraph_manager(self, cudagraph_mode: Any) -> None:
         if self.device.type == "cuda" and cudagraph_mode != CUDAGraphMode.NONE:
             logger.warning(
-                "Sparrow drafting runs eagerly under CUDA graphs mode %s: the drafter's "
-                "text-row selection changes shape with each step's batch, so it is not "
-                "captured (costs one eager draft forward per chain step; the target's own "
-                "graphs are unaffected)",
+                "Sparrow drafting is not captured under CUDA graphs mode %s: the draft "
+                "forward runs compiled (torch.compile, when vLLM compiles) but launched "
+                "from the host, one launch sequence per chain step (the target's own "
+                "graphs are unaffected; ledger entry 7)",
                 cudagraph_mode,
             )
 

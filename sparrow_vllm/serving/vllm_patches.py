@@ -75,15 +75,20 @@ Ledger (what / why / how / what upstream change removes it):
          (prompts key the reusable text rows, as in entry 4).
    gone: with a speculator hook for hidden-state needs, new and removed requests.
 
-7. Not a patch: CUDA graphs on V2. SparrowSpeculator.init_cudagraph_manager / capture
-   capture nothing and log once at WARNING on CUDA. The drafting step selects each
-   step's text rows and commits them to the TextKVCache with shapes that depend on the
-   batch (kept rows first, a prefill chunk's visual rows dropped), and the host
-   bookkeeping of slots runs whenever the batch's requests change; a captured graph
-   would replay stale shapes. The decode path itself is free of host synchronisation,
-   so capturing the fixed-shape chain (rows = batch, one per request) is the next step;
-   it needs a CUDA machine to verify.
-   gone: when the chain step is captured per batch size (sparrow-vllm change, no vLLM one).
+7. Not a patch: CUDA graphs of the draft. SparrowSpeculator.init_cudagraph_manager /
+   capture (V2) and SparrowProposer.initialize_cudagraph_keys (V1) capture nothing.
+   What runs instead: whenever vLLM compiles (compilation mode not NONE, so not under
+   enforce-eager), the draft forward (draft layers plus the registered attention op
+   `sparrow::text_window_attention`) is compiled with vLLM's torch.compile backend
+   (inductor), dynamic shapes, its decode shape families at warm-up. A decode step reads
+   nothing back from the device (tests/unit/test_decode_sync_free.py) and traces as one
+   graph (tests/unit/test_compiled_drafter.py, fullgraph); the host bookkeeping of slots,
+   blocks and the row-count mirror runs before it. Eager: prefill chunks (they read their
+   row counts back), the cache writes and the sampling between chain forwards.
+   Why not captured: a CUDA graph of the decode step needs static input buffers per
+   (padded batch, K') and the host bounds of visible rows rounded to buckets; without a
+   GPU to verify it on, it is not built (scripts/gpu_check.sh measures what it would save).
+   gone: when the decode step is captured per (padded batch, K') (sparrow-vllm change).
 
 8. vllm.utils.cpu_triton_utils._expand_kernel_impl (CPU build of vLLM only)
    why:  on a CPU build without a Triton CPU backend, vLLM replaces the rejection sampler's

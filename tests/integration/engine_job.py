@@ -113,7 +113,20 @@ def _runner_info(worker) -> dict:
         "sparrow_steps": getattr(getattr(adapter, "drafter", None), "steps", None),
         "draft_cache": (adapter.drafter.cache.stats()
                         if getattr(adapter, "drafter", None) is not None else None),
+        **_draft_compilation(adapter),
     }
+
+
+def _draft_compilation(adapter) -> dict:
+    """The draft forward's torch.compile backend and how many graphs dynamo holds for it."""
+    drafter = getattr(adapter, "drafter", None)
+    if drafter is None:
+        return {}
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    code = type(drafter)._forward_eager.__code__
+    return {"draft_compile_backend": drafter.compile_backend,
+            "draft_forward_graphs": len(_debug_get_cache_entry_list(code))}
 
 
 def _install_draft_recorder(worker):
@@ -154,20 +167,20 @@ def _install_late_start_recorder(worker):
     or a rewound slot: V1 resuming a preempted one) and the rows it then holds."""
     cache = _speculative_adapter(worker).drafter.cache
     cache.recorded_late_starts = []
-    prepare = cache.prepare
+    prepare_batch = cache.prepare_batch
 
-    def recording_prepare(req_id, seq_start, *args):
-        slot = cache.slot_of(req_id)
-        late = seq_start > 0 and (slot is None or seq_start < int(cache.next_seq[slot]))
-        out = prepare(req_id, seq_start, *args)
-        if late:
-            cache.recorded_late_starts.append(
-                {"req_id": req_id, "seq_start": seq_start, "new_slot": slot is None,
-                 "rows": cache.committed(req_id)[0]}
-            )
+    def recording_prepare_batch(req_ids, seq_start, seq_start_host, resumed):
+        new = {r for r in req_ids if cache.slot_of(r) is None}
+        out = prepare_batch(req_ids, seq_start, seq_start_host, resumed)
+        for req_id, start in zip(req_ids, seq_start_host, strict=True):
+            if start > 0 and (req_id in new or req_id in resumed):
+                cache.recorded_late_starts.append(
+                    {"req_id": req_id, "seq_start": start, "new_slot": req_id in new,
+                     "rows": cache.committed(req_id)[0]}
+                )
         return out
 
-    cache.prepare = recording_prepare
+    cache.prepare_batch = recording_prepare_batch
     return True
 
 
@@ -305,11 +318,11 @@ def main(job_path: str, result_path: str) -> None:
         model=job["target"],
         speculative_config=job.get("speculative_config"),
         dtype="float32",
-        enforce_eager=True,
         seed=job.get("seed", 0),
         disable_log_stats=False,
         gpu_memory_utilization=0.3,
-        **job.get("engine", {}),
+        # eager unless a job asks for vLLM's default compile mode
+        **{"enforce_eager": True, **job.get("engine", {})},
     )
     params = SamplingParams(
         temperature=0.0, max_tokens=job.get("max_tokens", 24), ignore_eos=job.get("ignore_eos", True)

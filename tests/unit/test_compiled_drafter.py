@@ -1,0 +1,67 @@
+"""The drafter under torch.compile: the decode step captures whole (fullgraph), and the
+compiled draft forward (what serving runs in vLLM's default compile mode) drafts exactly
+what the eager one drafts, through every kind of batch change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparrow_vllm.serving.draft_loading import DRIFT_STEPS
+from tests.unit.test_decode_sync_free import K, _stream
+from tests.unit.test_drafter import _draft, _drafter, _inputs
+
+
+def _run(drafter, model):
+    """Drafts and cached rows of every step of the scripted stream."""
+    sample = lambda h: (model.compute_logits(h).argmax(-1), None)  # noqa: E731
+    out = []
+    for event, payload in _stream():
+        if event == "add":
+            drafter.on_requests_added(payload)
+        elif event == "release":
+            drafter.release(payload)
+        elif event == "preempt":
+            drafter.on_requests_preempted(payload)
+        elif event == "resume":
+            drafter.on_requests_resumed(payload)
+        else:
+            parts, k = payload
+            drafts, _ = drafter.step(_inputs(parts), k, sample)
+            out.append((drafts.clone(), drafter.cached_rows()))
+    return out
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for step, ((drafts_a, rows_a), (drafts_b, rows_b)) in enumerate(zip(a, b, strict=True)):
+        torch.testing.assert_close(drafts_a, drafts_b, rtol=0, atol=0, msg=f"drafts, step {step}")
+        assert rows_a == rows_b, f"cached rows, step {step}"
+
+
+@pytest.mark.parametrize("window", [None, 8])
+def test_decode_step_compiles_as_one_graph(window):
+    """fullgraph=True raises on any graph break: the whole decode step (row selection,
+    the draft forward with its attention op, the cache writes, the K-token chain) is one
+    graph per shape family. Dynamo with the eager backend: the capture is what is tested."""
+    torch._dynamo.reset()
+    model = _draft(window)
+    eager = _drafter(model, window, k=K, drift_steps=DRIFT_STEPS)
+    compiled = _drafter(model, window, k=K, drift_steps=DRIFT_STEPS)
+    compiled.decode_step = torch.compile(compiled.decode_step, fullgraph=True, backend="eager", dynamic=True)
+    _same(_run(eager, model), _run(compiled, model))
+
+
+def test_compiled_draft_forward_drafts_like_the_eager_one():
+    """The serving configuration: the draft forward compiled by inductor (vLLM's CPU
+    default), dynamic shapes, the rest of the step eager."""
+    torch._dynamo.reset()
+    model = _draft(None)
+    eager = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
+    compiled = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
+    compiled.__init__(compiled.model, compiled.cache, compiled.window, compiled.visual_rows,
+                      compiled.max_model_len, compiled.max_draft_tokens, compile_backend="inductor")
+    expected, got = _run(eager, model), _run(compiled, model)
+    for step, ((drafts_a, rows_a), (drafts_b, rows_b)) in enumerate(zip(expected, got, strict=True)):
+        torch.testing.assert_close(drafts_a, drafts_b, rtol=0, atol=0, msg=f"drafts, step {step}")
+        assert rows_a == rows_b, f"cached rows, step {step}"
