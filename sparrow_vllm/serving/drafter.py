@@ -21,6 +21,7 @@ from sparrow_vllm.kernels.reference import TextWindowPlan, plan_text_window
 from sparrow_vllm.modeling.draft_model import AttentionFn
 from sparrow_vllm.serving import attention_op
 from sparrow_vllm.serving.attention import select_backend
+from sparrow_vllm.serving.sync_debug import on_decode_steps
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.visual_rows import VisualRows
@@ -128,6 +129,7 @@ class TextAnchoredDrafter:
             self._forward = torch.compile(self._forward_eager, backend=compile_backend, dynamic=True)
 
     @torch.no_grad()
+    @on_decode_steps  # CUDA's sync-debug mode when SPARROW_SYNC_DEBUG asks (gpu_check)
     def step(
         self, inputs: StepInputs, num_tokens: int, sample: SampleFn
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 from sparrow_vllm.config import DraftLayerConfig, SparrowConfig
@@ -94,3 +95,28 @@ def paged_pools(
             for a in range(max(logical * block_size, first_rows[b]), min((logical + 1) * block_size, r.shape[0])):
                 pool[blk, a % block_size] = r[a]
     return pool.to(template.device), table.to(template.device)
+
+
+class LoggerRecords(logging.Handler):
+    """The records one logger emits, as a context manager. Once the plugin is registered
+    in the test process, its loggers hand their records to vLLM's and not to the root
+    logger pytest's caplog listens on, so caplog would depend on test order."""
+
+    def __init__(self, name: str, level: int = logging.DEBUG) -> None:
+        super().__init__(level)
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+    def __enter__(self) -> LoggerRecords:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)

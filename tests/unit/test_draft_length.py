@@ -19,6 +19,7 @@ from sparrow_vllm.serving.draft_length import (
     StepShape,
     step_shape,
 )
+from tests.unit.helpers import LoggerRecords
 
 K_MAX = 4
 FIRST_ACCEPTED = np.array([0.9, 0.75, 0.6, 0.45])  # P(first i drafts accepted)
@@ -180,7 +181,7 @@ def test_scheduler_adapter_sets_k_and_counts_accepted_drafts():
     assert adapter.policy.cost.observations == 1
 
 
-def test_a_seeded_request_pins_k(caplog):
+def test_a_seeded_request_pins_k():
     """Both runners' rejection samplers make a seeded request's token depend on whether and
     what was drafted at its position (V1: its generator advances with every draw; Model
     Runner V2: a drafted position is an accept test on u(seed, pos), an undrafted one a
@@ -202,7 +203,7 @@ def test_a_seeded_request_pins_k(caplog):
         adapter.on_scheduled(out, requests)
         return out.num_spec_tokens_to_schedule
 
-    with caplog.at_level(logging.WARNING, logger="sparrow_vllm.serving.draft_length"):
+    with LoggerRecords("sparrow_vllm.serving.draft_length", logging.WARNING) as caught:
         assert step(unseeded) == K_MAX  # warm-up decision 1: K_max
         assert step(greedy_seeded) == 0  # greedy draws nothing: warm-up decision 2, K = 0
         ks = [step(seeded), step(unseeded, seeded), step(seeded, greedy_seeded), step(seeded)]
@@ -210,5 +211,5 @@ def test_a_seeded_request_pins_k(caplog):
     assert ks == [K_MAX] * 4
     # pinned steps are no decisions: the policy resumes at warm-up decisions 3 and 4
     assert resumed == [K_MAX, round(0.5 * K_MAX)]
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = caught.messages
     assert len(warnings) == 1 and "seeded request" in warnings[0] and "Model Runner V2" in warnings[0], warnings

@@ -8,8 +8,6 @@ the training attention rule.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
 from sparrow_vllm.training.attention import causal_text_attention
-from tests.unit.helpers import layer_config, sparrow_config, vl_family
+from tests.unit.helpers import LoggerRecords, layer_config, sparrow_config, vl_family
 
 VOCAB, HIDDEN, VISUAL = 64, 32, 60
 
@@ -246,18 +244,6 @@ def test_finished_and_aborted_requests_return_their_blocks():
     _check_cache(cache)
 
 
-class _Records(logging.Handler):
-    """The records of one logger (once the plugin is registered in this process, its
-    loggers hand their records to vLLM's, not to the root logger caplog listens on)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_out_of_blocks_degrades_drafts_not_the_step():
     """Three requests with long prompts and a pool that holds far fewer rows: every step
     still drafts, each request keeps its newest rows, the pool is never oversubscribed,
@@ -265,10 +251,7 @@ def test_out_of_blocks_degrades_drafts_not_the_step():
     model = _draft()
     drafter = _drafter(model, slots=4, blocks=12, block_size=4)
     seqs = {r: Sequence(80, seed=i) for i, r in enumerate("abc")}
-    records = _Records()
-    cache_logger = logging.getLogger("sparrow_vllm.serving.text_kv_cache")
-    cache_logger.addHandler(records)
-    try:
+    with LoggerRecords("sparrow_vllm.serving.text_kv_cache") as records:
         _step(drafter, [(r, s, 0, 30, 30) for r, s in seqs.items()])
         ends = dict.fromkeys(seqs, 30)
         for _ in range(6):
@@ -277,8 +260,6 @@ def test_out_of_blocks_degrades_drafts_not_the_step():
             for r in ends:
                 ends[r] += 2
             _check_cache(drafter.cache)
-    finally:
-        cache_logger.removeHandler(records)
     for r in seqs:
         seq = drafter.cached_rows()[r]["seq"]
         assert seq[-1] == ends[r] - 1 and seq == list(range(ends[r] - len(seq), ends[r]))
