@@ -13,6 +13,7 @@ from sparrow_vllm.training import data, media
 from sparrow_vllm.training.data import ConversationDataset, ConversationSample, Turn
 from sparrow_vllm.training.media import read_frames, read_image, video_decoder
 from sparrow_vllm.training.skips import SKIP_REASONS, SampleError, SkipReport
+from tests.unit.helpers import LoggerRecords
 
 NUM_FRAMES = 12
 # one RGB colour per frame, far apart in red so a frame's index can be read back
@@ -80,16 +81,16 @@ def test_mp4_uniform_sampling(clip):
         read_frames(clip, num_frames=0)
 
 
-def test_wrong_frame_count_in_container_is_decoded_again(clip, monkeypatch, caplog):
+def test_wrong_frame_count_in_container_is_decoded_again(clip, monkeypatch):
     real = media._DECODERS["cv2"]
 
     def lying(path, choose):  # a container that reports 5 frames too many
         return real(path, lambda count: choose(count + 5))
 
     monkeypatch.setitem(media._DECODERS, "cv2", lying)
-    with caplog.at_level(logging.WARNING, logger=media.__name__):
+    with LoggerRecords(media.__name__, logging.WARNING) as caught:
         assert frame_indices(read_frames(clip, num_frames=4)) == [0, 4, 7, 11]
-    assert "frame count in the container is wrong" in caplog.text
+    assert "frame count in the container is wrong" in "\n".join(caught.messages)
 
 
 def test_image_folder(tmp_path):
@@ -237,7 +238,7 @@ def test_media_root_overrides_manifest_directory(tmp_path, clip):
     assert len(samples) == 1 and samples[0].video.shape == (NUM_FRAMES, 32, 32, 3)
 
 
-def test_jsonl_bad_rows_are_counted_and_skipped(tmp_path, clip, caplog):
+def test_jsonl_bad_rows_are_counted_and_skipped(tmp_path, clip):
     (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(1).bytes(4000))
     write_mp4(tmp_path / "short.mp4", num_frames=6)
     rows = [
@@ -255,7 +256,7 @@ def test_jsonl_bad_rows_are_counted_and_skipped(tmp_path, clip, caplog):
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:4] + [""] + lines[4:]) + "\n")
     dataset = ConversationDataset(tmp_path / "train.jsonl", max_frames=8)
     assert len(dataset) == 8  # the blank line is not a row
-    with caplog.at_level(logging.WARNING, logger=data.__name__):
+    with LoggerRecords(data.__name__, logging.WARNING) as caught:
         samples = list(dataset)
 
     assert [s.sample_id for s in samples] == ["short"]  # clip.mp4 has 12 frames > max_frames
@@ -274,7 +275,8 @@ def test_jsonl_bad_rows_are_counted_and_skipped(tmp_path, clip, caplog):
     summary = skips.summary()
     assert summary.startswith("skipped 7 rows: ")
     assert all(f"{reason} " in summary for reason in SKIP_REASONS)
-    assert "skipping gone (missing_file)" in caplog.text and "skipped 7 rows" in caplog.text
+    logged = "\n".join(caught.messages)
+    assert "skipping gone (missing_file)" in logged and "skipped 7 rows" in logged
 
     with pytest.raises(SampleError) as info:
         dataset.load(2)
