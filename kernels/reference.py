@@ -130,14 +130,15 @@ def plan_text_window(
     num_rows: int,
     max_cached: int | None = None,
     max_new: int | None = None,
+    dense: bool = False,
 ) -> TextWindowPlan:
     """Indices and mask of `text_window_attention_batched` for `num_rows` rows of q (rows
     past cu_seqlens[-1] belong to no request and get some padded slot's output).
 
     Without bounds it reads three sizes back (free on CPU). With host bounds `max_cached`
     (of cached rows any query sees) and `max_new` (of rows per request) it reads nothing
-    back and pads to them; `max_new == 1` with `num_rows == B` then means one row per
-    request, in order."""
+    back and pads to them; `dense` then promises that every request has exactly `max_new`
+    rows, in order (`num_rows == B * max_new`), which skips the unpadding gathers."""
     device = cu_seqlens.device
     batch = slot_ids.shape[0]
     cu = _int64(cu_seqlens)
@@ -149,7 +150,7 @@ def plan_text_window(
     lo = torch.minimum(lo, prefix)
     if max_cached is not None and max_new is not None:
         num_cached, num_new = max_cached, max_new
-        total = num_rows if max_new == 1 and num_rows == batch else -1
+        total = num_rows if dense else -1
     elif batch == 0:
         num_cached = num_new = total = 0
     else:
@@ -167,7 +168,7 @@ def plan_text_window(
     rows = torch.minimum(cached_pos, (prefix[:, None] - 1).clamp(min=0))
     blocks = block_table[_int64(slot_ids)[:, None], (rows // block_size) % block_table.shape[1]]
     cells = (blocks * block_size + rows % block_size).view(-1)
-    if total == num_rows == batch * num_new:  # every request has num_new rows, in order
+    if dense or total == num_rows == batch * num_new:  # every request has num_new rows, in order
         return TextWindowPlan(cells, None, hidden[:, None, :, None, :], None, batch, num_new)
     starts = cu[:-1, None]
     new_rows = (starts + torch.arange(num_new, device=device)).clamp(max=max(num_rows - 1, 0))

@@ -71,6 +71,8 @@ class _NewRows:
     prefix_lens: torch.Tensor
     # host int, an upper bound of new rows per request (lets the kernel launch sync-free)
     max_rows: int
+    # every request has exactly max_rows rows, in order (the draft chain's one row each)
+    dense: bool = False
 
 
 @dataclass
@@ -125,7 +127,10 @@ class TextAnchoredDrafter:
         self._forward = self._forward_eager
         self._compiled_decode_shapes = False
         if compile_backend is not None:
-            # shapes change with the batch and the rows kept: compiled once, dynamically
+            # shapes change with the batch and the rows kept: compiled dynamically; the
+            # cache's buffers never change shape (no size of theirs becomes a symbol)
+            for buffer in (cache.k, cache.v, cache.block_table, cache.first_row, cache.lengths):
+                torch._dynamo.mark_static(buffer)
             self._forward = torch.compile(self._forward_eager, backend=compile_backend, dynamic=True)
 
     @torch.no_grad()
@@ -188,7 +193,9 @@ class TextAnchoredDrafter:
     def _visible_rows(self, num_tokens: int) -> tuple[int, int]:
         """Host bounds of the cached rows a step's rows and its chain rows see."""
         slots = self._last_slot_list
-        return self.cache.visible_rows_bound(slots, 0), self.cache.visible_rows_bound(slots, num_tokens)
+        # at least 2: torch.compile specialises the values 0 and 1 (a graph each)
+        return (max(2, self.cache.visible_rows_bound(slots, 0)),
+                max(2, self.cache.visible_rows_bound(slots, num_tokens)))
 
     def _select(self, inputs: StepInputs, slots: torch.Tensor) -> _Selection:
         """Which of the step's rows the draft runs on and which it commits."""
@@ -296,19 +303,21 @@ class TextAnchoredDrafter:
         A compiled forward also compiles, once, the shape families of decode steps (one
         and several requests, K + 1 rows each over cached rows; the chain's one row each),
         so that serving does not compile them on its first requests."""
-        shapes = [(1, num_rows, 0)]
+        shapes = [(1, num_rows, False)]
         if self.compile_backend is not None and not self._compiled_decode_shapes:
             self._compiled_decode_shapes = True
-            cached = 2 * self.cache.block_size
-            shapes += [(batch, per_request, cached) for batch in (1, 2)
-                       for per_request in (self.max_draft_tokens + 1, 1)]
-        for batch, per_request, cached in shapes:
+            # a graph per family: one request or several (torch.compile specialises a
+            # size of 1), K + 1 rows or one row each (the latter dense in the chain)
+            shapes += [(batch, per_request, dense) for batch in (1, 3)
+                       for per_request, dense in ((self.max_draft_tokens + 1, False), (1, False), (1, True))]
+        for batch, per_request, dense in shapes:
             n = batch * per_request
             zeros = torch.zeros(n, hidden_size, dtype=dtype, device=self.device)
-            zero = torch.zeros(batch, dtype=torch.int64, device=self.device)
+            # distinct tensors wherever serving passes distinct ones (dynamo guards aliasing)
+            slots, prefixes = (torch.zeros(batch, dtype=torch.int64, device=self.device) for _ in range(2))
             starts = torch.arange(0, n + 1, per_request, device=self.device)
-            self._forward(zeros, zeros, torch.arange(n, device=self.device),
-                          _NewRows(starts, zero, zero, per_request), cached)
+            self._forward(zeros, torch.zeros_like(zeros), torch.arange(n, device=self.device),
+                          _NewRows(starts, slots, prefixes, per_request, dense), 2 * self.cache.block_size)
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -379,7 +388,7 @@ class TextAnchoredDrafter:
                                             self.cache.first_row[slots], self.cache.block_size,
                                             self.cache.trash_block)
         for step in range(1, num_tokens):
-            rows = _NewRows(one_each, slots, prefixes[step - 1], 1)
+            rows = _NewRows(one_each, slots, prefixes[step - 1], 1, dense=True)
             hidden, records = self._forward(
                 self.model.embed_input_ids(tokens), hidden, positions[step - 1], rows, visible_rows)
             block, offset = blocks[step - 1], offsets[step - 1]
@@ -414,7 +423,7 @@ class TextAnchoredDrafter:
             if not plan:
                 plan.append(None if backend != "reference" else plan_text_window(
                     rows.cu_seqlens, cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
-                    window, cache.block_size, q.shape[0], visible_rows, rows.max_rows))
+                    window, cache.block_size, q.shape[0], visible_rows, rows.max_rows, rows.dense))
             return attention_op.attend(
                 q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
                 cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,

@@ -65,3 +65,23 @@ def test_compiled_draft_forward_drafts_like_the_eager_one():
     for step, ((drafts_a, rows_a), (drafts_b, rows_b)) in enumerate(zip(expected, got, strict=True)):
         torch.testing.assert_close(drafts_a, drafts_b, rtol=0, atol=0, msg=f"drafts, step {step}")
         assert rows_a == rows_b, f"cached rows, step {step}"
+
+
+def test_warm_up_compiles_every_shape_family_serving_meets():
+    """The compiled forward's graphs all come from warm-up: a stream of batch changes,
+    chunked prefill and changing K adds none (a recompile per new shape would stall
+    serving for seconds, and past dynamo's limit of 8 it would run eagerly)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from sparrow_vllm.serving.drafter import TextAnchoredDrafter
+
+    torch._dynamo.reset()
+    model = _draft(None)
+    drafter = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
+    drafter.__init__(drafter.model, drafter.cache, drafter.window, drafter.visual_rows,
+                     drafter.max_model_len, drafter.max_draft_tokens, compile_backend="eager")
+    code = TextAnchoredDrafter._forward_eager.__code__
+    drafter.warm_up(4, model.draft.layer_config.hidden_size, torch.float32)
+    warmed = len(_debug_get_cache_entry_list(code))
+    _run(drafter, model)
+    assert len(_debug_get_cache_entry_list(code)) == warmed <= 6
