@@ -15,6 +15,10 @@ cold-cache drafter pass that the committed results include):
     python benchmarks/visual_length_sweep.py --cold-cache-mb 256 \
         --out benchmarks/results/visual_length_sweep_toy_world
 
+`--batch N` submits N requests together (max_num_seqs N, all N prefilled in one step) and
+times the drafter on the steps all N decode in. Medians of the draft step come with a 95%
+bootstrap interval over steps.
+
 On a GPU with your own Qwen2.5-VL target and drafts (the requests are toy-world clips and
 questions; any Qwen2.5-VL chat template renders them):
 
@@ -33,6 +37,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.bench.offline import run_in_subprocess
@@ -60,18 +66,36 @@ def _job(args: argparse.Namespace, method: str, requests: list[dict]) -> dict:
             # K drafts every step, like eagle: acceptance length and draft time per step
             # compare at the same K (serve_bench.py measures the adaptive draft length)
             spec["adaptive_draft_length"] = False
-    # a whole video fits in one step's encoder budget
+    # a whole video fits in one step's encoder budget (all the batch's videos: one prefill step)
     max_len = max(args.lengths) + 512
-    engine = {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "max_num_seqs": 1,
-              "max_model_len": max_len, "max_num_batched_tokens": max_len, **json.loads(args.engine_args)}
+    engine = {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "max_num_seqs": args.batch,
+              "max_model_len": max_len, "max_num_batched_tokens": args.batch * max_len, **json.loads(args.engine_args)}
     warmup = {"seed": SCENE_SEED, "index": 1000, "frames": frames_for_visual_tokens(min(args.lengths)),
               "question": args.question}
     return {"target": str(args.target), "speculative_config": spec, "engine": engine,
-            "temperature": args.temperature, "max_tokens": args.max_tokens, "ignore_eos": True, "warmup": warmup, "requests": requests}
+            "temperature": args.temperature, "max_tokens": args.max_tokens, "ignore_eos": True, "warmup": warmup,
+            "requests": requests, "batch": args.batch}
 
 
 def _draft_steps(run: dict, frames: int) -> list[float]:
     return [s for r in run["requests"] if r["frames"] == frames for s in r["draft_decode_s"]]
+
+
+def median_ci95(samples: list[float], draws: int = 4000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the median of `samples` (resampling the samples)."""
+    x = np.asarray(samples, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(x), size=(draws, len(x)))
+    medians = np.median(x[picks], axis=1)
+    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+
+
+def median_ratio_ci95(a: list[float], b: list[float], draws: int = 4000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of median(a) / median(b), the two resampled independently."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ratios = (np.median(x[rng.integers(0, len(x), size=(draws, len(x)))], axis=1)
+              / np.median(y[rng.integers(0, len(y), size=(draws, len(y)))], axis=1))
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] | None = None,
@@ -106,6 +130,8 @@ def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] |
                     "per_position_rate": stats["per_position_rate"],
                     "draft_ms_per_step": 1000 * statistics.mean(steps),
                     "draft_ms_per_step_median": 1000 * statistics.median(steps),
+                    "draft_ms_per_step_median_ci95": [1000 * v for v in median_ci95(steps)],
+                    "draft_steps": len(steps),
                     "draft_prefill_ms": 1000 * statistics.mean(r["draft_prefill_s"] for r in mine),
                 })
                 if cold and method in cold:
@@ -114,9 +140,11 @@ def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] |
     return rows
 
 
-def targets(rows: list[dict]) -> dict:
+def targets(rows: list[dict], runs: dict[str, dict] | None = None) -> dict:
     """The issue's goals: Sparrow's draft time per step at the longest length within 1.1x
-    of the shortest; Sparrow's DSR at the longest length above 1 and above eagle's."""
+    of the shortest; Sparrow's DSR at the longest length above 1 and above eagle's; and (with
+    `runs`) Sparrow's median draft step at most eagle's at every length, with a 95% interval
+    of the ratio."""
     def row(method: str, n: int) -> dict:
         return next(r for r in rows if r["method"] == method and r["visual_tokens"] == n)
 
@@ -125,6 +153,10 @@ def targets(rows: list[dict]) -> dict:
     out = {"draft_step_ratio_long_over_short": row("sparrow", long)["draft_ms_per_step_median"]
            / row("sparrow", short)["draft_ms_per_step_median"]}
     out["draft_step_within_1.1x"] = out["draft_step_ratio_long_over_short"] <= 1.1
+    if runs is not None:
+        out["draft_step_ratio_long_over_short_ci95"] = median_ratio_ci95(
+            _draft_steps(runs["sparrow"], frames_for_visual_tokens(long)),
+            _draft_steps(runs["sparrow"], frames_for_visual_tokens(short)))
     if "draft_ms_per_step_cold_cache" in row("sparrow", long):
         out["cold_cache_draft_step_ratio_long_over_short"] = (
             row("sparrow", long)["draft_ms_per_step_cold_cache"] / row("sparrow", short)["draft_ms_per_step_cold_cache"])
@@ -132,6 +164,21 @@ def targets(rows: list[dict]) -> dict:
     if any(r["method"] == "eagle" for r in rows):
         out["eagle_dsr_long"] = row("eagle", long)["dsr"]
         out["sparrow_dsr_above_1_and_eagle"] = out["sparrow_dsr_long"] > max(1.0, out["eagle_dsr_long"])
+        if runs is not None:
+            per_length = {}
+            for n in lengths:
+                sparrow, eagle = row("sparrow", n), row("eagle", n)
+                frames = frames_for_visual_tokens(n)
+                ratio = sparrow["draft_ms_per_step_median"] / eagle["draft_ms_per_step_median"]
+                per_length[str(n)] = {
+                    "sparrow_over_eagle_draft_step": ratio,
+                    "ratio_ci95": median_ratio_ci95(_draft_steps(runs["sparrow"], frames),
+                                                    _draft_steps(runs["eagle"], frames)),
+                    "sparrow_draft_step_le_eagle": ratio <= 1.0,
+                    "sparrow_dsr": sparrow["dsr"], "eagle_dsr": eagle["dsr"]}
+            out["per_length"] = per_length
+            out["sparrow_draft_step_le_eagle_at_every_length"] = all(
+                v["sparrow_draft_step_le_eagle"] for v in per_length.values())
     return out
 
 
@@ -141,17 +188,38 @@ def _equal(flag: bool | None) -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| method | visual tokens | acceptance length | per-position acceptance | prefill s | decode s "
-            "| draft ms/step (median) | draft ms/step, cold caches | DSR | ESR | out tok/s | text = none |")
+            "| draft ms/step (median [95% CI]) | draft ms/step, cold caches | DSR | ESR | out tok/s | text = none |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         pos = ", ".join(f"{p:.2f}" for p in r.get("per_position_rate", []))
         acc = f"{r['acceptance_length']:.2f}" if "acceptance_length" in r else "-"
-        draft = f"{r['draft_ms_per_step_median']:.2f}" if "draft_ms_per_step" in r else "-"
+        draft = "-"
+        if "draft_ms_per_step" in r:
+            lo, hi = r["draft_ms_per_step_median_ci95"]
+            draft = f"{r['draft_ms_per_step_median']:.2f} [{lo:.2f}, {hi:.2f}] ({r['draft_steps']} steps)"
         cold = f"{r['draft_ms_per_step_cold_cache']:.2f}" if "draft_ms_per_step_cold_cache" in r else "-"
         lines.append(f"| {r['method']} | {r['visual_tokens']} | {acc} | {pos or '-'} | {r['prefill_s']:.2f} "
                      f"| {r['decode_s']:.2f} | {draft} | {cold} | {r['dsr']:.2f} | {r['esr']:.2f} "
                      f"| {r['output_tokens_per_s']:.1f} | {_equal(r['text_equal_to_none'])} |")
     return "\n".join(lines) + "\n"
+
+
+def goals_markdown(goals: dict, settings: dict) -> str:
+    """The goals beside the numbers: Sparrow's median draft step against eagle's per length."""
+    mode = "enforce-eager" if settings["enforce_eager"] else "vLLM's default compile mode (enforce_eager false)"
+    lines = [f"\nMode: {mode}; batch {settings['batch']}.\n",
+             "| visual tokens | sparrow / eagle median draft step [95% CI] | goal sparrow <= eagle | sparrow DSR | eagle DSR |",
+             "|---|---|---|---|---|"]
+    for n, v in goals.get("per_length", {}).items():
+        lo, hi = v["ratio_ci95"]
+        lines.append(f"| {n} | {v['sparrow_over_eagle_draft_step']:.2f} [{lo:.2f}, {hi:.2f}] "
+                     f"| {'met' if v['sparrow_draft_step_le_eagle'] else 'NOT met'} "
+                     f"| {v['sparrow_dsr']:.2f} | {v['eagle_dsr']:.2f} |")
+    ratio = goals["draft_step_ratio_long_over_short"]
+    lo, hi = goals.get("draft_step_ratio_long_over_short_ci95", [float("nan")] * 2)
+    lines.append(f"\nSparrow draft step longest/shortest length: {ratio:.2f} [{lo:.2f}, {hi:.2f}] (goal <= 1.1: "
+                 f"{'met' if goals['draft_step_within_1.1x'] else 'NOT met'}).\n")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -203,6 +271,8 @@ def main() -> None:
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
                         help="allow CUDA graphs / torch.compile (GPUs)")
     parser.add_argument("--engine-args", default="{}", help="extra vllm.LLM kwargs as JSON")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="requests submitted together (max_num_seqs; --scenes must be a multiple)")
     parser.add_argument("--cold-cache-mb", type=int, default=0,
                         help="also run each speculative method with this many MiB of memory written "
                              "before every drafter call, and report its drafter time with cold CPU "
@@ -216,6 +286,8 @@ def main() -> None:
     methods = args.methods.split(",")
     if methods[0] != "none":
         raise SystemExit("--methods must start with none: speedups are measured against it")
+    if args.batch < 1 or args.scenes % args.batch:
+        raise SystemExit(f"--scenes {args.scenes} must be a multiple of --batch {args.batch}")
     requests = _requests(args.lengths, args.scenes, args.question)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs, seconds = {}, {}
@@ -234,13 +306,14 @@ def main() -> None:
     result = {
         "benchmark": "visual_length_sweep", "machine": describe_machine(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "wall_seconds": seconds, "rows": rows, "targets": targets(rows), "provenance": provenance(sys.argv),
+        "wall_seconds": seconds, "rows": rows, "targets": targets(rows, runs), "provenance": provenance(sys.argv),
         "requests": {m: run["requests"] for m, run in runs.items()},
     }
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows))
+    text = markdown(rows) + goals_markdown(result["targets"], result["settings"])
+    args.out.with_suffix(".md").write_text(text)
     plot(rows, args.out.with_suffix(".png"))
-    logger.info("\n%s\ntargets: %s", markdown(rows), json.dumps(result["targets"]))
+    logger.info("\n%s\ntargets: %s", text, json.dumps(result["targets"]))
 
 
 if __name__ == "__main__":

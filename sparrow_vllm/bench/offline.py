@@ -8,7 +8,8 @@ Run in its own process (one engine per process, one process at a time on a small
 JOB: {"target", "speculative_config" (or null), "engine" (LLM kwargs), "max_tokens",
 "ignore_eos", "warmup" (ToyQuestion fields), "requests" [ToyQuestion fields, ...],
 "flush_cache_mb" (optional: evict CPU caches before each drafter call),
-"keep_prompt_token_ids" (optional: record each request's prompt token ids)}.
+"keep_prompt_token_ids" (optional: record each request's prompt token ids), "batch" (optional:
+submit the requests in groups of this many, see `timed_group`)}.
 The drafter is timed by wrapping the model runner's `drafter.propose` (see
 `_install_drafter_timer`); in-process engines only (VLLM_ENABLE_V1_MULTIPROCESSING=0).
 """
@@ -115,6 +116,65 @@ def timed_request(llm: Any, request_id: str, prompt: dict[str, Any], params: Any
     return record
 
 
+def timed_group(llm: Any, request_ids: list[str], prompts: list[dict[str, Any]], params: Any,
+                timed_drafter: bool, keep_prompt_ids: bool = False) -> list[dict]:
+    """Run len(prompts) requests submitted together (batch decoding) through the step loop.
+    Each record's prefill_s runs from submission to its first token and decode_s from there
+    to its own last token. The group's drafter calls, spec-decode counters and acceptance go
+    on its first record (the others get empty ones): draft_decode_s holds only the calls of
+    engine steps that all the group's requests decoded in (no prefill, none finished yet),
+    draft_prefill_s every other call."""
+    engine = llm.llm_engine
+    before = _spec_counters(llm)
+    start = time.perf_counter()
+    for request_id, prompt in zip(request_ids, prompts, strict=True):
+        engine.add_request(request_id, prompt, params)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    final: dict[str, Any] = {}
+    full_steps: list[tuple[float, float]] = []  # (start, end) of steps every request decoded in
+    while engine.has_unfinished_requests():
+        all_decoding = len(first) == len(request_ids) and not final
+        step_start = time.perf_counter()
+        outputs = engine.step()
+        step_end = time.perf_counter()
+        if all_decoding:
+            full_steps.append((step_start, step_end))
+        for out in outputs:
+            if out.outputs and out.outputs[0].token_ids:
+                first.setdefault(out.request_id, step_end)
+                last[out.request_id] = step_end
+            if out.finished:
+                final[out.request_id] = out
+    missing = [r for r in request_ids if r not in final or r not in first]
+    if missing:
+        raise RuntimeError(f"requests {missing} finished without output")
+    records = []
+    for request_id in request_ids:
+        out = final[request_id]
+        record = {
+            "prompt_tokens": len(out.prompt_token_ids),
+            "output_token_ids": list(out.outputs[0].token_ids),
+            "text": out.outputs[0].text,
+            "prefill_s": first[request_id] - start,
+            "decode_s": last[request_id] - first[request_id],
+            "batch": len(request_ids),
+        }
+        if keep_prompt_ids:
+            record["prompt_token_ids"] = list(out.prompt_token_ids)
+        records.append(record)
+    if timed_drafter:
+        calls = llm.collective_rpc(_take_drafter_calls)[0]
+        decode = [s for t, s in calls if any(a < t <= b for a, b in full_steps)]
+        counters = counter_delta(before, _spec_counters(llm))
+        for i, record in enumerate(records):
+            record["draft_prefill_s"] = sum(s for t, s in calls) - sum(decode) if i == 0 else 0.0
+            record["draft_decode_s"] = decode if i == 0 else []
+            record["counters"] = counters if i == 0 else {}
+            record.update(acceptance(record["counters"]))
+    return records
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
@@ -129,6 +189,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(temperature=job.get("temperature", 0.0), max_tokens=job["max_tokens"],
                             ignore_eos=job.get("ignore_eos", True))
+    batch = job.get("batch", 1)
+    if batch > 1:
+        return {"job": job, "requests": _run_groups(llm, job, tokenizer, params, bool(spec), batch)}
     if job.get("warmup"):
         timed_request(llm, "warmup", ToyQuestion(**job["warmup"]).offline_prompt(tokenizer), params, bool(spec))
     records = []
@@ -141,6 +204,33 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                     f" acceptance {record['acceptance_length']:.2f}" if spec else "")
         records.append({**fields, **record})
     return {"job": job, "requests": records}
+
+
+def _run_groups(llm: Any, job: dict[str, Any], tokenizer: Any, params: Any, timed_drafter: bool,
+                batch: int) -> list[dict]:
+    """job["requests"] in consecutive groups of `batch` submitted together (after a warmup
+    group of `batch` copies of job["warmup"] with distinct indices)."""
+    requests = job["requests"]
+    if len(requests) % batch:
+        raise ValueError(f"{len(requests)} requests do not split into groups of batch {batch}: "
+                         "ask for a multiple of the batch size")
+    if job.get("warmup"):
+        warm = [ToyQuestion(**{**job["warmup"], "index": job["warmup"]["index"] + i}) for i in range(batch)]
+        timed_group(llm, [f"warmup{i}" for i in range(batch)], [q.offline_prompt(tokenizer) for q in warm],
+                    params, timed_drafter)
+    records = []
+    for g in range(0, len(requests), batch):
+        fields = requests[g : g + batch]
+        questions = [ToyQuestion(**f) for f in fields]
+        group = timed_group(llm, [f"r{g + i}" for i in range(batch)], [q.offline_prompt(tokenizer) for q in questions],
+                            params, timed_drafter, keep_prompt_ids=job.get("keep_prompt_token_ids", False))
+        head = group[0]
+        logger.info("group of %d from request %d (%d frames): decode %.2fs%s%s", batch, g, questions[0].frames,
+                    max(r["prefill_s"] + r["decode_s"] for r in group) - min(r["prefill_s"] for r in group),
+                    f", {len(head['draft_decode_s'])} full-batch draft steps" if timed_drafter else "",
+                    f", acceptance {head['acceptance_length']:.2f}" if head.get("acceptance_length") else "")
+        records += [{**f, **r} for f, r in zip(fields, group, strict=True)]
+    return records
 
 
 def run_in_subprocess(job: dict[str, Any], workdir: Path, name: str, timeout: float | None = None) -> dict[str, Any]:
