@@ -174,8 +174,8 @@ class TextAnchoredDrafter:
         sel = self._select(inputs, slots)
         # all rows, kept ones first (grouped by request)
         order = torch.argsort((~sel.keep).long() * len(inputs.req_ids) + sel.row_req, stable=True)
-        return self._write_and_draft(inputs, slots, sel, order, num_tokens, sample, visible_rows,
-                                     visible_chain_rows)
+        return self._write_and_draft(inputs, slots, sel, order, inputs.max_query_len, num_tokens, sample,
+                                     visible_rows, visible_chain_rows)
 
     def _prefill_step(
         self, inputs: StepInputs, slots: torch.Tensor, num_tokens: int, sample: SampleFn, active: set[str]
@@ -187,7 +187,9 @@ class TextAnchoredDrafter:
         lengths, new_rows = torch.stack((self.cache.lengths[slots], sel.counts)).tolist()
         self.cache.sync(self._last_slot_list, lengths)
         self.cache.reserve(self._last_slot_list, new_rows, max(num_tokens - 1, 0), active)
-        return self._write_and_draft(inputs, slots, sel, order, num_tokens, sample,
+        # the attention pads each request to the most rows one keeps (a 25k-token chunk of
+        # video keeps a handful), never to the chunk's length
+        return self._write_and_draft(inputs, slots, sel, order, max(1, *new_rows), num_tokens, sample,
                                      *self._visible_rows(num_tokens))
 
     def _visible_rows(self, num_tokens: int) -> tuple[int, int]:
@@ -228,13 +230,15 @@ class TextAnchoredDrafter:
         sel: _Selection,
         # [R] the rows the draft runs on, kept ones first, grouped by request
         order: torch.Tensor,
+        # host: an upper bound of the rows kept per request
+        max_rows: int,
         num_tokens: int,
         sample: SampleFn,
         visible_rows: int,
         visible_chain_rows: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = len(inputs.req_ids)
-        rows = _NewRows(_cumsum0(sel.counts), slots, self.cache.lengths[slots], inputs.max_query_len)
+        rows = _NewRows(_cumsum0(sel.counts), slots, self.cache.lengths[slots], max_rows)
         out, records = self._forward(
             self.model.embed_input_ids(sel.input_ids[order]),
             inputs.hidden_states[order],

@@ -408,3 +408,23 @@ def test_a_step_the_drafter_missed_leaves_no_silent_hole():
     _step(drafter, [("a", a, 18, 1, 1), ("b", b, 5, 1, 1), ("c", Sequence(30, seed=3), 12, 6, 6)])
     _step(drafter, [("a", a, 19, 1, 1), ("b", b, 6, 1, 1)])
     assert drafter.cache.stats()["holed_requests"] == 1
+
+
+def test_a_long_visual_prefill_chunk_pads_attention_to_its_kept_rows(monkeypatch):
+    """A 600-row chunk of which 590 rows are visual: the draft attends over the ~10 rows
+    it keeps, padded to them, never to the chunk's length (a 25k-token video chunk padded
+    to 25k queries took ~20 GB)."""
+    from sparrow_vllm.serving import drafter as drafter_module
+
+    planned = []
+    plan = drafter_module.plan_text_window
+
+    def recording_plan(*args):
+        planned.append(args[-2])  # max_new
+        return plan(*args)
+
+    monkeypatch.setattr(drafter_module, "plan_text_window", recording_plan)
+    drafter = _drafter(_draft())
+    a = Sequence(700, visual=[(5, 595)])
+    _step(drafter, [("a", a, 0, 600, 600)])
+    assert planned and max(planned) <= 11, planned
