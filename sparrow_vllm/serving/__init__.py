@@ -9,13 +9,16 @@
     drafter.py         TextAnchoredDrafter: the one drafting implementation both adapters call
     visual_rows.py     which rows are visual, by the target family's rule (never cached)
     text_kv_cache.py   TextKVCache: the draft's own paged cache of text rows
-    attention.py       text-window attention, the op (backend choice)
+    cache_cells.py     the cache cell each of a step's rows is written to
+    attention_op.py    the attention as a registered op (torch.ops.sparrow), what compiles
+    attention.py       text-window attention (backend choice, checks)
     ../../kernels/     its PyTorch reference and Triton kernel (sparrow_vllm.kernels)
 
 Support modules: vllm_draft.py (the draft as a vLLM model), target_adapter.py (the
 target's vLLM text model), draft_loading.py (start-up: checks, cache sizing),
 serving_options.py (Sparrow's keys in --speculative-config), text_row_reuse.py (content
 keys of text rows, reused after prefix-cache hits), host_mirror.py (device counts the
-allocator reads without waiting). Family rules (placeholders, frame text, positions,
+allocator reads without waiting), sync_debug.py (CUDA's sync-debug mode on steps, for
+scripts/gpu_check), tp_agreement.py (what every tensor-parallel rank agrees on). Family rules (placeholders, frame text, positions,
 intermediate layers) come from sparrow_vllm.families, resolved once at start-up.
 """

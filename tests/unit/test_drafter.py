@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from sparrow_vllm.modeling.draft_model import SparrowDraftModel
-from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter, commit_targets
+from sparrow_vllm.serving.cache_cells import commit_targets
+from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
