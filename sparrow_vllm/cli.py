@@ -7,66 +7,25 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from sparrow_vllm.cli_options import (
+    DRAFT_FIELDS,
+    OPTION_SCHEMAS,
+    add_settings_arguments,
+    add_sparrow_arguments,
+    feature_layer,
+    settings_from,
+    validation_words,
+)
 from sparrow_vllm.config import FrameText, SparrowConfig, SparrowConfigError
 from sparrow_vllm.errors import RunStopped, UsageError
 from sparrow_vllm.toy_targets import ARCHES as TOY_ARCHES
 from sparrow_vllm.training.settings import TrainSettings
 
 logger = logging.getLogger("sparrow_vllm.cli")
-
-# SparrowConfig fields a user sets when making a draft; their help text is the schema's.
-_DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "frame_text", "fc_bias")
-# Settings schemas filled from options: their validation errors are usage mistakes.
-_OPTION_SCHEMAS = frozenset({"TrainSettings", "CheckSettings", "SparrowConfig"})
-
-
-def _feature(value: str) -> str | int:
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser, schema: type[BaseModel]) -> None:
-    """One option per field of a pydantic settings schema, with the field's description."""
-    group = parser.add_argument_group(f"{schema.__name__} (defaults shown)")
-    for name, field in schema.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": name, "default": field.default, "help": f"{field.description} [{field.default}]"}
-        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
-        if field.annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif choices:
-            kwargs["choices"] = choices
-        elif field.default is None:  # an optional field, e.g. int | None
-            kwargs["type"] = next(a for a in get_args(field.annotation) if a is not type(None))
-        else:
-            kwargs["type"] = type(field.default)
-        group.add_argument(flag, **kwargs)
-
-
-def settings_from(args: argparse.Namespace, schema: type[BaseModel]) -> Any:
-    return schema(**{name: getattr(args, name) for name in schema.model_fields})
-
-
-def add_sparrow_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options generated from SparrowConfig: one schema for config.json and the CLI."""
-    for name in _DRAFT_FIELDS:
-        field = SparrowConfig.model_fields[name]
-        flag = (field.json_schema_extra or {}).get("cli", "--" + name.replace("_", "-"))
-        kwargs: dict[str, Any] = {"dest": name, "default": field.default, "help": field.description}
-        if field.annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif name == "feature_layer":
-            kwargs["type"] = _feature
-        elif name == "window":
-            kwargs["type"] = int
-        elif get_origin(field.annotation) is Literal:
-            kwargs["choices"] = get_args(field.annotation)
-        else:
-            kwargs["type"] = type(field.default)
-        parser.add_argument(flag, **kwargs)
 
 
 def _cmd_toy_target(args: argparse.Namespace) -> None:
@@ -81,7 +40,7 @@ def _cmd_init_draft(args: argparse.Namespace) -> None:
     from sparrow_vllm.draft_factory import new_draft
     from sparrow_vllm.families import load_family
 
-    fields = {name: getattr(args, name) for name in _DRAFT_FIELDS}
+    fields = {name: getattr(args, name) for name in DRAFT_FIELDS}
     model = new_draft(load_family(args.target), seed=args.seed, **fields)
     out = save_draft(args.out, model, command=sys.argv)
     logger.info("random Sparrow draft written to %s", out)
@@ -159,7 +118,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from sparrow_vllm.training.pipeline import train_draft
 
     settings = settings_from(args, TrainSettings)
-    fields = {name: getattr(args, name) for name in _DRAFT_FIELDS}
+    fields = {name: getattr(args, name) for name in DRAFT_FIELDS}
     out = train_draft(
         args.target, args.out, settings, fields, features=args.features, data=args.data,
         media_root=args.media_root, num_frames=args.num_frames,
@@ -256,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="target model directory (HF format)")
     p.add_argument("--data", required=True, help="manifest: .json list or .jsonl of records")
     p.add_argument("--out", required=True, help="output directory for shards + index.json")
-    p.add_argument("--feature", dest="feature_layer", type=_feature, default="final",
+    p.add_argument("--feature", dest="feature_layer", type=feature_layer, default="final",
                    help=SparrowConfig.model_fields["feature_layer"].description)
     p.add_argument("--frame-text", dest="frame_text", choices=get_args(FrameText), default="visual",
                    help=SparrowConfig.model_fields["frame_text"].description)
@@ -375,23 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _option_of(field: str) -> str:
-    """The CLI option that sets a settings field (SparrowConfig names some its own way)."""
-    info = SparrowConfig.model_fields.get(field)
-    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
-    return str(extra.get("cli", "--" + field.replace("_", "-")))
-
-
-def validation_words(error: ValidationError) -> str:
-    """A settings ValidationError in the CLI's words: `--option: what is wrong`, one per problem."""
-    problems = []
-    for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ")
-        fields = [str(part) for part in item["loc"] if isinstance(part, str)]
-        problems.append(f"{_option_of(fields[0])}: {message}" if fields else message)
-    return "; ".join(problems)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run one tool; a usage mistake or a draft that does not fit exits 2 with its message
     (no traceback), anything else raises."""
@@ -405,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     except RunStopped as error:
         parser.exit(1, f"stopped: {error}\n")
     except ValidationError as error:
-        if error.title not in _OPTION_SCHEMAS:
+        if error.title not in OPTION_SCHEMAS:
             raise
         parser.exit(2, f"error: {validation_words(error)}\n")
 
