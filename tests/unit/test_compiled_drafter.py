@@ -4,12 +4,13 @@ what the eager one drafts, through every kind of batch change."""
 
 from __future__ import annotations
 
-import pytest
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from sparrow_vllm.serving.draft_loading import DRIFT_STEPS
+from sparrow_vllm.serving.drafter import TextAnchoredDrafter
 from tests.unit.test_decode_sync_free import K, _stream
-from tests.unit.test_drafter import _draft, _drafter, _inputs
+from tests.unit.test_drafter import _draft, _drafter, _inputs, apply_event
 
 
 def _run(drafter, model):
@@ -17,18 +18,11 @@ def _run(drafter, model):
     sample = lambda h: (model.compute_logits(h).argmax(-1), None)  # noqa: E731
     out = []
     for event, payload in _stream():
-        if event == "add":
-            drafter.on_requests_added(payload)
-        elif event == "release":
-            drafter.release(payload)
-        elif event == "preempt":
-            drafter.on_requests_preempted(payload)
-        elif event == "resume":
-            drafter.on_requests_resumed(payload)
-        else:
-            parts, k = payload
-            drafts, _ = drafter.step(_inputs(parts), k, sample)
-            out.append((drafts.clone(), drafter.cached_rows()))
+        if apply_event(drafter, event, payload):
+            continue
+        parts, k = payload
+        drafts, _ = drafter.step(_inputs(parts), k, sample)
+        out.append((drafts.clone(), drafter.cached_rows()))
     return out
 
 
@@ -39,15 +33,21 @@ def _same(a, b):
         assert rows_a == rows_b, f"cached rows, step {step}"
 
 
-@pytest.mark.parametrize("window", [None])  # a window adds no branch the trace could break on
-def test_decode_step_compiles_as_one_graph(window):
+def _pair(compile_backend=None):
+    """An eager drafter and a second one over the same weights (compiled if asked)."""
+    torch._dynamo.reset()
+    model = _draft(None)
+    eager = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
+    other = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS, compile_backend=compile_backend)
+    return model, eager, other
+
+
+def test_decode_step_compiles_as_one_graph():
     """fullgraph=True raises on any graph break: the whole decode step (row selection,
     the draft forward with its attention op, the cache writes, the K-token chain) is one
-    graph per shape family. Dynamo with the eager backend: the capture is what is tested."""
-    torch._dynamo.reset()
-    model = _draft(window)
-    eager = _drafter(model, window, k=K, drift_steps=DRIFT_STEPS)
-    compiled = _drafter(model, window, k=K, drift_steps=DRIFT_STEPS)
+    graph per shape family. Dynamo with the eager backend: the capture is what is tested.
+    (A window adds no branch the trace could break on.)"""
+    model, eager, compiled = _pair()
     compiled.decode_step = torch.compile(compiled.decode_step, fullgraph=True, backend="eager", dynamic=True)
     _same(_run(eager, model), _run(compiled, model))
 
@@ -55,31 +55,15 @@ def test_decode_step_compiles_as_one_graph(window):
 def test_compiled_draft_forward_drafts_like_the_eager_one():
     """The serving configuration: the draft forward compiled by inductor (vLLM's CPU
     default), dynamic shapes, the rest of the step eager."""
-    torch._dynamo.reset()
-    model = _draft(None)
-    eager = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
-    compiled = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
-    compiled.__init__(compiled.model, compiled.cache, compiled.window, compiled.visual_rows,
-                      compiled.max_model_len, compiled.max_draft_tokens, compile_backend="inductor")
-    expected, got = _run(eager, model), _run(compiled, model)
-    for step, ((drafts_a, rows_a), (drafts_b, rows_b)) in enumerate(zip(expected, got, strict=True)):
-        torch.testing.assert_close(drafts_a, drafts_b, rtol=0, atol=0, msg=f"drafts, step {step}")
-        assert rows_a == rows_b, f"cached rows, step {step}"
+    model, eager, compiled = _pair("inductor")
+    _same(_run(eager, model), _run(compiled, model))
 
 
 def test_warm_up_compiles_every_shape_family_serving_meets():
     """The compiled forward's graphs all come from warm-up: a stream of batch changes,
     chunked prefill and changing K adds none (a recompile per new shape would stall
     serving for seconds, and past dynamo's limit of 8 it would run eagerly)."""
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-
-    from sparrow_vllm.serving.drafter import TextAnchoredDrafter
-
-    torch._dynamo.reset()
-    model = _draft(None)
-    drafter = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
-    drafter.__init__(drafter.model, drafter.cache, drafter.window, drafter.visual_rows,
-                     drafter.max_model_len, drafter.max_draft_tokens, compile_backend="eager")
+    model, _, drafter = _pair("eager")
     code = TextAnchoredDrafter._forward_eager.__code__
     drafter.warm_up(4, model.draft.layer_config.hidden_size, torch.float32)
     warmed = len(_debug_get_cache_entry_list(code))

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparrow_vllm.serving import host_mirror
 from sparrow_vllm.serving.draft_loading import DRIFT_STEPS
-from tests.unit.test_drafter import Sequence, _draft, _drafter, _inputs
+from tests.unit.test_drafter import Sequence, _draft, _drafter, _inputs, apply_event
 from tests.unit.test_text_row_reuse import _content
 
 aten = torch.ops.aten
@@ -115,21 +115,14 @@ def test_decode_steps_record_no_sync_op(recorder, window):
     sample = lambda h: (model.compute_logits(h).argmax(-1), None)  # noqa: E731
     per_step: list[tuple[int, Counter[str]]] = []
     for event, payload in _stream():
-        if event == "add":
-            drafter.on_requests_added(payload)
-        elif event == "release":
-            drafter.release(payload)
-        elif event == "preempt":
-            drafter.on_requests_preempted(payload)
-        elif event == "resume":
-            drafter.on_requests_resumed(payload)
-        else:
-            parts, k = payload
-            inputs = _inputs(parts)
-            recorder.ops.clear()
-            with recorder:
-                drafter.step(inputs, k, sample)
-            per_step.append((inputs.max_query_len, Counter(recorder.ops)))
+        if apply_event(drafter, event, payload):
+            continue
+        parts, k = payload
+        inputs = _inputs(parts)
+        recorder.ops.clear()
+        with recorder:
+            drafter.step(inputs, k, sample)
+        per_step.append((inputs.max_query_len, Counter(recorder.ops)))
     decode = [(i, ops) for i, (rows, ops) in enumerate(per_step) if rows <= K + 1]
     assert len(decode) == len(per_step) - 1
     assert [(i, dict(ops)) for i, ops in decode if ops] == []

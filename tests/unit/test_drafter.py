@@ -34,12 +34,13 @@ def _draft(window=None, layers=2):
     return model
 
 
-def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4, drift_steps=0):
+def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4, drift_steps=0, compile_backend=None):
     """drift_steps: table slack for the host's bound running ahead (serving has DRIFT_STEPS)."""
     rows = (window if window is not None else 256) + 2 * k + 1 + drift_steps * (k + 1)
     cache = TextKVCache(model.draft.layer_config.num_hidden_layers, blocks, block_size, slots,
                         -(-rows // block_size) + 1, 2, 8, torch.float32, "cpu", window=window)
-    return TextAnchoredDrafter(model, cache, window, _visual_rows(), max_model_len=512, max_draft_tokens=k)
+    return TextAnchoredDrafter(model, cache, window, _visual_rows(), max_model_len=512, max_draft_tokens=k,
+                               compile_backend=compile_backend)
 
 
 def _visual_rows(family=None, frame_text="visual", device="cpu"):
@@ -86,6 +87,17 @@ def _inputs(parts):
         num_valid=torch.tensor(valid),
         max_query_len=max(p[3] for p in parts),
     )
+
+
+def apply_event(drafter, event, payload) -> bool:
+    """A request life-cycle event of a scripted stream ("add", "release", "preempt",
+    "resume") applied to `drafter`; False for a "step" (the caller runs it)."""
+    if event == "step":
+        return False
+    handlers = {"add": drafter.on_requests_added, "release": drafter.release,
+                "preempt": drafter.on_requests_preempted, "resume": drafter.on_requests_resumed}
+    handlers[event](payload)
+    return True
 
 
 def _step(drafter, parts, k=3):

@@ -14,7 +14,7 @@ import random
 import torch
 
 from sparrow_vllm.serving.host_mirror import LengthMirror
-from tests.unit.test_drafter import Sequence, _check_cache, _draft, _drafter, _step
+from tests.unit.test_drafter import Sequence, _check_cache, _draft, _drafter, _step, apply_event
 from tests.unit.test_text_row_reuse import _content
 
 K = 3
@@ -106,14 +106,7 @@ def test_ranks_whose_copies_land_at_different_times_hold_the_same_rows_and_draft
     for event, payload in _stream():
         results = []
         for drafter in ranks:
-            if event == "add":
-                drafter.on_requests_added(payload)
-            elif event == "release":
-                drafter.release(payload)
-            elif event == "preempt":
-                drafter.on_requests_preempted(payload)
-                drafter.on_requests_resumed(set())
-            else:
+            if not apply_event(drafter, event, payload):
                 results.append(_step(drafter, payload, k=K)[0])
         if event != "step":
             continue
