@@ -24,6 +24,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -141,11 +142,12 @@ def time_case(case: DecodeCase, pollute_mb: int, min_reps: int, min_seconds: flo
             "p90_ms": times[9 * len(times) // 10] * 1e3, "reps": len(times)}
 
 
-def profile(case: DecodeCase, reps: int, row_limit: int) -> None:
+def _profiled(case: DecodeCase, reps: int, warm_up: int) -> Any:
+    """torch.profiler over `reps` steps (each under a "STEP" range), after `warm_up` steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for _ in range(20):
+    for _ in range(warm_up):
         case.reset()
         case.run()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -153,7 +155,11 @@ def profile(case: DecodeCase, reps: int, row_limit: int) -> None:
             case.reset()
             with torch.profiler.record_function("STEP"):
                 case.run()
-    events = prof.key_averages()
+    return prof
+
+
+def profile(case: DecodeCase, reps: int, row_limit: int) -> None:
+    events = _profiled(case, reps, warm_up=20).key_averages()
     step = next(e for e in events if e.key == "STEP")
     print(events.table(sort_by="self_cpu_time_total", row_limit=row_limit))
     print(f"step: {step.cpu_time_total / reps:.0f} us per step (profiled)")
@@ -164,18 +170,7 @@ def count_ops(case: DecodeCase, reps: int = 5) -> float:
     (an aten op called from Python counts once, nested ones not; a compiled draft forward
     counts as the ops its compiled code calls from the host, e.g. library matmuls, not the
     fused kernels inside it)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    for _ in range(3):
-        case.reset()
-        case.run()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(reps):
-            case.reset()
-            with torch.profiler.record_function("STEP"):
-                case.run()
-    events = prof.events()
+    events = _profiled(case, reps, warm_up=3).events()
     steps = sum(e.name == "STEP" for e in events)
     return sum(e.cpu_parent is not None and e.cpu_parent.name == "STEP" for e in events) / steps
 

@@ -149,8 +149,7 @@ def plan_text_window(
         lo = torch.maximum(lo, prefix - (window - 1))
     lo = torch.minimum(lo, prefix)
     if max_cached is not None and max_new is not None:
-        num_cached, num_new = max_cached, max_new
-        total = num_rows if dense else -1
+        num_cached, num_new, total = max_cached, max_new, -1  # `dense` says what total would
     elif batch == 0:
         num_cached = num_new = total = 0
     else:

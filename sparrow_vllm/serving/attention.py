@@ -151,22 +151,15 @@ def plan_attention(
     block_size: int,
     num_rows: int,
     backend: str | None = None,
-    max_cached: int | None = None,
-    max_new: int | None = None,
 ) -> TextWindowPlan | None:
     """What every layer's call of one forward shares (same indices, `num_rows` new rows,
     pools of `block_size` rows per block): a plan for the reference backend, None for
-    Triton (its kernel needs none). With host bounds of the cached rows any query sees
-    (`max_cached`) and of the new rows per request (`max_new`) the plan reads nothing back
-    from the device; without them, a single request gets none (the plain loop is as cheap
-    there: one gather either way)."""
-    if select_backend(device, backend) != "reference":
-        return None
-    bounded = max_cached is not None and max_new is not None
-    if slot_ids.shape[0] == 1 and not bounded:
+    Triton (its kernel needs none, and building one would read sizes back from the GPU)
+    and for a single request (the plain loop is as cheap there: one gather either way)."""
+    if select_backend(device, backend) != "reference" or slot_ids.shape[0] == 1:
         return None
     return plan_text_window(cu_seqlens, block_table, slot_ids, prefix_lens, first_rows, window,
-                            block_size, num_rows, max_cached, max_new)
+                            block_size, num_rows)
 
 
 def text_window_attention(

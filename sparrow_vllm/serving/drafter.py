@@ -195,10 +195,9 @@ class TextAnchoredDrafter:
 
     def _visible_rows(self, num_tokens: int) -> tuple[int, int]:
         """Host bounds of the cached rows a step's rows and its chain rows see."""
-        slots = self._last_slot_list
         # at least 2: torch.compile specialises the values 0 and 1 (a graph each)
-        return (max(2, self.cache.visible_rows_bound(slots, 0)),
-                max(2, self.cache.visible_rows_bound(slots, num_tokens)))
+        rows, chain_rows = self.cache.visible_rows_bounds(self._last_slot_list, (0, num_tokens))
+        return max(2, rows), max(2, chain_rows)
 
     def _select(self, inputs: StepInputs, slots: torch.Tensor) -> _Selection:
         """Which of the step's rows the draft runs on and which it commits."""

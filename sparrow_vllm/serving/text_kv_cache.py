@@ -369,11 +369,13 @@ class TextKVCache:
             state.reserved += rows
         self._flush()
 
-    def visible_rows_bound(self, slots: list[int], extra: int) -> int:
-        """Host upper bound of the cached rows any query of `slots` sees, when each has
-        up to `extra` rows more than its reserved ones (the draft chain's scratch rows)."""
-        bound = max((self._rows[s].upper_len + extra - self._rows[s].first_row for s in slots), default=0)
-        return max(0, bound if self.window is None else min(bound, self.window - 1))
+    def visible_rows_bounds(self, slots: list[int], extras: tuple[int, ...]) -> list[int]:
+        """Host upper bounds of the cached rows any query of `slots` sees, one per extra:
+        when each slot has up to that many rows more than its reserved ones (the draft
+        chain's scratch rows)."""
+        widest = max((self._rows[s].upper_len - self._rows[s].first_row for s in slots), default=0)
+        cap = None if self.window is None else self.window - 1
+        return [max(0, widest + extra if cap is None else min(widest + extra, cap)) for extra in extras]
 
     def after_write(self) -> None:
         """Start the asynchronous read-back of `lengths` a later reserve() uses."""

@@ -21,6 +21,7 @@ def test_compiled_draft_keeps_greedy_output(runner, tmp_path):
     assert spec["outputs"] == base["outputs"]
     info = spec["runner_info"]
     assert info["draft_compile_backend"] == "inductor", info
-    # warm-up compiles the decode shape families; serving ran through compiled graphs
-    assert info["draft_forward_graphs"] >= 2, info
+    # warm-up compiled the shape families, and serving added none past the six (dynamo's
+    # limit is 8, past which the forward would quietly run eagerly)
+    assert 2 <= info["draft_forward_graphs"] <= 6, info
     assert info["sparrow_steps"] > 0
