@@ -8,6 +8,10 @@ One step, for the rows the target verified (EAGLE pairing, row i = (x_{i+1}, h_i
   3. commit the text rows' K/V to the paged TextKVCache (visual rows never enter it; the
      host backs the rows with blocks before the write, from host-known bounds);
   4. draft a chain of K tokens from the sample rows; chain rows are scratch.
+
+(One job, the step, in its host part and its device part, which torch.compile captures
+whole: why this file runs a little past 400 lines. Where rows go in the cache is
+cache_cells.py; the attention op is attention_op.py.)
 """
 
 from __future__ import annotations
