@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from sparrow_vllm.serving.step_trace import StepTrace
+
 logger = logging.getLogger(__name__)
 
 FORGET = 0.97  # weight of a step time one step older (memory ~ 33 steps: load changes)
@@ -285,24 +287,30 @@ def choices_in(dense_schedule: list[int]) -> tuple[int, ...]:
 
 
 class SchedulerDraftLength:
-    """The policy inside vLLM's scheduler (vllm_patches.py, ledger entry 10): sizes each
+    """The scheduler's side of the draft length (vllm_patches.py, ledger entry 10): sizes each
     scheduled step's drafts through vLLM's dynamic speculation field
     (`SchedulerOutput.num_spec_tokens_to_schedule`, which both model runners pass to the
-    drafter), times each step, and counts what each verify pass accepted."""
+    drafter) when `adaptive`, times each step, counts what each verify pass accepted, and
+    writes all of it to `trace` when one is given. Not adaptive (a fixed K, vLLM's
+    batch-size table, or no speculation at all), it only observes: K' is what vLLM set."""
 
     def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic,
-                 choices: tuple[int, ...] | None = None) -> None:
+                 choices: tuple[int, ...] | None = None, adaptive: bool = True,
+                 trace: StepTrace | None = None) -> None:
         """`choices`: the K the policy may choose (see DraftLengthPolicy). Steps that schedule a request sampling at T > 0 with its own seed draft K_max, as
         with a fixed K, on both runners: such a request's token at a position depends on
-        whether and what was drafted there, so a K that follows load would change its
+        whether and what was drafted at its position, so a K that follows load would change its
         output with the batch it shares. V1 draws from a per-request generator that
         advances with every draw. Model Runner V2 keys draws by (seed, position) but not
         the choice: a drafted position is accepted if log p(d) > log u(seed, pos) and
         otherwise resampled without d, an undrafted one is a plain Gumbel(seed, pos) draw
         (on emulated V2, fixed K = 1 and K = 4 give a seeded request different tokens)."""
-        self.policy = DraftLengthPolicy(max_drafts, clock, choices)
+        self.max_drafts = max_drafts
+        self.policy = DraftLengthPolicy(max_drafts, clock, choices) if adaptive else None
         self.clock = clock
-        self._pending: dict[int, tuple[StepShape, int, float]] = {}
+        self.trace = trace
+        self._steps = 0
+        self._pending: dict[int, tuple[int, StepShape, int, float]] = {}
         self._last_output = float("-inf")
         self._warned_seeded = False
 
@@ -310,17 +318,23 @@ class SchedulerDraftLength:
         """Before vLLM advances the requests' computed tokens: set this step's K."""
         if scheduler_output.total_num_scheduled_tokens == 0:
             return
-        shape = step_shape([
-            (q, requests[req_id].num_computed_tokens + q,
+        scheduled = [
+            (req_id, q, requests[req_id].num_computed_tokens + q,
              requests[req_id].num_computed_tokens + q >= requests[req_id].num_tokens)
             for req_id, q in scheduler_output.num_scheduled_tokens.items()
-        ], 1 + self.policy.max_drafts)
-        if self._any_seeded(scheduler_output, requests):
-            k = self.policy.max_drafts
+        ]
+        shape = step_shape([r[1:] for r in scheduled], 1 + self.max_drafts)
+        seeded = self.policy is not None and self._any_seeded(scheduler_output, requests)
+        if self.policy is None:
+            k = scheduler_output.num_spec_tokens_to_schedule or 0
         else:
-            k = self.policy.choose(shape)
-        scheduler_output.num_spec_tokens_to_schedule = k
-        self._pending[id(scheduler_output)] = (shape, k, self.clock())
+            k = self.max_drafts if seeded else self.policy.choose(shape)
+            scheduler_output.num_spec_tokens_to_schedule = k
+        step = self._steps
+        self._steps += 1
+        self._pending[id(scheduler_output)] = (step, shape, k, self.clock())
+        if self.trace is not None:
+            self.trace.scheduled(step, scheduled, k, seeded)
 
     def _any_seeded(self, scheduler_output: Any, requests: dict[str, Any]) -> bool:
         """Whether a scheduled request samples at T > 0 with its own seed."""
@@ -338,7 +352,7 @@ class SchedulerDraftLength:
                         "depends on whether and what was drafted at its position, so a "
                         "varying K would change its tokens with load and batch. Costs what "
                         "adaptive K would save while such requests run",
-                        self.policy.max_drafts,
+                        self.max_drafts,
                     )
                 return True
         return False
@@ -350,8 +364,8 @@ class SchedulerDraftLength:
         if pending is None:
             return
         now = self.clock()
-        shape, k, scheduled_at = pending
-        self.policy.observe_step(shape, k, now - max(scheduled_at, self._last_output))
+        step, shape, k, scheduled_at = pending
+        seconds = now - max(scheduled_at, self._last_output)
         self._last_output = now
         sampled = model_runner_output.sampled_token_ids
         index = model_runner_output.req_id_to_index
@@ -359,5 +373,9 @@ class SchedulerDraftLength:
         for req_id, drafts in scheduler_output.scheduled_spec_decode_tokens.items():
             i = index.get(req_id)
             if drafts and sampled and i is not None and len(sampled[i]) > 0:
-                verified.append((len(drafts), len(sampled[i]) - 1))
-        self.policy.observe_acceptance(verified)
+                verified.append((req_id, len(drafts), len(sampled[i]) - 1))
+        if self.policy is not None:
+            self.policy.observe_step(shape, k, seconds)
+            self.policy.observe_acceptance([(d, a) for _, d, a in verified])
+        if self.trace is not None:
+            self.trace.finished(step, seconds, verified)

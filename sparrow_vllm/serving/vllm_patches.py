@@ -136,8 +136,12 @@ Ledger (what / why / how / what upstream change removes it):
          depends on whether and what was drafted there (V1: per-request generators
          advance with every draw; V2: accept test on u(seed, pos) at a drafted position,
          a Gumbel(seed, pos) draw at an undrafted one). On the V1 runner with CUDA graphs
-         entry 13 turns the adaptive draft length off unless it was asked for.
-   gone: when vLLM's scheduler takes a pluggable draft-length policy.
+         entry 13 turns the adaptive draft length off unless it was asked for. With
+         SPARROW_STEP_TRACE set, any engine's scheduler (no speculation, eagle, fixed K,
+         table) gets one that only observes, and every step goes to a trace file
+         (serving/step_trace.py) for the offline replay of the policy.
+   gone: when vLLM's scheduler takes a pluggable draft-length policy (and vLLM's
+         per-step stats carry what the trace records).
 
 11. GPUModelRunner._input_fits_in_drafter (V1 model runner)
    why:  V1 skips the drafter for the whole batch on a step where any request is within K
@@ -206,6 +210,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+from sparrow_vllm.serving.step_trace import StepTrace
 
 logger = logging.getLogger(__name__)
 
@@ -464,30 +470,17 @@ def _patch_scheduler(module: ModuleType) -> None:
     def __init__(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, vllm_config, *args, **kwargs)
         self.sparrow_draft_length = None
+        from sparrow_vllm.serving.draft_length import SchedulerDraftLength
+
         spec = vllm_config.speculative_config
-        if spec is None or not is_sparrow_draft(spec):
+        choices = _sparrow_adaptive_choices(self, vllm_config)
+        trace = StepTrace.from_env(_trace_header(self, vllm_config, choices))
+        if choices is not None or trace is not None:
+            self.sparrow_draft_length = SchedulerDraftLength(
+                self.num_spec_tokens, choices=choices, adaptive=choices is not None, trace=trace)
+        if spec is None or not is_sparrow_draft(spec) or choices is None:
             return
-        from sparrow_vllm.serving.serving_options import SparrowServingOptions
-
-        if not SparrowServingOptions.of(spec).adaptive_draft_length:
-            logger.info("Sparrow draft length: fixed (adaptive_draft_length is false)")
-            return
-        if self.dynamic_sd_lookup is None:
-            logger.warning(
-                "Sparrow adaptive draft length is off: vLLM turned dynamic speculation off "
-                "for this engine (data parallel ranks must draft alike); every step drafts "
-                "%d tokens, which costs throughput when speculation does not pay",
-                self.num_spec_tokens,
-            )
-            return
-        from sparrow_vllm.serving.draft_length import SchedulerDraftLength, choices_in
-
-        # with FULL decode graphs on Model Runner V2, only the K captured (entry 1's table)
-        every_k = tuple(range(self.num_spec_tokens + 1))
-        graphs = vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs()
-        choices = choices_in(self.dynamic_sd_lookup) if graphs and vllm_config.use_v2_model_runner else every_k
-        self.sparrow_draft_length = SchedulerDraftLength(self.num_spec_tokens, choices=choices)
-        if choices == every_k:
+        if choices == tuple(range(self.num_spec_tokens + 1)):
             logger.info("Sparrow draft length: adaptive, 0..%d drafts per step", self.num_spec_tokens)
         else:
             logger.info(
@@ -518,6 +511,49 @@ def _patch_scheduler(module: ModuleType) -> None:
     scheduler_cls.__init__ = __init__
     scheduler_cls._update_after_schedule = _update_after_schedule
     scheduler_cls.update_from_output = update_from_output
+
+
+def _sparrow_adaptive_choices(scheduler: Any, vllm_config: Any) -> tuple[int, ...] | None:
+    """The draft lengths Sparrow's adaptive policy may choose for this scheduler's engine,
+    or None where it does not choose (not Sparrow, adaptive off, or vLLM turned dynamic
+    speculation off: a WARNING says so)."""
+    spec = vllm_config.speculative_config
+    if spec is None or not is_sparrow_draft(spec):
+        return None
+    from sparrow_vllm.serving.serving_options import SparrowServingOptions
+
+    if not SparrowServingOptions.of(spec).adaptive_draft_length:
+        logger.info("Sparrow draft length: fixed (adaptive_draft_length is false)")
+        return None
+    if scheduler.dynamic_sd_lookup is None:
+        logger.warning(
+            "Sparrow adaptive draft length is off: vLLM turned dynamic speculation off "
+            "for this engine (data parallel ranks must draft alike); every step drafts "
+            "%d tokens, which costs throughput when speculation does not pay",
+            scheduler.num_spec_tokens,
+        )
+        return None
+    from sparrow_vllm.serving.draft_length import choices_in
+
+    # with FULL decode graphs on Model Runner V2, only the K captured (entry 1's table)
+    graphs = vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs()
+    if graphs and vllm_config.use_v2_model_runner:
+        return choices_in(scheduler.dynamic_sd_lookup)
+    return tuple(range(scheduler.num_spec_tokens + 1))
+
+
+def _trace_header(scheduler: Any, vllm_config: Any, choices: tuple[int, ...] | None) -> dict[str, Any]:
+    """What a step trace's first line says about the engine (step_trace.py)."""
+    spec = vllm_config.speculative_config
+    if spec is None:
+        policy = "none"
+    elif choices is not None:
+        policy = "adaptive"
+    else:
+        policy = "table" if scheduler.dynamic_sd_lookup is not None else "fixed"
+    return {"method": None if spec is None else spec.method, "policy": policy,
+            "max_drafts": scheduler.num_spec_tokens, "choices": None if choices is None else list(choices),
+            "runner": "v2" if vllm_config.use_v2_model_runner else "v1"}
 
 
 # ---- 13. V1 runner on CUDA: adaptive draft length off by default (keeps FULL graphs) -----
