@@ -1,0 +1,281 @@
+"""The offline replay of the adaptive draft length (sparrow_vllm/analysis/trace_replay.py):
+a replay reproduces every K' a real SchedulerDraftLength wrote to its step trace, and the
+counterfactual simulator ranks policies correctly where the answer is known."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from vllm.sampling_params import SamplingType
+
+from sparrow_vllm.analysis.gpu_cost import gpu_theta
+from sparrow_vllm.analysis.trace_replay import (
+    FixedK,
+    Planned,
+    fit_step_cost,
+    oracle,
+    regret,
+    replay_decisions,
+    simulate,
+    steps_of,
+)
+from sparrow_vllm.serving.draft_length import SchedulerDraftLength, StepShape, step_shape
+from sparrow_vllm.serving.step_trace import StepTrace, read_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+K_MAX = 4
+TRUE_THETA = np.array([0.010, 0.020, 0.004, 0.015, 0.0008, 0.0009, 0.0003])
+
+
+def fixed_trace(accepted: list[list[int]], seconds: list[float] | None = None, theta: np.ndarray = TRUE_THETA,
+                max_drafts: int = K_MAX, context: int = 500) -> tuple[dict, list[dict]]:
+    """A K_max workload trace: per step, the requests that verify (all sample) and what each
+    accepted (step 0 has no drafts to verify); times theta . features unless given."""
+    header = {"event": "engine", "version": 1, "method": "sparrow", "policy": "fixed",
+              "max_drafts": max_drafts, "choices": None, "runner": "v2"}
+    events = []
+    for n, row in enumerate(accepted):
+        q = 1 if n == 0 else 1 + max_drafts
+        requests = [[f"r{i}", q, context + 5 * n + i, True] for i in range(len(row))]
+        shape = step_shape([(q, c, s) for _, q, c, s in requests], 1 + max_drafts)
+        verified = [] if n == 0 else [[f"r{i}", max_drafts, a] for i, a in enumerate(row)]
+        events.append({"event": "schedule", "step": n, "k": max_drafts, "seeded": False, "requests": requests})
+        t = float(theta @ shape.features(max_drafts)) if seconds is None else seconds[n]
+        events.append({"event": "output", "step": n, "seconds": t, "verified": verified})
+    return header, events
+
+
+@pytest.mark.parametrize(("acceptance", "best_k"), [(K_MAX, K_MAX), (0, 0)])
+def test_simulate_finds_the_known_best_fixed_k(acceptance, best_k):
+    """Full acceptance with cheap drafts: K_max is best; none accepted: K = 0 is best (every
+    draft costs and gains nothing). The oracle is never worse than a fixed K."""
+    trace = fixed_trace([[acceptance] * 3] * 30)
+    result = regret(trace, TRUE_THETA)
+    assert result["best_fixed_k"] == best_k
+    assert result["oracle"] >= max(result["fixed"].values()) * (1 - 1e-12)
+    assert result["oracle"] >= result["adaptive"] * (1 - 1e-12)
+    # at K = 0 every sampling request gains one token a step
+    assert simulate(trace, TRUE_THETA, FixedK(0)).tokens == 3 * 30
+    # at K = 2 each verify pass checks 2 drafts (a query of 3 tokens, context 2 shorter)
+    # and keeps min(a, 2); the step time is the model's at K' = 2
+    at_2 = simulate(trace, TRUE_THETA, FixedK(2))
+    assert at_2.tokens == 3 * 30 + 29 * 3 * min(acceptance, 2)
+    expected = sum(float(TRUE_THETA @ step_shape([(1 if n == 0 else 3, 500 + 5 * n + i - (0 if n == 0 else 2), True)
+                                                  for i in range(3)], 1 + K_MAX).features(2)) for n in range(30))
+    assert at_2.seconds == pytest.approx(expected, rel=1e-12)
+    assert at_2.k_counts == {2: 30}
+
+
+@pytest.mark.parametrize("seed", [4, 11, 13, 36, 37])
+def test_oracle_equals_brute_force_over_every_k_sequence(seed):
+    """1 to 3 requests a step, mixed acceptance, recorded times off the model by a factor
+    0.3 to 3: Dinkelbach's per-step choice equals the best of all 4^4 sequences of K' in
+    0..3 (these seeds: a single Dinkelbach round, or residual ratios left out of the
+    verify terms, fall short of it)."""
+    rng = np.random.default_rng(seed)
+    accepted = [[int(a) for a in rng.integers(0, 4, size=int(rng.integers(1, 4)))] for _ in range(4)]
+    seconds = [float(TRUE_THETA @ np.ones(7)) * f for f in rng.uniform(0.3, 3.0, size=4)]
+    trace = fixed_trace(accepted, seconds=seconds, max_drafts=3)
+    brute = max(simulate(trace, TRUE_THETA, Planned(list(ks))).tokens_per_s
+                for ks in itertools.product(range(4), repeat=4))
+    best = simulate(trace, TRUE_THETA, Planned(oracle(trace, TRUE_THETA))).tokens_per_s
+    assert best == pytest.approx(brute, rel=1e-12)
+    assert best > max(simulate(trace, TRUE_THETA, FixedK(k)).tokens_per_s for k in range(4))
+
+
+def test_fit_step_cost_recovers_a_known_theta():
+    rng = np.random.default_rng(0)
+    traces = []
+    for max_drafts in (0, 1, 2, 4):
+        events = []
+        for n in range(40):
+            k = max_drafts if rng.random() < 0.8 else 0
+            requests = [[f"d{i}", int(rng.integers(1, 2 + max_drafts)), int(rng.integers(100, 9000)), True]
+                        for i in range(int(rng.integers(1, 9)))]
+            requests += [[f"p{i}", int(rng.integers(64, 512)), int(rng.integers(512, 9000)), bool(rng.random() < 0.5)]
+                         for i in range(int(rng.integers(0, 3)))]
+            shape = step_shape([tuple(r[1:]) for r in requests], 1 + max_drafts)
+            events.append({"event": "schedule", "step": n, "k": k, "seeded": False, "requests": requests})
+            events.append({"event": "output", "step": n, "seconds": float(TRUE_THETA @ shape.features(k)),
+                           "verified": []})
+        traces.append(({"policy": "fixed", "max_drafts": max_drafts}, events))
+    np.testing.assert_allclose(fit_step_cost(traces), TRUE_THETA, rtol=1e-6)
+
+
+class FakeEngine:
+    """Drives a real SchedulerDraftLength the way vLLM's scheduler does: requests arrive,
+    prefill in chunks, decode verifying the K' their last step drafted; each step's output
+    comes back one step later (asynchronous scheduling) on a deterministic clock."""
+
+    def __init__(self, path: Path, header: dict, adaptive: bool, seed: int = 0) -> None:
+        self.max_drafts = header["max_drafts"]
+        self.now = 0.0
+        self.adapter = SchedulerDraftLength(
+            self.max_drafts, clock=lambda: self.now, adaptive=adaptive, trace=StepTrace(path, header),
+            choices=tuple(header["choices"]) if adaptive else None)
+        self.rng = np.random.default_rng(seed)
+        self.requests: dict[str, SimpleNamespace] = {}
+        self.drafts: dict[str, int] = {}
+        self.arrived = 0
+
+    def _admit(self, step: int) -> None:
+        running = len(self.requests)
+        target = 1 + (step // 15) % 6  # batches of 1 to 6 requests
+        while running < target:
+            prompt = int(self.rng.integers(200, 3000))
+            seeded = self.arrived % 9 == 4  # a seeded request at T > 0 pins K' = K_max
+            self.requests[f"r{self.arrived}"] = SimpleNamespace(
+                num_computed_tokens=0, num_tokens=prompt, left=int(self.rng.integers(8, 40)),
+                sampling_params=SimpleNamespace(sampling_type=SamplingType.RANDOM_SEED) if seeded else None)
+            self.arrived += 1
+            running += 1
+
+    def step(self, step: int) -> tuple[SimpleNamespace, SimpleNamespace, float]:
+        self._admit(step)
+        scheduled = {}
+        for req_id, r in self.requests.items():
+            prefilling = r.num_tokens - r.num_computed_tokens
+            scheduled[req_id] = 1 + self.drafts.get(req_id, 0) if prefilling <= 1 else min(prefilling, 512)
+        out = SimpleNamespace(
+            total_num_scheduled_tokens=sum(scheduled.values()), num_scheduled_tokens=scheduled,
+            scheduled_spec_decode_tokens={i: [-1] * self.drafts[i] for i in scheduled if self.drafts.get(i)},
+            num_spec_tokens_to_schedule=self.max_drafts)
+        self.adapter.on_scheduled(out, self.requests)
+        k = out.num_spec_tokens_to_schedule
+        sampled, index = [], {}
+        for req_id, q in scheduled.items():
+            r = self.requests[req_id]
+            index[req_id] = len(sampled)
+            if r.num_computed_tokens + q < r.num_tokens:  # a prompt chunk: samples nothing
+                r.num_computed_tokens += q
+                sampled.append([])
+                continue
+            drafts = self.drafts.get(req_id, 0)
+            accepted = next((i for i in range(drafts) if self.rng.random() > 0.75), drafts)
+            sampled.append([7] * (1 + accepted))
+            r.num_computed_tokens = r.num_tokens + accepted
+            r.num_tokens += 1 + accepted
+            r.left -= 1 + accepted
+            self.drafts[req_id] = k
+        for req_id in [i for i, r in self.requests.items() if r.left <= 0]:
+            del self.requests[req_id], self.drafts[req_id]
+        tokens = sum(scheduled.values())
+        seconds = (0.004 + 2e-5 * tokens + 0.0007 * k) * float(self.rng.uniform(0.9, 1.1))
+        return out, SimpleNamespace(sampled_token_ids=sampled, req_id_to_index=index), seconds
+
+    def run(self, steps: int) -> None:
+        waiting = None
+        for n in range(steps):
+            out, runner_out, seconds = self.step(n)
+            if waiting is not None:
+                self.now += waiting[2]
+                self.adapter.on_output(*waiting[:2])
+            waiting = (out, runner_out, seconds)
+        self.now += waiting[2]
+        self.adapter.on_output(*waiting[:2])
+        self.adapter.trace.close()
+
+
+def record(path: Path, policy: str, max_drafts: int, seed: int = 0, steps: int = 90) -> Path:
+    header = {"method": "sparrow" if max_drafts else None, "policy": policy, "max_drafts": max_drafts,
+              "choices": list(range(max_drafts + 1)) if policy == "adaptive" else None, "runner": "v2"}
+    FakeEngine(path, header, adaptive=policy == "adaptive", seed=seed).run(steps)
+    return path
+
+
+def test_replay_reproduces_every_recorded_decision(tmp_path):
+    header, events = read_trace(record(tmp_path / "sparrow.jsonl", "adaptive", K_MAX))
+    decisions = replay_decisions(header, events)
+    assert len(decisions) >= 40
+    assert len({recorded for _, recorded, _ in decisions}) >= 3  # the policy did vary K'
+    assert [d[1] for d in decisions] == [d[2] for d in decisions]
+    assert sum(1 for s in steps_of(events) if s.verified) >= 20
+    assert 5 <= sum(1 for s in steps_of(events) if s.seeded) <= len(decisions) - 20
+    # one corrupted time (a step 1000x faster than measured) changes later decisions
+    outputs = [e for e in events if e["event"] == "output"]
+    outputs[10]["seconds"] *= 1e-3
+    assert any(recorded != replayed for _, recorded, replayed in replay_decisions(header, events))
+    with pytest.raises(ValueError, match="policy is 'fixed'"):
+        replay_decisions({**header, "policy": "fixed"}, events)
+
+
+def test_simulate_refuses_a_workload_not_at_k_max(tmp_path):
+    trace = read_trace(record(tmp_path / "sparrow.jsonl", "adaptive", K_MAX, steps=20))
+    with pytest.raises(ValueError, match="fixed K = K_max"):
+        simulate(trace, TRUE_THETA, FixedK(1))
+
+
+class Recording(Planned):
+    """A planned K' per step that keeps what the simulator tells it after each step."""
+
+    def __init__(self, ks: list[int]) -> None:
+        super().__init__(ks)
+        self.heard: list[tuple[StepShape, int, float, list[tuple[int, int]]]] = []
+        self.calls: list[tuple[str, int]] = []
+
+    def choose(self, index: int, shape: StepShape) -> int:
+        self.calls.append(("schedule", index))
+        return super().choose(index, shape)
+
+    def observe(self, shape: StepShape, k: int, seconds: float, drafts: list[tuple[int, int]]) -> None:
+        self.heard.append((shape, k, seconds, drafts))
+        self.calls.append(("output", k))
+
+
+def test_simulating_the_recorded_k_gives_back_the_recorded_steps(tmp_path):
+    """At the workload's own K_max, the simulation is the recording: each step's shape,
+    time (with its residual kept) and verified drafts, in the trace's event order; at K' = 0
+    no step verifies anything."""
+    trace = read_trace(record(tmp_path / "sparrow-k4.jsonl", "fixed", K_MAX, seed=3))
+    steps = steps_of(trace[1])
+    theta = fit_step_cost([trace])
+    replayed = Recording([K_MAX] * len(steps))
+    result = simulate(trace, theta, replayed)
+    assert result.seconds == pytest.approx(sum(s.seconds for s in steps), rel=1e-9)
+    assert result.tokens == sum(sum(1 for r in s.requests if r[3]) + sum(a for _, a in s.verified.values())
+                                for s in steps)
+    order = [e["step"] for e in trace[1] if e["event"] == "output"]
+    assert [h[0] for h in replayed.heard] == [steps[n].shape(K_MAX) for n in order]
+    assert [h[2] for h in replayed.heard] == pytest.approx([steps[n].seconds for n in order], rel=1e-9)
+    assert [h[3] for h in replayed.heard] == [list(steps[n].verified.values()) for n in order]
+    # a decider is asked and told in the recorded order (step n + 1 scheduled before step n's output)
+    assert replayed.calls == [(e["event"], e["step"] if e["event"] == "schedule" else K_MAX) for e in trace[1]]
+    assert replayed.calls[:3] == [("schedule", 0), ("schedule", 1), ("output", K_MAX)]
+    none = Recording([0] * len(steps))
+    simulate(trace, theta, none)
+    assert all(h[3] == [] for h in none.heard) and any(h[3] for h in replayed.heard)
+
+
+def test_gpu_theta_is_positive_and_a_batch_one_decode_step_reads_the_weights():
+    theta = gpu_theta()
+    assert np.all(theta > 0)
+    decode = step_shape([(1, 4000, True)], 1 + K_MAX)
+    assert 0.004 < float(theta @ decode.features(0)) < 0.006
+    # a K = 4 step at batch 1 adds 4 draft steps of about 0.6 ms (one layer + LM head)
+    extra = float(theta @ decode.features(K_MAX)) - float(theta @ decode.features(0))
+    assert 0.002 < extra < 0.003
+
+
+def test_benchmark_writes_json_markdown_and_plot(tmp_path):
+    point = tmp_path / "traces" / "v1536-c4"
+    record(point / "none.jsonl", "none", 0, seed=1)
+    for k in range(1, K_MAX + 1):
+        record(point / f"sparrow-k{k}.jsonl", "fixed", k, seed=1 + k)
+    record(point / "sparrow.jsonl", "adaptive", K_MAX, seed=9)
+    spec = importlib.util.spec_from_file_location("trace_replay_bench", ROOT / "benchmarks" / "trace_replay.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "result"
+    bench.main([str(tmp_path / "traces"), "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    row = result["points"]["v1536-c4"]
+    assert row["replay"]["matches"] == row["replay"]["steps"] >= 40
+    assert set(row["regret"]) == {"fitted", "gpu", "gpu_noisy"}
+    assert "regret vs best fixed" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 0
