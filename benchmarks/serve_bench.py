@@ -1,26 +1,42 @@
-"""The OpenAI-compatible server under concurrent chat requests with videos: a load sweep
-over concurrency and video length, for `vllm serve` without speculation, with vLLM's eagle
-(a draft that sees the video), with Sparrow at a fixed draft length, and with Sparrow's
-adaptive draft length (the default), the same requests each time. One server per method
-serves every point of the sweep, so the adaptive policy meets each change of load as a
-production server would. Per point: throughput, TTFT, TPOT and, from the server's
-/metrics, the acceptance length. Writes OUT.json, OUT.md and OUT.png (TPOT per point).
+"""Is Sparrow ever slower than no speculation under load? The OpenAI-compatible server under
+concurrent chat requests with videos, judged with intervals that resolve 5%.
 
-The committed load sweep on the bundled toy world (2 CPU cores, about 25 minutes):
+Methods (one `vllm serve` each, all up at once, vLLM's default compile mode unless
+--serve-args says otherwise): none; eagle (a draft that sees the video); Sparrow at a fixed
+K = 1..K_max (sparrow-k1..); Sparrow's adaptive draft length (sparrow, the default); Sparrow
+with vLLM's own batch-size table (sparrow-table, `num_speculative_tokens_per_batch_size`),
+tuned the way vLLM's docs suggest: a pilot measures every K at every concurrency and the
+table gives each concurrency the K with the lowest TPOT (--table gives one instead).
 
-    python benchmarks/serve_bench.py --concurrency 1,4,8 --visual-tokens 1536,17408 \
-        --rounds 1 --out benchmarks/results/serve_load_sweep_toy_world
+Points: every (video length, concurrency). Each point is measured in --rounds rounds; in
+each round every method serves the same requests (same clips, same questions, the same
+X-Request-Id), one method after the other in an order rotated per round, so drift on the
+machine hits all methods alike. Per point and method: the median TPOT (decode time per
+output token after the first, per request) and, for every method, the 95% bootstrap
+interval of median TPOT / median TPOT of none, resampling requests paired (request i is
+the same chat under every method). Short videos are new clips for every request (each
+request prefills its own video while others decode: the load speculation meets in
+serving); videos of --reuse-videos-from tokens or more are --reused-clips clips asked
+different questions, so after a warm-up vLLM's prefix cache holds them and the point
+measures decoding with a long visual context rather than one 10-second prefill per
+request.
 
-One point, as before (24 requests, 4 in flight, 1.5k-token videos):
+Every server writes a step trace (SPARROW_STEP_TRACE, sparrow_vllm/serving/step_trace.py);
+OUT-traces/<method>.jsonl holds the whole run and OUT-traces/<point>/<method>.jsonl the steps
+of each point, for benchmarks/trace_replay.py. Writes OUT.json, OUT.md and OUT.png (TPOT
+ratio to none with intervals, per point).
 
-    python benchmarks/serve_bench.py --rounds 6 --out benchmarks/results/serve_bench_toy_world
+The committed run on the bundled toy world (2 CPU cores; see the JSON for its settings):
+
+    python benchmarks/serve_bench.py --concurrency 1,4,16 --visual-tokens 1536,8192 \\
+        --requests 32 --rounds 2 --out benchmarks/results/serve_load_toy_world
 
 On a GPU with a real Qwen2.5-VL:
 
-    python benchmarks/serve_bench.py --target Qwen/Qwen2.5-VL-7B-Instruct \
-        --sparrow-draft path/to/sparrow-draft --eagle-draft path/to/eagle-draft \
-        --serve-args "--dtype bfloat16" --concurrency 1,8,32 --visual-tokens 1536,8192,25000 \
-        --rounds 4 --out results/qwen7b_serve
+    python benchmarks/serve_bench.py --target Qwen/Qwen2.5-VL-7B-Instruct \\
+        --sparrow-draft path/to/sparrow-draft --eagle-draft path/to/eagle-draft \\
+        --serve-args "--dtype bfloat16" --concurrency 1,8,32 --visual-tokens 1536,25000 \\
+        --requests 64 --rounds 4 --out results/qwen7b_serve
 """
 
 from __future__ import annotations
@@ -28,196 +44,342 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
-from sparrow_vllm.bench.chat_load import load_summary, run_load
+from tqdm import tqdm
+
+from sparrow_vllm.bench.chat_load import run_load
+from sparrow_vllm.bench.intervals import median_ci95, median_ratio_ci95
 from sparrow_vllm.bench.machine import describe_machine
-from sparrow_vllm.bench.server import (
-    CPU_SERVE_ARGS,
-    VllmServer,
-    check_server_saw_videos,
-    video_serve_args,
-)
-from sparrow_vllm.bench.speedup import acceptance, counter_delta
+from sparrow_vllm.bench.server import VllmServer, check_server_saw_videos, video_serve_args
+from sparrow_vllm.bench.speedup import acceptance, counter_delta, counter_sum
 from sparrow_vllm.bench.toy_requests import ToyQuestion
 from sparrow_vllm.provenance import provenance
+from sparrow_vllm.serving.step_trace import TRACE_ENV, read_trace
 from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens
+from sparrow_vllm.toy_world.scene import QUESTIONS
 from sparrow_vllm.toy_world.target import VISUAL_TOKENS_PER_FRAME
 
 logger = logging.getLogger("serve_bench")
 TOY_WORLD = Path(__file__).resolve().parents[1] / "models" / "toy-world"
 SCENE_SEED = 3
-WARM_UP_CLIP = 10_000  # a clip no measured request asks about
+PILOT_CLIPS = 500  # clip offset of the pilot's requests (the measured ones start at 0)
+WARM_UP_CLIP = 900  # a clip no measured request asks about
 
 
-METHODS = {
-    # name: (speculative method, extra speculative-config keys)
-    "none": (None, {}),
-    "eagle": ("eagle", {}),
-    "sparrow-fixed": ("sparrow", {"adaptive_draft_length": False}),
-    "sparrow": ("sparrow", {}),
-}
+def method_names(k: int) -> list[str]:
+    return ["none", "eagle", *(f"sparrow-k{i}" for i in range(1, k + 1)), "sparrow", "sparrow-table"]
 
 
-def serve_args(args: argparse.Namespace, method: str) -> list[str]:
-    kind, extra_spec = METHODS[method]
-    spec = None
-    if kind is not None:
-        draft = args.sparrow_draft if kind == "sparrow" else args.eagle_draft
-        spec = {"method": kind, "model": str(draft), "num_speculative_tokens": args.k, **extra_spec}
-    extra = shlex.split(args.serve_args) if args.serve_args is not None else None
-    return video_serve_args(max(args.visual_tokens), max(args.concurrency), spec, extra)
+def speculative_config(method: str, args: argparse.Namespace, table: list[list[int]] | None) -> dict | None:
+    if method == "none":
+        return None
+    if method == "eagle":
+        return {"method": "eagle", "model": str(args.eagle_draft), "num_speculative_tokens": args.k}
+    spec = {"method": "sparrow", "model": str(args.sparrow_draft), "num_speculative_tokens": args.k}
+    if method == "sparrow":
+        return spec
+    if method == "sparrow-table":
+        return {**spec, "adaptive_draft_length": False, "num_speculative_tokens_per_batch_size": table}
+    return {**spec, "num_speculative_tokens": int(method.removeprefix("sparrow-k")), "adaptive_draft_length": False}
 
 
-def conversations_for(visual_tokens: int, indices: range, question: str) -> list[list[dict]]:
-    """Chats about clips `indices` of the held-out scene seed (distinct clips never share a
-    prefix-cache entry, so every request of a sweep prefills its own video)."""
+def point_name(visual_tokens: int, concurrency: int) -> str:
+    return f"v{visual_tokens}-c{concurrency}"
+
+
+def point_chats(args: argparse.Namespace, p: int, visual_tokens: int, first: int, count: int,
+                tag: str) -> tuple[list[str], list[list[dict]]]:
+    """Request ids and chats number first..first+count-1 of point p: new clips for short
+    videos; for long ones (>= --reuse-videos-from) --reused-clips clips, questions rotating."""
     frames = frames_for_visual_tokens(visual_tokens)
-    return [ToyQuestion(SCENE_SEED, i, frames, question).chat_messages() for i in indices]
+    reuse = visual_tokens >= args.reuse_videos_from
+    questions = list(QUESTIONS)
+    ids, chats = [], []
+    for i in range(first, first + count):
+        clip = 1000 * p + (i % args.reused_clips if reuse else i)
+        question = questions[i % len(questions)] if reuse else args.question
+        ids.append(f"{tag}-{i}")
+        chats.append(ToyQuestion(SCENE_SEED, clip, frames, question).chat_messages())
+    return ids, chats
 
 
-def bench_method(args: argparse.Namespace, method: str) -> list[dict]:
-    """Every (video length, concurrency) point against one server."""
+def start_servers(args: argparse.Namespace, methods: list[str], table: list[list[int]] | None,
+                  servers: dict[str, VllmServer]) -> None:
+    """One server per method into `servers`, each ready before the next (startup compiles)."""
     from openai import OpenAI
 
-    points = []
-    with VllmServer(args.target, serve_args(args, method), Path(f"{args.out}-logs/{method}.log"),
-                    env={"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}) as server:
+    extra = shlex.split(args.serve_args) if args.serve_args is not None else []
+    for method in methods:
+        spec = speculative_config(method, args, table)
+        server = VllmServer(args.target, video_serve_args(max(args.visual_tokens), max(args.concurrency), spec, extra),
+                            Path(f"{args.out}-logs/{method}.log"),
+                            env={"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib),
+                                 TRACE_ENV: str(Path(f"{args.out}-traces/{method}.jsonl").resolve())})
+        servers[method] = server
         server.wait_ready(args.startup_timeout)
-        client = OpenAI(base_url=server.url + "/v1", api_key="unused")
-        model = client.models.list().data[0].id
-        for visual_tokens in args.visual_tokens:
-            warm_up = conversations_for(visual_tokens, range(WARM_UP_CLIP, WARM_UP_CLIP + 1), args.question)
-            run_load(client, model, warm_up, args.max_tokens, 1, True)
-            first = 0  # each point asks about new clips (the same ones for every method)
-            for concurrency in args.concurrency:
-                count = args.rounds * concurrency
-                conversations = conversations_for(visual_tokens, range(first, first + count), args.question)
-                first += count
-                logger.info("%s: %d-token videos, %d requests, %d in flight", method, visual_tokens,
-                            len(conversations), concurrency)
-                before = server.metrics()
-                results, wall = run_load(client, model, conversations, args.max_tokens, concurrency, True,
-                                         args.temperature)
-                counters = counter_delta(before, server.metrics())
-                check_server_saw_videos([r.prompt_tokens for r in results], [visual_tokens] * len(results))
-                summary = {"method": method, "visual_tokens": visual_tokens, "concurrency": concurrency,
-                           "temperature": args.temperature, **load_summary(results, wall)}
+        server.client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+        server.model = server.client.models.list().data[0].id
+        warm_up(args, server)
+
+
+def warm_up(args: argparse.Namespace, server: VllmServer) -> None:
+    """One unmeasured request per video length, and one per reused clip (so vLLM's prefix
+    cache holds them before anything is measured)."""
+    for p, n in enumerate(args.visual_tokens):
+        ids, chats = point_chats(args, p, n, WARM_UP_CLIP, 1, f"warmup-v{n}")
+        if n >= args.reuse_videos_from:
+            ids, chats = point_chats(args, p, n, 0, args.reused_clips, f"warmup-v{n}")
+        for rid, chat in zip(ids, chats, strict=True):
+            run_load(server.client, server.model, [chat], args.max_tokens, 1, True, request_ids=[rid])
+
+
+def measure(args: argparse.Namespace, server: VllmServer, ids: list[str], chats: list[list[dict]],
+            visual_tokens: int, concurrency: int) -> dict:
+    before = server.metrics()
+    results, _ = run_load(server.client, server.model, chats, args.max_tokens, concurrency, True,
+                          request_ids=ids)
+    check_server_saw_videos([r.prompt_tokens for r in results], [visual_tokens] * len(results))
+    return {"ids": ids, "tpot_ms": [1000 * r.tpot_s for r in results], "ttft_s": [r.ttft_s for r in results],
+            "tokens": [r.completion_tokens for r in results], "texts": [r.text for r in results],
+            "counters": counter_delta(before, server.metrics())}
+
+
+def per_round(args: argparse.Namespace, concurrency: int) -> int:
+    """Requests per round: --requests spread over --rounds, a whole number of waves."""
+    n = math.ceil(args.requests / args.rounds)
+    return concurrency * math.ceil(n / concurrency)
+
+
+def run_rounds(args: argparse.Namespace, servers: dict[str, VllmServer], methods: list[str], rounds: int,
+               requests: int | None, first_clip: int, tag: str) -> dict[tuple[str, int, int], list[dict]]:
+    """{(method, visual tokens, concurrency): [one measure() per round]}, methods rotated."""
+    out: dict[tuple[str, int, int], list[dict]] = {}
+    points = [(p, n, c) for p, n in enumerate(args.visual_tokens) for c in args.concurrency]
+    with tqdm(total=rounds * len(points) * len(methods), desc=tag, unit="burst") as bar:
+        for r in range(rounds):
+            for j, (p, n, c) in enumerate(points):
+                count = max(requests, c) if requests else per_round(args, c)
+                ids, chats = point_chats(args, p, n, first_clip + r * count, count, f"{tag}-{point_name(n, c)}")
+                shift = (r + j) % len(methods)
+                for method in methods[shift:] + methods[:shift]:
+                    out.setdefault((method, n, c), []).append(measure(args, servers[method], ids, chats, n, c))
+                    bar.update()
+    return out
+
+
+def tune_table(args: argparse.Namespace, servers: dict[str, VllmServer]) -> list[list[int]]:
+    """vLLM's batch-size table as its docs suggest tuning it: per concurrency, the K (0: no
+    speculation) whose pilot TPOT, geometric mean over the video lengths, is lowest; each
+    concurrency's K holds from the geometric midpoint with its neighbours."""
+    fixed = ["none", *(f"sparrow-k{i}" for i in range(1, args.k + 1))]
+    pilot = run_rounds(args, servers, fixed, 1, args.pilot_requests, PILOT_CLIPS, "pilot")
+    best = {}
+    for c in args.concurrency:
+        score = {k: statistics.geometric_mean(statistics.median(pilot[(m, n, c)][0]["tpot_ms"])
+                                              for n in args.visual_tokens) for k, m in enumerate(fixed)}
+        best[c] = min(score, key=score.get)
+    cs = sorted(best)
+    upper = [math.floor(math.sqrt(a * b)) for a, b in zip(cs, cs[1:], strict=False)] + [max(max(cs), args.k + 2)]
+    lower = [1] + [u + 1 for u in upper[:-1]]
+    return [[lo, hi, best[c]] for lo, hi, c in zip(lower, upper, cs, strict=True)]
+
+
+def summarise(args: argparse.Namespace, runs: dict[tuple[str, int, int], list[dict]], methods: list[str]) -> list[dict]:
+    rows = []
+    for n in args.visual_tokens:
+        for c in args.concurrency:
+            none = [t for m in runs[("none", n, c)] for t in m["tpot_ms"]]
+            none_texts = [t for m in runs[("none", n, c)] for t in m["texts"]]
+            for method in methods:
+                measured = runs[(method, n, c)]
+                tpot = [t for m in measured for t in m["tpot_ms"]]
+                texts = [t for m in measured for t in m["texts"]]
+                row = {"method": method, "visual_tokens": n, "concurrency": c, "requests": len(tpot),
+                       "tpot_median_ms": statistics.median(tpot), "tpot_median_ci95_ms": median_ci95(tpot),
+                       "ratio_to_none": statistics.median(tpot) / statistics.median(none),
+                       "ratio_to_none_ci95": median_ratio_ci95(tpot, none, paired=True),
+                       "ttft_median_s": statistics.median(t for m in measured for t in m["ttft_s"]),
+                       "text_equal_to_none": texts == none_texts}
                 if method != "none":
-                    summary.update(acceptance(counters))
-                points.append({"summary": summary, "texts": [r.text for r in results]})
-    return points
+                    counters = counter_sum([m["counters"] for m in measured])
+                    row.update({k: v for k, v in acceptance(counters).items() if k != "per_position_rate"})
+                rows.append(row)
+    return rows
 
 
-def _equal(flag: bool | None) -> str:
-    return "- (T > 0)" if flag is None else ("yes" if flag else "NO")
-
-
-def markdown(rows: list[dict]) -> str:
-    lines = ["| method | visual tokens | concurrency | requests | prompt tokens | output tok/s | TTFT mean s "
-             "| TPOT mean ms | acceptance length | drafts per drafting step | text = none |", "|" + "---|" * 11]
-    for r in rows:
-        acc = f"{r['acceptance_length']:.2f}" if r.get("acceptance_length") else "-"
-        per_draft = f"{r['draft_tokens'] / r['drafts']:.2f}" if r.get("drafts") else "-"
-        lines.append(f"| {r['method']} | {r['visual_tokens']} | {r['concurrency']} | {r['requests']} "
-                     f"| {r['prompt_tokens_mean']:.0f} | {r['output_tokens_per_s']:.1f} | {r['ttft_mean_s']:.2f} "
-                     f"| {r['tpot_mean_ms']:.1f} | {acc} | {per_draft} | {_equal(r['text_equal_to_none'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def goals(rows: list[dict]) -> list[dict]:
-    """Per point: adaptive Sparrow's TPOT against no speculation, and against fixed-K
-    Sparrow where that beats no speculation (goal: within 5%)."""
-    by = {(r["method"], r["visual_tokens"], r["concurrency"]): r["tpot_mean_ms"] for r in rows}
+def goals(rows: list[dict], k: int) -> list[dict]:
+    """Per point: adaptive Sparrow's interval against none, its median against the best
+    fixed K and against vLLM's table."""
+    by = {(r["method"], r["visual_tokens"], r["concurrency"]): r for r in rows}
     out = []
     for (method, n, c), adaptive in by.items():
-        if method != "sparrow" or ("none", n, c) not in by:
+        if method != "sparrow":
             continue
-        none, fixed = by[("none", n, c)], by.get(("sparrow-fixed", n, c))
-        point = {"visual_tokens": n, "concurrency": c, "tpot_adaptive_ms": adaptive, "tpot_none_ms": none,
-                 "tpot_fixed_ms": fixed, "adaptive_at_most_none": adaptive <= none}
-        if fixed is not None and fixed < none:
-            point["adaptive_within_5pct_of_fixed"] = adaptive <= 1.05 * fixed
+        fixed = {i: by[(f"sparrow-k{i}", n, c)]["tpot_median_ms"] for i in range(1, k + 1) if (f"sparrow-k{i}", n, c) in by}
+        best_k = min(fixed, key=fixed.get) if fixed else None
+        table = by.get(("sparrow-table", n, c))
+        point = {"visual_tokens": n, "concurrency": c, "adaptive_ratio_ci95": adaptive["ratio_to_none_ci95"],
+                 "never_slower_than_none": adaptive["ratio_to_none_ci95"][1] <= 1.0}
+        if best_k is not None:
+            point.update(best_fixed_k=best_k, tpot_best_fixed_ms=fixed[best_k],
+                         within_5pct_of_best_fixed=adaptive["tpot_median_ms"] <= 1.05 * fixed[best_k])
+        if table is not None:
+            point.update(tpot_table_ms=table["tpot_median_ms"],
+                         at_most_table=adaptive["tpot_median_ms"] <= table["tpot_median_ms"])
         out.append(point)
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def markdown(rows: list[dict], goal_rows: list[dict], table: list[list[int]] | None) -> str:
+    lines = ["| method | visual tokens | concurrency | requests | TPOT median ms [95% CI] | TPOT / none [95% CI] "
+             "| TTFT median s | acceptance length | text = none |", "|" + "---|" * 9]
+    for r in rows:
+        lo, hi = r["tpot_median_ci95_ms"]
+        rlo, rhi = r["ratio_to_none_ci95"]
+        acc = f"{r['acceptance_length']:.2f}" if r.get("acceptance_length") else "-"
+        lines.append(f"| {r['method']} | {r['visual_tokens']} | {r['concurrency']} | {r['requests']} "
+                     f"| {r['tpot_median_ms']:.1f} [{lo:.1f}, {hi:.1f}] | {r['ratio_to_none']:.3f} [{rlo:.3f}, {rhi:.3f}] "
+                     f"| {r['ttft_median_s']:.2f} | {acc} | {'yes' if r['text_equal_to_none'] else 'NO'} |")
+    lines += ["", f"vLLM batch-size table (sparrow-table): {table}", "",
+              "| visual tokens | concurrency | adaptive / none 95% CI | upper <= 1.00 | best fixed K "
+              "| adaptive within 5% of it | adaptive <= table |", "|" + "---|" * 7]
+    for g in goal_rows:
+        lo, hi = g["adaptive_ratio_ci95"]
+        lines.append(f"| {g['visual_tokens']} | {g['concurrency']} | [{lo:.3f}, {hi:.3f}] "
+                     f"| {_yes(g['never_slower_than_none'])} | {g.get('best_fixed_k', '-')} "
+                     f"| {_yes(g.get('within_5pct_of_best_fixed'))} | {_yes(g.get('at_most_table'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else ("met" if flag else "NOT met")
+
+
+def plot(rows: list[dict], methods: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lengths = sorted({r["visual_tokens"] for r in rows})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 4), squeeze=False)
-    for ax, n in zip(axes[0], lengths, strict=True):
-        for method in METHODS:
-            mine = sorted((r["concurrency"], r["tpot_mean_ms"]) for r in rows
-                          if r["method"] == method and r["visual_tokens"] == n)
-            if mine:
-                ax.plot(*zip(*mine, strict=True), marker="o", label=method)
-        ax.set_title(f"{n}-token videos")
-        ax.set_xlabel("concurrent requests")
-        ax.set_ylabel("TPOT mean (ms)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    points = sorted({(r["visual_tokens"], r["concurrency"]) for r in rows})
+    shown = [m for m in methods if m != "none"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(points)), 4.5))
+    width = 0.8 / len(shown)
+    for j, method in enumerate(shown):
+        mine = {(r["visual_tokens"], r["concurrency"]): r for r in rows if r["method"] == method}
+        xs = [i + (j - len(shown) / 2 + 0.5) * width for i, p in enumerate(points) if p in mine]
+        ys = [mine[p]["ratio_to_none"] for p in points if p in mine]
+        err = [[mine[p]["ratio_to_none"] - mine[p]["ratio_to_none_ci95"][0] for p in points if p in mine],
+               [mine[p]["ratio_to_none_ci95"][1] - mine[p]["ratio_to_none"] for p in points if p in mine]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=2, label=method)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(points)), [f"{n} tok\nx{c}" for n, c in points])
+    ax.set_ylabel("median TPOT / none (95% CI)")
+    ax.set_title("TPOT against no speculation, per (video tokens, concurrency)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def split_traces(trace_dir: Path, methods: list[str], points: list[tuple[int, int]]) -> None:
+    """<point>/<method>.jsonl: each server's steps whose requests all belong to the point's
+    measured rounds (request ids carry the point's name), with the trace's header."""
+    for method in methods:
+        path = trace_dir / f"{method}.jsonl"
+        header, events = read_trace(path)
+        for n, c in points:
+            name = point_name(n, c)
+            steps = {e["step"] for e in events if e["event"] == "schedule"
+                     and all(f"-{name}-" in str(r[0]) and "pilot" not in str(r[0]) for r in e["requests"])}
+            (trace_dir / name).mkdir(exist_ok=True)
+            lines = [header] + [e for e in events if e["step"] in steps]
+            (trace_dir / name / f"{method}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default=str(TOY_WORLD / "target"))
     parser.add_argument("--sparrow-draft", default=str(TOY_WORLD / "sparrow-draft"))
     parser.add_argument("--eagle-draft", default=str(TOY_WORLD / "eagle-draft"))
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma list of {', '.join(METHODS)}; none first (sparrow: adaptive draft "
-                             "length, sparrow-fixed: num_speculative_tokens every step)")
-    parser.add_argument("--concurrency", type=_ints, default=[4], help="comma list of requests in flight")
-    parser.add_argument("--visual-tokens", type=_ints, default=[1536], help="comma list: video tokens per request")
-    parser.add_argument("--rounds", type=int, default=2, help="requests per point = rounds x concurrency")
+    parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens (K_max)")
+    parser.add_argument("--methods", default=None,
+                        help="comma list, none first (default: none, eagle, sparrow-k1..K, sparrow, sparrow-table)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="comma list of requests in flight")
+    parser.add_argument("--visual-tokens", type=_ints, default=[1536, 8192], help="comma list: video tokens per request")
+    parser.add_argument("--requests", type=int, default=32, help="requests per point and method (at least)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds the requests of a point are split into")
+    parser.add_argument("--pilot-requests", type=int, default=8, help="requests per point of the table's pilot")
+    parser.add_argument("--table", type=json.loads, default=None,
+                        help="vLLM's num_speculative_tokens_per_batch_size for sparrow-table (default: tuned by a pilot)")
+    parser.add_argument("--reuse-videos-from", type=int, default=4096,
+                        help="videos this long or longer are reused clips served from the prefix cache")
+    parser.add_argument("--reused-clips", type=int, default=4)
     parser.add_argument("--question", default="describe")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (EOS ignored)")
-    parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="sampling temperature (0: greedy, and texts are checked against no speculation)")
     parser.add_argument("--serve-args", default=None,
-                        help=f"extra `vllm serve` arguments (default on CPU: {' '.join(CPU_SERVE_ARGS)})")
-    parser.add_argument("--kv-cache-gib", type=float, default=4, help="VLLM_CPU_KVCACHE_SPACE (CPU builds)")
-    parser.add_argument("--startup-timeout", type=float, default=600)
+                        help="extra `vllm serve` arguments (default: none; the CPU build runs float32 either way)")
+    parser.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE per server (CPU builds)")
+    parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, default=Path("artifacts/serve_bench"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
+    methods = args.methods.split(",") if args.methods else method_names(args.k)
+    unknown = [m for m in methods if m not in method_names(args.k)]
     if unknown or methods[0] != "none":
-        raise SystemExit(f"--methods: a comma list of {', '.join(METHODS)} starting with none (got {unknown or methods})")
+        raise SystemExit(f"--methods: a comma list of {', '.join(method_names(args.k))} starting with none "
+                         f"(got {unknown or methods})")
+    pilot = [f"sparrow-k{i}" for i in range(1, args.k + 1)]
+    if "sparrow-table" in methods and args.table is None and not set(pilot) <= set(methods):
+        raise SystemExit(f"--methods: sparrow-table is tuned by a pilot of {', '.join(pilot)}; list them too, "
+                         "or give the table with --table")
+    args.methods = methods
     # the clips' real lengths in tokens
     args.visual_tokens = [frames_for_visual_tokens(n) * VISUAL_TOKENS_PER_FRAME for n in args.visual_tokens]
-    runs = {method: bench_method(args, method) for method in methods}
-    base = {(p["summary"]["visual_tokens"], p["summary"]["concurrency"]): p["texts"] for p in runs["none"]}
-    rows = [{**p["summary"], "text_equal_to_none": None if args.temperature > 0 else
-             p["texts"] == base[(p["summary"]["visual_tokens"], p["summary"]["concurrency"])]}
-            for points in runs.values() for p in points]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    methods, table = args.methods, args.table
+    tuned = "sparrow-table" in methods and table is None
+    first = [m for m in methods if m != "sparrow-table"] if tuned else methods
+    servers: dict[str, VllmServer] = {}
+    try:
+        start_servers(args, first, table, servers)
+        if tuned:
+            table = tune_table(args, servers)
+            logger.info("vLLM batch-size table from the pilot: %s", table)
+            start_servers(args, ["sparrow-table"], table, servers)
+        runs = run_rounds(args, servers, methods, args.rounds, None, 0, "run")
+    finally:
+        for server in servers.values():
+            server.stop()
+    trace_dir = Path(f"{args.out}-traces")
+    split_traces(trace_dir, methods, [(n, c) for n in args.visual_tokens for c in args.concurrency])
+    rows = summarise(args, runs, methods)
+    goal_rows = goals(rows, args.k)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "serve_bench", "machine": describe_machine(),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "rows": rows, "goals": goals(rows),
-              "texts": {m: [p["texts"] for p in points] for m, points in runs.items()},
+              "table": table, "rows": rows, "goals": goal_rows,
+              "requests": {f"{m}|{n}|{c}": [{k: v for k, v in r.items() if k != "counters"} for r in runs[(m, n, c)]]
+                           for (m, n, c) in runs},
               "provenance": provenance(sys.argv)}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows))
-    plot(rows, args.out.with_suffix(".png"))
-    logger.info("\n%s", markdown(rows))
-    for point in result["goals"]:
-        logger.info("goal check %s", point)
+    args.out.with_suffix(".md").write_text(markdown(rows, goal_rows, table))
+    plot(rows, methods, args.out.with_suffix(".png"))
+    logger.info("\n%s", markdown(rows, goal_rows, table))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
+from sparrow_vllm.bench.intervals import median_ci95, median_ratio_ci95
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.bench.offline import run_in_subprocess
 from sparrow_vllm.bench.speedup import acceptance, counter_sum, speedups
@@ -79,23 +78,6 @@ def _job(args: argparse.Namespace, method: str, requests: list[dict]) -> dict:
 
 def _draft_steps(run: dict, frames: int) -> list[float]:
     return [s for r in run["requests"] if r["frames"] == frames for s in r["draft_decode_s"]]
-
-
-def median_ci95(samples: list[float], draws: int = 4000, seed: int = 0) -> list[float]:
-    """95% bootstrap interval of the median of `samples` (resampling the samples)."""
-    x = np.asarray(samples, dtype=float)
-    picks = np.random.default_rng(seed).integers(0, len(x), size=(draws, len(x)))
-    medians = np.median(x[picks], axis=1)
-    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
-
-
-def median_ratio_ci95(a: list[float], b: list[float], draws: int = 4000, seed: int = 0) -> list[float]:
-    """95% bootstrap interval of median(a) / median(b), the two resampled independently."""
-    rng = np.random.default_rng(seed)
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ratios = (np.median(x[rng.integers(0, len(x), size=(draws, len(x)))], axis=1)
-              / np.median(y[rng.integers(0, len(y), size=(draws, len(y)))], axis=1))
-    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def summarise(runs: dict[str, dict], lengths: list[int], cold: dict[str, dict] | None = None,

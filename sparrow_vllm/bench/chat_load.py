@@ -28,8 +28,9 @@ class ChatResult:
 
 
 def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ignore_eos: bool,
-              temperature: float = 0.0) -> ChatResult:
-    """One streamed chat completion (greedy unless `temperature` > 0)."""
+              temperature: float = 0.0, request_id: str | None = None) -> ChatResult:
+    """One streamed chat completion (greedy unless `temperature` > 0); `request_id` goes to
+    vLLM as X-Request-Id, which names the request in the engine (and in its step trace)."""
     start = time.perf_counter()
     first = None
     parts: list[str] = []
@@ -37,6 +38,7 @@ def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ig
     stream = client.chat.completions.create(
         model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": ignore_eos},
+        extra_headers=None if request_id is None else {"X-Request-Id": request_id},
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -52,13 +54,15 @@ def chat_once(client: Any, model: str, messages: list[dict], max_tokens: int, ig
 
 
 def run_load(client: Any, model: str, conversations: list[list[dict]], max_tokens: int,
-             concurrency: int, ignore_eos: bool, temperature: float = 0.0) -> tuple[list[ChatResult], float]:
+             concurrency: int, ignore_eos: bool, temperature: float = 0.0,
+             request_ids: list[str] | None = None) -> tuple[list[ChatResult], float]:
     """All conversations with at most `concurrency` in flight; results in input order and
     the wall time of the whole batch."""
+    ids = request_ids if request_ids is not None else [None] * len(conversations)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda m: chat_once(client, model, m, max_tokens, ignore_eos, temperature),
-                                conversations))
+        results = list(pool.map(lambda m, i: chat_once(client, model, m, max_tokens, ignore_eos, temperature, i),
+                                conversations, ids))
     return results, time.perf_counter() - start
 
 

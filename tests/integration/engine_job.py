@@ -204,8 +204,10 @@ def draft_lengths_chosen(llm) -> dict[str, int] | None:
     """Steps per draft length the Sparrow scheduler policy chose (None: no policy). The
     engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
-    policy = getattr(scheduler, "sparrow_draft_length", None)
-    return None if policy is None else {str(k): n for k, n in sorted(policy.policy.chosen.items())}
+    adapter = getattr(scheduler, "sparrow_draft_length", None)
+    if adapter is None or adapter.policy is None:  # none, or one that only records a step trace
+        return None
+    return {str(k): n for k, n in sorted(adapter.policy.chosen.items())}
 
 
 def _record_seeded_steps(llm) -> list[int]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from sparrow_vllm.analysis.trace_replay import replay_decisions
+from sparrow_vllm.serving.step_trace import TRACE_ENV, read_trace
 from tests.toy_models import assert_ran_on, run_engine_job, sparrow
 
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
@@ -26,7 +28,26 @@ def _job(speculative_config=None) -> dict:
 
 @pytest.fixture(scope="module")
 def baseline(runner, tmp_path_factory):
-    return run_engine_job(_job(), tmp_path_factory.mktemp("toy-world-baseline"), runner=runner)
+    tmp = tmp_path_factory.mktemp("toy-world-baseline")
+    result = run_engine_job(_job(), tmp, runner=runner, env={TRACE_ENV: str(tmp / "trace.jsonl")})
+    return {**result, "trace": read_trace(tmp / "trace.jsonl")}
+
+
+def test_step_trace_without_speculation(baseline, runner):
+    """SPARROW_STEP_TRACE records an engine without speculation too: every step drafts 0,
+    and every request's prompt and output tokens are in it."""
+    header, events = baseline["trace"]
+    assert header["policy"] == "none" and header["max_drafts"] == 0 and header["runner"] == runner
+    scheduled = [e for e in events if e["event"] == "schedule"]
+    assert {e["k"] for e in scheduled} == {0}
+    assert len([e for e in events if e["event"] == "output"]) == len(scheduled)
+    tokens: dict[str, int] = {}
+    for e in scheduled:
+        for req_id, q, _, _ in e["requests"]:
+            tokens[req_id] = tokens.get(req_id, 0) + q
+    # each request's prompt and outputs, less the last output (never fed back)
+    fed = [p + len(out) - 1 for p, out in zip(baseline["prompt_lens"], baseline["outputs"][0], strict=True)]
+    assert sorted(tokens.values()) == sorted(fed)
 
 
 def _accepted(result: dict) -> float:
@@ -36,12 +57,19 @@ def _accepted(result: dict) -> float:
 
 def test_trained_sparrow_draft_keeps_greedy_output(baseline, runner, tmp_path):
     """Adaptive draft length (the default): K changes per step, the output does not."""
+    trace = tmp_path / "trace.jsonl"
     result = run_engine_job(_job(sparrow(TOY_WORLD / "sparrow-draft", k=4, adaptive=True)), tmp_path,
-                            runner=runner)
+                            runner=runner, env={TRACE_ENV: str(trace)})
     assert_ran_on(result, runner)
     assert result["outputs"] == baseline["outputs"]
     # the policy chose several lengths (its warm-up alone tries 4 and 0)
     assert {"0", "4"} <= set(result["draft_lengths"])
+    # the step trace replays offline to every K' the engine chose
+    header, events = read_trace(trace)
+    assert header["policy"] == "adaptive" and header["method"] == "sparrow" and header["runner"] == runner
+    decisions = replay_decisions(header, events)
+    assert len(decisions) >= sum(result["draft_lengths"].values()) > 10
+    assert [recorded for _, recorded, _ in decisions] == [replayed for _, _, replayed in decisions]
     # trained: acceptance length (1 + accepted per draft) over 2.5
     assert 1 + _accepted(result) > 2.5
 
@@ -53,11 +81,16 @@ def test_draft_length_schedule_with_zero_keeps_greedy_output(baseline, runner, t
     spec = {**sparrow(TOY_WORLD / "sparrow-draft", k=4), "adaptive_draft_length": False,
             "num_speculative_tokens_per_batch_size": [[1, 1, 4], [2, 3, 0], [4, 4, 2]]}
     job = {**_job(spec), "record_drafts": True}
-    result = run_engine_job(job, tmp_path, runner=runner)
+    result = run_engine_job(job, tmp_path, runner=runner, env={TRACE_ENV: str(tmp_path / "trace.jsonl")})
     assert_ran_on(result, runner)
     assert result["draft_lengths"] is None
     assert result["outputs"] == baseline["outputs"]
     assert result["draft_widths"] == [0, 2, 4]
+    # the trace records the table's K' for each step's batch size
+    header, events = read_trace(tmp_path / "trace.jsonl")
+    assert header["policy"] == "table"
+    table = {1: 4, 2: 0, 3: 0, 4: 2}
+    assert all(e["k"] == table[len(e["requests"])] for e in events if e["event"] == "schedule")
     # the last request's K = 4 drafts, after K = 0 steps, are still accepted
     assert 1 + _accepted(result) > 2.0
 

@@ -19,6 +19,7 @@ from sparrow_vllm.analysis.trace_replay import (
     FixedK,
     Planned,
     fit_step_cost,
+    nonnegative_least_squares,
     oracle,
     regret,
     replay_decisions,
@@ -234,7 +235,9 @@ def test_simulating_the_recorded_k_gives_back_the_recorded_steps(tmp_path):
     no step verifies anything."""
     trace = read_trace(record(tmp_path / "sparrow-k4.jsonl", "fixed", K_MAX, seed=3))
     steps = steps_of(trace[1])
-    theta = fit_step_cost([trace])
+    # fitted as the benchmark fits it: on traces at several K'
+    theta = fit_step_cost([trace, read_trace(record(tmp_path / "none.jsonl", "none", 0, seed=1)),
+                           read_trace(record(tmp_path / "sparrow-k2.jsonl", "fixed", 2, seed=2))])
     replayed = Recording([K_MAX] * len(steps))
     result = simulate(trace, theta, replayed)
     assert result.seconds == pytest.approx(sum(s.seconds for s in steps), rel=1e-9)
@@ -268,6 +271,7 @@ def test_benchmark_writes_json_markdown_and_plot(tmp_path):
     for k in range(1, K_MAX + 1):
         record(point / f"sparrow-k{k}.jsonl", "fixed", k, seed=1 + k)
     record(point / "sparrow.jsonl", "adaptive", K_MAX, seed=9)
+    record(tmp_path / "traces" / "sparrow.jsonl", "adaptive", K_MAX, seed=9)  # the whole server's trace
     spec = importlib.util.spec_from_file_location("trace_replay_bench", ROOT / "benchmarks" / "trace_replay.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -275,7 +279,26 @@ def test_benchmark_writes_json_markdown_and_plot(tmp_path):
     bench.main([str(tmp_path / "traces"), "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
     row = result["points"]["v1536-c4"]
-    assert row["replay"]["matches"] == row["replay"]["steps"] >= 40
+    assert result["replay"]["matches"] == result["replay"]["steps"] >= 40
     assert set(row["regret"]) == {"fitted", "gpu", "gpu_noisy"}
     assert "regret vs best fixed" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_nonnegative_least_squares_matches_brute_force_over_active_sets():
+    """Every coefficient is a cost: the fit keeps them >= 0, and its optimum is the best
+    unconstrained fit over every subset of free coefficients that comes out >= 0."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a, b = rng.normal(size=(30, 4)), rng.normal(size=30)
+        x = nonnegative_least_squares(a, b)
+        assert (x >= 0).all()
+        best = np.sum(b ** 2)
+        for size in range(1, 5):
+            for free in itertools.combinations(range(4), size):
+                z = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+                if (z >= 0).all():
+                    best = min(best, float(np.sum((a[:, free] @ z - b) ** 2)))
+        assert np.sum((a @ x - b) ** 2) <= best + 1e-9
