@@ -1,15 +1,19 @@
 """Is Sparrow ever slower than no speculation under load? The OpenAI-compatible server under
 concurrent chat requests with videos, judged with intervals that resolve 5%.
 
-Methods (one `vllm serve` each, all up at once, vLLM's default compile mode unless
---serve-args says otherwise): none; eagle (a draft that sees the video); Sparrow at a fixed
-K = 1..K_max (sparrow-k1..); Sparrow's adaptive draft length (sparrow, the default); Sparrow
-with vLLM's own batch-size table (sparrow-table, `num_speculative_tokens_per_batch_size`),
-tuned the way vLLM's docs suggest: a pilot measures every K at every concurrency and the
-table gives each concurrency the K with the lowest TPOT (--table gives one instead).
+Methods (one `vllm serve` each, vLLM's default compile mode unless --serve-args says
+otherwise): none; eagle (a draft that sees the video); Sparrow at a fixed K = 1..K_max
+(sparrow-k1..); Sparrow's adaptive draft length (sparrow, the default); Sparrow with vLLM's
+own batch-size table (sparrow-table, `num_speculative_tokens_per_batch_size`), tuned the way
+vLLM's docs suggest: a pilot measures every K at every concurrency and the table gives each
+concurrency the K with the lowest TPOT relative to no speculation (--table gives one
+instead). The servers run in groups (--groups; a CPU server with its KV cache holds about
+3.4 GB, so not all fit in memory at once): each group starts with its own none, the
+control every ratio is taken against, and the default puts adaptive Sparrow in every group,
+so that it meets each fixed K and the table side by side.
 
 Points: every (video length, concurrency). Each point is measured in --rounds rounds; in
-each round every method serves the same requests (same clips, same questions, the same
+each round every method of a group serves the same requests (same clips, same questions, the same
 X-Request-Id), one method after the other in an order rotated per round, so drift on the
 machine hits all methods alike. Per point and method: the median TPOT (decode time per
 output token after the first, per request) and, for every method, the 95% bootstrap
@@ -22,8 +26,9 @@ measures decoding with a long visual context rather than one 10-second prefill p
 request.
 
 Every server writes a step trace (SPARROW_STEP_TRACE, sparrow_vllm/serving/step_trace.py);
-OUT-traces/<method>.jsonl holds the whole run and OUT-traces/<point>/<method>.jsonl the steps
-of each point, for benchmarks/trace_replay.py. Writes OUT.json, OUT.md and OUT.png (TPOT
+OUT-traces/<server>.jsonl holds a server's whole run and OUT-traces/<point>/<server>.jsonl
+the steps of each point, for benchmarks/trace_replay.py (a server of a method that runs in
+several groups is labelled <method>-g<i> past its first group). Writes OUT.json, OUT.md and OUT.png (TPOT
 ratio to none with intervals, per point).
 
 The committed run on the bundled toy world (2 CPU cores; see the JSON for its settings):
@@ -45,6 +50,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import shlex
 import statistics
 import sys
@@ -88,6 +94,22 @@ def speculative_config(method: str, args: argparse.Namespace, table: list[list[i
     return {**spec, "num_speculative_tokens": int(method.removeprefix("sparrow-k")), "adaptive_draft_length": False}
 
 
+def base_method(label: str) -> str:
+    """The method a server label runs: "none-g2" is group 2's own no-speculation server."""
+    return re.sub(r"-g\d+$", "", label)
+
+
+def group_labels(groups: list[list[str]]) -> list[list[str]]:
+    """Server labels per group: a method in several groups (none, the control of each
+    group, and sparrow) is labelled -g<i> past its first group."""
+    seen: set[str] = set()
+    out = []
+    for i, group in enumerate(groups, start=1):
+        out.append([m if m not in seen else f"{m}-g{i}" for m in group])
+        seen.update(group)
+    return out
+
+
 def point_name(visual_tokens: int, concurrency: int) -> str:
     return f"v{visual_tokens}-c{concurrency}"
 
@@ -114,13 +136,13 @@ def start_servers(args: argparse.Namespace, methods: list[str], table: list[list
     from openai import OpenAI
 
     extra = shlex.split(args.serve_args) if args.serve_args is not None else []
-    for method in methods:
-        spec = speculative_config(method, args, table)
+    for label in methods:
+        spec = speculative_config(base_method(label), args, table)
         server = VllmServer(args.target, video_serve_args(max(args.visual_tokens), max(args.concurrency), spec, extra),
-                            Path(f"{args.out}-logs/{method}.log"),
+                            Path(f"{args.out}-logs/{label}.log"),
                             env={"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib),
-                                 TRACE_ENV: str(Path(f"{args.out}-traces/{method}.jsonl").resolve())})
-        servers[method] = server
+                                 TRACE_ENV: str(Path(f"{args.out}-traces/{label}.jsonl").resolve())})
+        servers[label] = server
         server.wait_ready(args.startup_timeout)
         server.client = OpenAI(base_url=server.url + "/v1", api_key="unused")
         server.model = server.client.models.list().data[0].id
@@ -172,16 +194,30 @@ def run_rounds(args: argparse.Namespace, servers: dict[str, VllmServer], methods
     return out
 
 
-def tune_table(args: argparse.Namespace, servers: dict[str, VllmServer]) -> list[list[int]]:
+def pilot_ratios(args: argparse.Namespace, servers: dict[str, VllmServer], labels: list[str]) -> dict:
+    """{(K, visual tokens, concurrency): pilot median TPOT / the group's none}, for the
+    fixed-K Sparrow servers among `labels` (the group's none first)."""
+    fixed = [label for label in labels if base_method(label).startswith("sparrow-k")]
+    pilot = run_rounds(args, servers, [labels[0], *fixed], 1, args.pilot_requests, PILOT_CLIPS, "pilot")
+    out = {}
+    for label in fixed:
+        k = int(base_method(label).removeprefix("sparrow-k"))
+        for n in args.visual_tokens:
+            for c in args.concurrency:
+                out[(k, n, c)] = (statistics.median(pilot[(label, n, c)][0]["tpot_ms"])
+                                  / statistics.median(pilot[(labels[0], n, c)][0]["tpot_ms"]))
+    return out
+
+
+def tune_table(args: argparse.Namespace, ratios: dict) -> list[list[int]]:
     """vLLM's batch-size table as its docs suggest tuning it: per concurrency, the K (0: no
-    speculation) whose pilot TPOT, geometric mean over the video lengths, is lowest; each
-    concurrency's K holds from the geometric midpoint with its neighbours."""
-    fixed = ["none", *(f"sparrow-k{i}" for i in range(1, args.k + 1))]
-    pilot = run_rounds(args, servers, fixed, 1, args.pilot_requests, PILOT_CLIPS, "pilot")
+    speculation) whose pilot TPOT relative to no speculation, geometric mean over the
+    video lengths, is lowest; each concurrency's K holds from the geometric midpoint with
+    its neighbours."""
     best = {}
     for c in args.concurrency:
-        score = {k: statistics.geometric_mean(statistics.median(pilot[(m, n, c)][0]["tpot_ms"])
-                                              for n in args.visual_tokens) for k, m in enumerate(fixed)}
+        score = {0: 1.0, **{k: statistics.geometric_mean(ratios[(k, n, c)] for n in args.visual_tokens)
+                            for k in range(1, args.k + 1)}}
         best[c] = min(score, key=score.get)
     cs = sorted(best)
     upper = [math.floor(math.sqrt(a * b)) for a, b in zip(cs, cs[1:], strict=False)] + [max(max(cs), args.k + 2)]
@@ -189,89 +225,108 @@ def tune_table(args: argparse.Namespace, servers: dict[str, VllmServer]) -> list
     return [[lo, hi, best[c]] for lo, hi, c in zip(lower, upper, cs, strict=True)]
 
 
-def summarise(args: argparse.Namespace, runs: dict[tuple[str, int, int], list[dict]], methods: list[str]) -> list[dict]:
+def summarise(args: argparse.Namespace, runs: dict[tuple[str, int, int], list[dict]],
+              groups: list[list[str]]) -> list[dict]:
+    """One row per (server, point): TPOT median and interval, and the paired interval of
+    its ratio to its own group's none (measured in the same rounds)."""
     rows = []
-    for n in args.visual_tokens:
-        for c in args.concurrency:
-            none = [t for m in runs[("none", n, c)] for t in m["tpot_ms"]]
-            none_texts = [t for m in runs[("none", n, c)] for t in m["texts"]]
-            for method in methods:
-                measured = runs[(method, n, c)]
-                tpot = [t for m in measured for t in m["tpot_ms"]]
-                texts = [t for m in measured for t in m["texts"]]
-                row = {"method": method, "visual_tokens": n, "concurrency": c, "requests": len(tpot),
-                       "tpot_median_ms": statistics.median(tpot), "tpot_median_ci95_ms": median_ci95(tpot),
-                       "ratio_to_none": statistics.median(tpot) / statistics.median(none),
-                       "ratio_to_none_ci95": median_ratio_ci95(tpot, none, paired=True),
-                       "ttft_median_s": statistics.median(t for m in measured for t in m["ttft_s"]),
-                       "text_equal_to_none": texts == none_texts}
-                if method != "none":
-                    counters = counter_sum([m["counters"] for m in measured])
-                    row.update({k: v for k, v in acceptance(counters).items() if k != "per_position_rate"})
-                rows.append(row)
+    for g, labels in enumerate(groups, start=1):
+        for n in args.visual_tokens:
+            for c in args.concurrency:
+                none = [t for m in runs[(labels[0], n, c)] for t in m["tpot_ms"]]
+                none_texts = [t for m in runs[(labels[0], n, c)] for t in m["texts"]]
+                for label in labels:
+                    measured = runs[(label, n, c)]
+                    tpot = [t for m in measured for t in m["tpot_ms"]]
+                    texts = [t for m in measured for t in m["texts"]]
+                    row = {"method": base_method(label), "server": label, "group": g, "visual_tokens": n,
+                           "concurrency": c, "requests": len(tpot),
+                           "tpot_median_ms": statistics.median(tpot), "tpot_median_ci95_ms": median_ci95(tpot),
+                           "ratio_to_none": statistics.median(tpot) / statistics.median(none),
+                           "ratio_to_none_ci95": median_ratio_ci95(tpot, none, paired=True),
+                           "ttft_median_s": statistics.median(t for m in measured for t in m["ttft_s"]),
+                           "text_equal_to_none": texts == none_texts}
+                    if base_method(label) != "none":
+                        counters = counter_sum([m["counters"] for m in measured])
+                        row.update({k: v for k, v in acceptance(counters).items() if k != "per_position_rate"})
+                    rows.append(row)
     return rows
 
 
 def goals(rows: list[dict], k: int) -> list[dict]:
-    """Per point: adaptive Sparrow's interval against none, its median against the best
-    fixed K and against vLLM's table."""
-    by = {(r["method"], r["visual_tokens"], r["concurrency"]): r for r in rows}
+    """Per point: the upper end of adaptive Sparrow's interval of TPOT / none in every group;
+    its median against the best fixed K (lowest ratio to none) and against vLLM's table,
+    each in the group that ran them side by side."""
     out = []
-    for (method, n, c), adaptive in by.items():
-        if method != "sparrow":
+    for n, c in sorted({(r["visual_tokens"], r["concurrency"]) for r in rows}):
+        here = [r for r in rows if (r["visual_tokens"], r["concurrency"]) == (n, c)]
+        adaptive = {r["group"]: r for r in here if r["method"] == "sparrow"}
+        if not adaptive:
             continue
-        fixed = {i: by[(f"sparrow-k{i}", n, c)]["tpot_median_ms"] for i in range(1, k + 1) if (f"sparrow-k{i}", n, c) in by}
-        best_k = min(fixed, key=fixed.get) if fixed else None
-        table = by.get(("sparrow-table", n, c))
-        point = {"visual_tokens": n, "concurrency": c, "adaptive_ratio_ci95": adaptive["ratio_to_none_ci95"],
-                 "never_slower_than_none": adaptive["ratio_to_none_ci95"][1] <= 1.0}
-        if best_k is not None:
-            point.update(best_fixed_k=best_k, tpot_best_fixed_ms=fixed[best_k],
-                         within_5pct_of_best_fixed=adaptive["tpot_median_ms"] <= 1.05 * fixed[best_k])
-        if table is not None:
-            point.update(tpot_table_ms=table["tpot_median_ms"],
-                         at_most_table=adaptive["tpot_median_ms"] <= table["tpot_median_ms"])
+        upper = max(r["ratio_to_none_ci95"][1] for r in adaptive.values())
+        point = {"visual_tokens": n, "concurrency": c,
+                 "adaptive_ratio_ci95_by_group": {g: r["ratio_to_none_ci95"] for g, r in adaptive.items()},
+                 "adaptive_ratio_upper_max": upper, "never_slower_than_none": upper <= 1.0}
+        fixed = [r for r in here if r["method"].startswith("sparrow-k")]
+        if fixed:
+            best = min(fixed, key=lambda r: r["ratio_to_none"])
+            mine = adaptive.get(best["group"])
+            point.update(best_fixed_k=int(best["method"].removeprefix("sparrow-k")),
+                         best_fixed_ratio=best["ratio_to_none"])
+            if mine is not None:
+                point.update(adaptive_over_best_fixed=mine["tpot_median_ms"] / best["tpot_median_ms"],
+                             within_5pct_of_best_fixed=mine["tpot_median_ms"] <= 1.05 * best["tpot_median_ms"])
+        table = next((r for r in here if r["method"] == "sparrow-table"), None)
+        if table is not None and table["group"] in adaptive:
+            mine = adaptive[table["group"]]
+            point.update(adaptive_over_table=mine["tpot_median_ms"] / table["tpot_median_ms"],
+                         at_most_table=mine["tpot_median_ms"] <= table["tpot_median_ms"])
         out.append(point)
     return out
 
 
 def markdown(rows: list[dict], goal_rows: list[dict], table: list[list[int]] | None) -> str:
-    lines = ["| method | visual tokens | concurrency | requests | TPOT median ms [95% CI] | TPOT / none [95% CI] "
-             "| TTFT median s | acceptance length | text = none |", "|" + "---|" * 9]
+    lines = ["| group | method | visual tokens | concurrency | requests | TPOT median ms [95% CI] "
+             "| TPOT / none [95% CI] | TTFT median s | acceptance length | text = none |", "|" + "---|" * 10]
     for r in rows:
         lo, hi = r["tpot_median_ci95_ms"]
         rlo, rhi = r["ratio_to_none_ci95"]
         acc = f"{r['acceptance_length']:.2f}" if r.get("acceptance_length") else "-"
-        lines.append(f"| {r['method']} | {r['visual_tokens']} | {r['concurrency']} | {r['requests']} "
+        lines.append(f"| {r['group']} | {r['method']} | {r['visual_tokens']} | {r['concurrency']} | {r['requests']} "
                      f"| {r['tpot_median_ms']:.1f} [{lo:.1f}, {hi:.1f}] | {r['ratio_to_none']:.3f} [{rlo:.3f}, {rhi:.3f}] "
                      f"| {r['ttft_median_s']:.2f} | {acc} | {'yes' if r['text_equal_to_none'] else 'NO'} |")
     lines += ["", f"vLLM batch-size table (sparrow-table): {table}", "",
-              "| visual tokens | concurrency | adaptive / none 95% CI | upper <= 1.00 | best fixed K "
-              "| adaptive within 5% of it | adaptive <= table |", "|" + "---|" * 7]
+              "| visual tokens | concurrency | adaptive / none 95% CI, per group | upper <= 1.00 | best fixed K "
+              "| adaptive / best fixed | within 5% | adaptive / table | <= table |", "|" + "---|" * 9]
     for g in goal_rows:
-        lo, hi = g["adaptive_ratio_ci95"]
-        lines.append(f"| {g['visual_tokens']} | {g['concurrency']} | [{lo:.3f}, {hi:.3f}] "
+        cis = ", ".join(f"g{k}: [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in g["adaptive_ratio_ci95_by_group"].items())
+        lines.append(f"| {g['visual_tokens']} | {g['concurrency']} | {cis} "
                      f"| {_yes(g['never_slower_than_none'])} | {g.get('best_fixed_k', '-')} "
-                     f"| {_yes(g.get('within_5pct_of_best_fixed'))} | {_yes(g.get('at_most_table'))} |")
+                     f"| {_num(g.get('adaptive_over_best_fixed'))} | {_yes(g.get('within_5pct_of_best_fixed'))} "
+                     f"| {_num(g.get('adaptive_over_table'))} | {_yes(g.get('at_most_table'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _yes(flag: bool | None) -> str:
     return "-" if flag is None else ("met" if flag else "NOT met")
 
 
-def plot(rows: list[dict], methods: list[str], path: Path) -> None:
+def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = sorted({(r["visual_tokens"], r["concurrency"]) for r in rows})
-    shown = [m for m in methods if m != "none"]
+    shown = list(dict.fromkeys(r["server"] for r in rows if r["method"] != "none"))
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(points)), 4.5))
     width = 0.8 / len(shown)
     for j, method in enumerate(shown):
-        mine = {(r["visual_tokens"], r["concurrency"]): r for r in rows if r["method"] == method}
+        mine = {(r["visual_tokens"], r["concurrency"]): r for r in rows if r["server"] == method}
         xs = [i + (j - len(shown) / 2 + 0.5) * width for i, p in enumerate(points) if p in mine]
         ys = [mine[p]["ratio_to_none"] for p in points if p in mine]
         err = [[mine[p]["ratio_to_none"] - mine[p]["ratio_to_none_ci95"][0] for p in points if p in mine],
@@ -313,8 +368,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sparrow-draft", default=str(TOY_WORLD / "sparrow-draft"))
     parser.add_argument("--eagle-draft", default=str(TOY_WORLD / "eagle-draft"))
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens (K_max)")
-    parser.add_argument("--methods", default=None,
-                        help="comma list, none first (default: none, eagle, sparrow-k1..K, sparrow, sparrow-table)")
+    parser.add_argument("--groups", default=None,
+                        help="groups of methods served side by side, ';' between groups, each a comma list "
+                             "starting with none (default, K=4: none,sparrow,sparrow-k1,sparrow-k2,sparrow-k3;"
+                             "none,sparrow,sparrow-k4,eagle,sparrow-table)")
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="comma list of requests in flight")
     parser.add_argument("--visual-tokens", type=_ints, default=[1536, 8192], help="comma list: video tokens per request")
     parser.add_argument("--requests", type=int, default=32, help="requests per point and method (at least)")
@@ -333,52 +390,73 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, default=Path("artifacts/serve_bench"))
     args = parser.parse_args()
-    methods = args.methods.split(",") if args.methods else method_names(args.k)
-    unknown = [m for m in methods if m not in method_names(args.k)]
-    if unknown or methods[0] != "none":
-        raise SystemExit(f"--methods: a comma list of {', '.join(method_names(args.k))} starting with none "
-                         f"(got {unknown or methods})")
-    pilot = [f"sparrow-k{i}" for i in range(1, args.k + 1)]
-    if "sparrow-table" in methods and args.table is None and not set(pilot) <= set(methods):
-        raise SystemExit(f"--methods: sparrow-table is tuned by a pilot of {', '.join(pilot)}; list them too, "
-                         "or give the table with --table")
-    args.methods = methods
+    known = method_names(args.k)
+    fixed = [f"sparrow-k{i}" for i in range(1, args.k + 1)]
+    if args.groups is None:
+        half = (args.k + 1) // 2 + 1
+        args.groups = [["none", "sparrow", *fixed[:half]], ["none", "sparrow", *fixed[half:], "eagle", "sparrow-table"]]
+    else:
+        args.groups = [g.split(",") for g in args.groups.split(";")]
+    flat = [m for g in args.groups for m in g]
+    unknown = sorted(set(flat) - set(known))
+    if unknown or any(g[0] != "none" for g in args.groups):
+        raise SystemExit(f"--groups: comma lists of {', '.join(known)}, each starting with none (got {args.groups})")
+    if "sparrow-table" in flat and args.table is None:
+        before = [m for g in args.groups[:next(i for i, g in enumerate(args.groups) if "sparrow-table" in g) + 1]
+                  for m in g]
+        if not set(fixed) <= set(before):
+            raise SystemExit(f"--groups: sparrow-table is tuned by a pilot of {', '.join(fixed)}; put them in its "
+                             "group or an earlier one, or give the table with --table")
     # the clips' real lengths in tokens
     args.visual_tokens = [frames_for_visual_tokens(n) * VISUAL_TOKENS_PER_FRAME for n in args.visual_tokens]
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    methods, table = args.methods, args.table
-    tuned = "sparrow-table" in methods and table is None
-    first = [m for m in methods if m != "sparrow-table"] if tuned else methods
+def run_group(args: argparse.Namespace, labels: list[str], ratios: dict, table: list[list[int]] | None,
+              runs: dict) -> list[list[int]] | None:
+    """Start one group's servers, run the table's pilot where it needs one, measure every
+    point in interleaved rounds into `runs`, stop the servers. Returns the table."""
+    tuned = "sparrow-table" in labels and table is None
     servers: dict[str, VllmServer] = {}
     try:
-        start_servers(args, first, table, servers)
+        start_servers(args, [m for m in labels if m != "sparrow-table"], table, servers)
+        has_fixed = any(base_method(m).startswith("sparrow-k") for m in labels)
+        if table is None and has_fixed and "sparrow-table" in [m for g in args.groups for m in g]:
+            ratios.update(pilot_ratios(args, servers, labels))
         if tuned:
-            table = tune_table(args, servers)
+            table = tune_table(args, ratios)
             logger.info("vLLM batch-size table from the pilot: %s", table)
+        if "sparrow-table" in labels:
             start_servers(args, ["sparrow-table"], table, servers)
-        runs = run_rounds(args, servers, methods, args.rounds, None, 0, "run")
+        runs.update(run_rounds(args, servers, labels, args.rounds, None, 0, "run"))
     finally:
         for server in servers.values():
             server.stop()
+    return table
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    groups = group_labels(args.groups)
+    table, ratios, runs = args.table, {}, {}
+    for labels in groups:
+        table = run_group(args, labels, ratios, table, runs)
     trace_dir = Path(f"{args.out}-traces")
-    split_traces(trace_dir, methods, [(n, c) for n in args.visual_tokens for c in args.concurrency])
-    rows = summarise(args, runs, methods)
+    split_traces(trace_dir, [m for g in groups for m in g], [(n, c) for n in args.visual_tokens for c in args.concurrency])
+    rows = summarise(args, runs, groups)
     goal_rows = goals(rows, args.k)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "serve_bench", "machine": describe_machine(),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "table": table, "rows": rows, "goals": goal_rows,
+              "table": table, "pilot_ratios": {f"k{k}|{n}|{c}": r for (k, n, c), r in ratios.items()},
+              "rows": rows, "goals": goal_rows,
               "requests": {f"{m}|{n}|{c}": [{k: v for k, v in r.items() if k != "counters"} for r in runs[(m, n, c)]]
                            for (m, n, c) in runs},
               "provenance": provenance(sys.argv)}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(rows, goal_rows, table))
-    plot(rows, methods, args.out.with_suffix(".png"))
+    plot(rows, args.out.with_suffix(".png"))
     logger.info("\n%s", markdown(rows, goal_rows, table))
 
 

@@ -14,8 +14,8 @@ TRACE_DIR holds one folder per load point (e.g. `v1536-c4`), each with the step 
              one H100 SXM, not a measurement), without noise; gpu_noisy: with the recorded
              residuals (taken against the fitted model) applied to it
 
-TRACE_DIR/sparrow.jsonl, the adaptive server's whole trace (its policy lives through the
-warm-up and every point), is replayed through a fresh DraftLengthPolicy: the steps whose K'
+TRACE_DIR/sparrow.jsonl (and sparrow-g<i>.jsonl), an adaptive server's whole trace (its
+policy lives through the warm-up and every point), is replayed through a fresh DraftLengthPolicy: the steps whose K'
 matches the recorded one (all of them, or the trace misses something the policy saw).
 
 Goal: regret of adaptive against the best fixed K (in hindsight) <= 3% on every trace.
@@ -90,7 +90,7 @@ def goals(points: dict[str, dict[str, Any]]) -> dict[str, bool]:
             for model in MODELS}
 
 
-def markdown(points: dict[str, dict[str, Any]], met: dict[str, bool], replay: dict[str, Any] | None) -> str:
+def markdown(points: dict[str, dict[str, Any]], met: dict[str, bool], replay: list[dict[str, Any]]) -> str:
     k_max = max(len(p["regret"]["fitted"]["fixed"]) for p in points.values()) - 1
     head = ["point", "cost", *(f"K={k}" for k in range(k_max + 1)), "best fixed", "adaptive", "oracle",
             "regret vs best fixed", "regret vs oracle", "adaptive K counts"]
@@ -106,9 +106,9 @@ def markdown(points: dict[str, dict[str, Any]], met: dict[str, bool], replay: di
                          f" | {r['adaptive']:.1f} | {r['oracle']:.1f} | {r['regret_vs_best_fixed']:+.1%}"
                          f" | {r['regret_vs_oracle']:+.1%} | {counts} |")
     lines.append("")
-    if replay is not None:
-        lines += [f"Decision replay of {replay['trace']}: {replay['matches']} of {replay['steps']} recorded K' "
-                  "reproduced exactly.", ""]
+    for whole in replay:
+        lines += [f"Decision replay of {Path(whole['trace']).name}: {whole['matches']} of {whole['steps']} "
+                  "recorded K' reproduced exactly.", ""]
     for model in MODELS:
         lines.append(f"Goal (regret vs best fixed <= {GOAL:.0%} on every trace), {model} cost: "
                      f"{'met' if met[model] else 'NOT met'}.")
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.trace_dir}: no <point>/<method>.jsonl step traces")
     points = {folder.name: point_result(folder) for folder in folders}
     met = goals(points)
-    whole = args.trace_dir / "sparrow.jsonl"
-    replay = replay_whole(whole) if whole.exists() else None
+    wholes = [*args.trace_dir.glob("sparrow.jsonl"), *sorted(args.trace_dir.glob("sparrow-g*.jsonl"))]
+    replay = [replay_whole(path) for path in wholes]
     result = {"benchmark": "trace_replay", "machine": describe_machine(), "trace_dir": str(args.trace_dir),
               "goal": {"regret_vs_best_fixed_at_most": GOAL, "met": met}, "points": points, "replay": replay,
               "provenance": provenance(sys.argv if argv is None else ["benchmarks/trace_replay.py", *argv])}

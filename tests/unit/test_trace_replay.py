@@ -279,7 +279,8 @@ def test_benchmark_writes_json_markdown_and_plot(tmp_path):
     bench.main([str(tmp_path / "traces"), "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
     row = result["points"]["v1536-c4"]
-    assert result["replay"]["matches"] == result["replay"]["steps"] >= 40
+    [whole] = result["replay"]
+    assert whole["matches"] == whole["steps"] >= 40
     assert set(row["regret"]) == {"fitted", "gpu", "gpu_noisy"}
     assert "regret vs best fixed" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
