@@ -7,6 +7,12 @@ TRACE_DIR holds one folder per load point (e.g. `v1536-c4`), each with the step 
 `sparrow-k1`..`sparrow-kK` (fixed K), `sparrow` (adaptive); others (`sparrow-table`,
 `eagle`) are listed and not used. Per point:
 
+  measured   MeasuredCost (analysis/measured_cost.py) of none + sparrow-k*: each simulated
+             step = its recorded time x (0.5 m(K verified) + 0.5 m(K drafted)) / m(K_max),
+             m(K) the mean step time measured at fixed K (exact in the mean at a fixed K,
+             no linear assumption); the workload is sparrow-kK (K = the largest fixed K)
+  fit        how well the fitted linear model predicts each of those traces (measured and
+             predicted mean step seconds, relative RMS error per step)
   fitted     the step-cost model fitted to none + sparrow-k* (relative least squares, no
              forgetting); the workload is sparrow-kK (K = the largest fixed K), simulated
              with each recorded step's residual kept
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from sparrow_vllm.analysis.gpu_cost import gpu_theta
+from sparrow_vllm.analysis.measured_cost import MeasuredCost, fit_quality
 from sparrow_vllm.analysis.trace_replay import (
     FEATURES,
     fit_step_cost,
@@ -47,7 +54,7 @@ from sparrow_vllm.serving.step_trace import read_trace
 logger = logging.getLogger("trace_replay")
 GOAL = 0.03  # regret vs the best fixed K
 FIXED = re.compile(r"sparrow-k(\d+)$")
-MODELS = ("fitted", "gpu", "gpu_noisy")
+MODELS = ("measured", "fitted", "gpu", "gpu_noisy")
 
 
 def point_result(folder: Path) -> dict[str, Any]:
@@ -66,9 +73,13 @@ def point_result(folder: Path) -> dict[str, Any]:
         "unused": sorted(set(traces) - set(fit_from) - {"sparrow"}),
         "fitted_theta": dict(zip(FEATURES, theta.tolist(), strict=True)),
         "gpu_theta": dict(zip(FEATURES, gpu.tolist(), strict=True)),
+        "fit_quality": fit_quality({name: traces[name] for name in fit_from}, theta),
     }
+    measured = MeasuredCost.from_traces([traces[name] for name in fit_from])
+    result["measured_means_s"] = {str(k): m for k, m in measured.means.items()}
     choices = tuple(traces["sparrow"][0]["choices"]) if traces.get("sparrow", ({},))[0].get("choices") else None
     result["regret"] = {
+        "measured": regret(workload, measured, keep_noise=True, choices=choices),
         "fitted": regret(workload, theta, keep_noise=True, choices=choices),
         "gpu": regret(workload, gpu, keep_noise=False, choices=choices),
         "gpu_noisy": regret(workload, gpu, keep_noise=True, noise_theta=theta, choices=choices),
@@ -94,8 +105,9 @@ def markdown(points: dict[str, dict[str, Any]], met: dict[str, bool], replay: li
     k_max = max(len(p["regret"]["fitted"]["fixed"]) for p in points.values()) - 1
     head = ["point", "cost", *(f"K={k}" for k in range(k_max + 1)), "best fixed", "adaptive", "oracle",
             "regret vs best fixed", "regret vs oracle", "adaptive K counts"]
-    lines = ["Tokens/s per policy on each point's K_max workload trace (simulated; fitted: the "
-             "point's own step-cost fit with recorded noise; gpu: an H100 + Qwen2.5-VL-7B estimate).", "",
+    lines = ["Tokens/s per policy on each point's K_max workload trace (simulated; measured: the "
+             "point's per-K mean step times; fitted: its linear step-cost fit, both with recorded noise; "
+             "gpu: an H100 + Qwen2.5-VL-7B estimate).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, p in points.items():
         for model in MODELS:
@@ -105,6 +117,11 @@ def markdown(points: dict[str, dict[str, Any]], met: dict[str, bool], replay: li
             lines.append(f"| {name} | {model} | " + " | ".join(rates) + f" | {r['best_fixed']:.1f} (K={r['best_fixed_k']})"
                          f" | {r['adaptive']:.1f} | {r['oracle']:.1f} | {r['regret_vs_best_fixed']:+.1%}"
                          f" | {r['regret_vs_oracle']:+.1%} | {counts} |")
+    lines.append("")
+    for name, p in points.items():
+        fit = ", ".join(f"{trace} {q['measured_mean_s'] * 1e3:.1f}/{q['predicted_mean_s'] * 1e3:.1f} ms "
+                        f"({q['relative_rms']:.2f})" for trace, q in p["fit_quality"].items())
+        lines.append(f"- {name} linear fit, mean step measured/predicted (relative RMS error): {fit}")
     lines.append("")
     for whole in replay:
         lines += [f"Decision replay of {Path(whole['trace']).name}: {whole['matches']} of {whole['steps']} "

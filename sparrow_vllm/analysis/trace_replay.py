@@ -1,4 +1,5 @@
 """Offline replay of Sparrow's adaptive draft length from step traces (serving/step_trace.py).
+(Past 400 lines: one job, the simulator of draft-length policies with its exact oracle.)
 
 Two jobs, numpy only (no engine, no vLLM):
 
@@ -9,12 +10,13 @@ Two jobs, numpy only (no engine, no vLLM):
   chain, so a request that accepted a of d drafts would accept min(a, K') of min(d, K').
   Each step keeps its requests, prompt chunks and context as recorded (a policy that gains
   more tokens does not finish requests sooner: tokens/s is over the same steps); the verify
-  query lengths, tokens gained and draft chain follow K'. Step time = theta .
-  StepShape.features(K') of the simulated step x the recorded step's residual ratio
-  (recorded seconds / theta . features of the recorded step; `keep_noise=False`: 1).
+  query lengths, tokens gained and draft chain follow K'. Step time: with theta (linear),
+  theta . StepShape.features(K') of the simulated step x the recorded step's residual ratio
+  (recorded seconds / theta . features of the recorded step; `keep_noise=False`: 1); or a
+  `StepCost`, e.g. measured_cost.MeasuredCost (measured per-K mean step times, not linear).
   Deciders: `FixedK`, `Adaptive` (a fresh DraftLengthPolicy fed the simulated steps in the
   trace's event order), `Planned` (a K' per step, e.g. `oracle`'s: the best of every step
-  in hindsight, exact by Dinkelbach iteration: under a linear cost the trace's tokens and
+  in hindsight, exact by Dinkelbach iteration: under either cost the trace's tokens and
   seconds are sums of per-decision terms).
 
 gpu_cost.gpu_theta estimates (does not measure) theta for a Qwen2.5-VL-7B target with a
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -244,6 +246,28 @@ def _ratios(plan: _Plan, theta: np.ndarray, keep_noise: bool, noise_theta: np.nd
     return np.array([s.seconds for s in plan.steps]) / predicted
 
 
+StepSeconds = Callable[[int, Callable[[int | None], int], int], float]  # (step, K' of a drafting step, own K') -> s
+
+
+class StepCost(Protocol):
+    """A step-cost model other than linear (e.g. measured_cost.MeasuredCost): the seconds of
+    each simulated step of `plan`; tokens and seconds must stay sums of per-decision terms
+    (a step's own K' and the K' of the steps whose drafts it verifies) for `oracle`."""
+
+    def bind(self, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds: ...
+
+
+Cost = np.ndarray | StepCost  # theta [7] of the linear model, or another model
+
+
+def _bind(cost: Cost, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds:
+    """The simulated seconds of a step of `plan` under `cost` (see the module's docstring)."""
+    if not isinstance(cost, np.ndarray):
+        return cost.bind(plan, keep_noise, noise_theta)
+    ratios = _ratios(plan, cost, keep_noise, noise_theta)
+    return lambda i, k_of, k: ratios[i] * float(cost @ plan.steps[i].shape(k_of, plan.max_drafts).features(k))
+
+
 class Decider:
     """Chooses K' for each simulated step (`index`: the step's place in the workload
     trace) and hears how each step went (its shape, K', seconds and (drafts, accepted)
@@ -302,13 +326,13 @@ def _check_seconds(seconds: float, index: int) -> float:
     return seconds
 
 
-def simulate(trace: Trace, theta: np.ndarray, decide: Decider, keep_noise: bool = True,
+def simulate(trace: Trace, cost: Cost, decide: Decider, keep_noise: bool = True,
              noise_theta: np.ndarray | None = None) -> SimResult:
     """Runs `decide` over the workload trace's steps, in the trace's event order.
-    `noise_theta`: the model the recorded times' residual ratios are taken against (the
-    fitted one when simulating another cost, e.g. gpu_theta's); default theta."""
+    `noise_theta` (linear cost only): the model the recorded times' residual ratios are
+    taken against (the fitted one when simulating another cost, e.g. gpu_theta's); default theta."""
     plan = _plan(trace)
-    ratios = _ratios(plan, theta, keep_noise, noise_theta)
+    step_seconds = _bind(cost, plan, keep_noise, noise_theta)
     n = len(plan.steps)
     ks: list[int] = [-1] * n
     shapes: list[StepShape | None] = [None] * n
@@ -327,7 +351,7 @@ def simulate(trace: Trace, theta: np.ndarray, decide: Decider, keep_noise: bool 
             if not 0 <= k <= plan.max_drafts:
                 raise ValueError(f"a decider chose K' = {k} outside 0..{plan.max_drafts}")
             ks[i], shapes[i] = k, shape
-            seconds[i] = _check_seconds(ratios[i] * float(theta @ shape.features(k)), i)
+            seconds[i] = _check_seconds(step_seconds(i, k_of, k), i)
             tokens += step.tokens(k_of)
             if shape.drafting_requests:
                 counts[k] = counts.get(k, 0) + 1
@@ -337,7 +361,7 @@ def simulate(trace: Trace, theta: np.ndarray, decide: Decider, keep_noise: bool 
     return SimResult(tokens, total, tokens / total, dict(sorted(counts.items())), ks)
 
 
-def _decision_tables(plan: _Plan, theta: np.ndarray, ratios: np.ndarray,
+def _decision_tables(plan: _Plan, step_seconds: StepSeconds,
                      choices: tuple[int, ...]) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(tokens, seconds with every K' = 0, and per step and choice the tokens [n, C] and
     seconds [n, C] that K' of that step adds): step n's K' adds its own draft chain and
@@ -345,12 +369,9 @@ def _decision_tables(plan: _Plan, theta: np.ndarray, ratios: np.ndarray,
     def only(i: int, k: int) -> Callable[[int | None], int]:
         return lambda source: k if source == i else (plan.max_drafts if source is None else 0)
 
-    def seconds_of(m: int, k_of: Callable[[int | None], int], own: int) -> float:
-        return ratios[m] * float(theta @ plan.steps[m].shape(k_of, plan.max_drafts).features(own))
-
     n = len(plan.steps)
     zero = only(-1, 0)
-    base_s = [seconds_of(m, zero, 0) for m in range(n)]
+    base_s = [step_seconds(m, zero, 0) for m in range(n)]
     base_tokens = sum(s.tokens(zero) for s in plan.steps)
     checks: dict[int, set[int]] = {}  # step -> later steps that verify its drafts
     for m, step in enumerate(plan.steps):
@@ -361,22 +382,22 @@ def _decision_tables(plan: _Plan, theta: np.ndarray, ratios: np.ndarray,
     for i in range(n):
         for j, k in enumerate(choices):
             k_of = only(i, k)
-            d_seconds[i, j] = seconds_of(i, zero, k) - base_s[i]
+            d_seconds[i, j] = step_seconds(i, zero, k) - base_s[i]
             for m in checks.get(i, ()):
-                d_seconds[i, j] += seconds_of(m, k_of, 0) - base_s[m]
+                d_seconds[i, j] += step_seconds(m, k_of, 0) - base_s[m]
                 d_tokens[i, j] += plan.steps[m].tokens(k_of) - plan.steps[m].tokens(zero)
     return float(base_tokens), float(sum(base_s)), d_tokens, d_seconds
 
 
-def oracle(trace: Trace, theta: np.ndarray, keep_noise: bool = True, noise_theta: np.ndarray | None = None,
+def oracle(trace: Trace, cost: Cost, keep_noise: bool = True, noise_theta: np.ndarray | None = None,
            choices: tuple[int, ...] | None = None) -> list[int]:
     """K' per step that maximises the trace's tokens / seconds in hindsight (Dinkelbach:
     lambda <- tokens / seconds, each K' <- argmax tokens(K) - lambda * seconds(K), until
     the choice repeats)."""
     plan = _plan(trace)
     choices = tuple(range(plan.max_drafts + 1)) if choices is None else tuple(sorted(choices))
-    ratios = _ratios(plan, theta, keep_noise, noise_theta)
-    tokens0, seconds0, d_tokens, d_seconds = _decision_tables(plan, theta, ratios, choices)
+    tokens0, seconds0, d_tokens, d_seconds = _decision_tables(plan, _bind(cost, plan, keep_noise, noise_theta),
+                                                              choices)
     rows = np.arange(len(plan.steps))
     pick, rate = np.full(len(plan.steps), choices.index(plan.max_drafts)), 0.0
     for _ in range(1000):
@@ -389,7 +410,7 @@ def oracle(trace: Trace, theta: np.ndarray, keep_noise: bool = True, noise_theta
     raise RuntimeError("oracle: Dinkelbach iteration did not converge in 1000 rounds")
 
 
-def regret(trace: Trace, theta: np.ndarray, keep_noise: bool = True, noise_theta: np.ndarray | None = None,
+def regret(trace: Trace, cost: Cost, keep_noise: bool = True, noise_theta: np.ndarray | None = None,
            choices: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Tokens/s of every fixed K, the best fixed K, adaptive (restricted to `choices`) and
     the per-step oracle on the workload trace; adaptive's regret against the best fixed K
@@ -397,12 +418,12 @@ def regret(trace: Trace, theta: np.ndarray, keep_noise: bool = True, noise_theta
     max_drafts = trace[0]["max_drafts"]
 
     def run(decide: Decider) -> SimResult:
-        return simulate(trace, theta, decide, keep_noise, noise_theta)
+        return simulate(trace, cost, decide, keep_noise, noise_theta)
 
     fixed = {k: run(FixedK(k)).tokens_per_s for k in range(max_drafts + 1)}
     best_k = max(fixed, key=lambda k: fixed[k])
     adaptive = run(Adaptive(max_drafts, choices))
-    best = run(Planned(oracle(trace, theta, keep_noise, noise_theta, choices)))
+    best = run(Planned(oracle(trace, cost, keep_noise, noise_theta, choices)))
     return {
         "fixed": {str(k): r for k, r in fixed.items()}, "best_fixed_k": best_k, "best_fixed": fixed[best_k],
         "adaptive": adaptive.tokens_per_s, "oracle": best.tokens_per_s,

@@ -15,6 +15,7 @@ import pytest
 from vllm.sampling_params import SamplingType
 
 from sparrow_vllm.analysis.gpu_cost import gpu_theta
+from sparrow_vllm.analysis.measured_cost import MeasuredCost, fit_quality
 from sparrow_vllm.analysis.trace_replay import (
     FixedK,
     Planned,
@@ -107,6 +108,71 @@ def test_fit_step_cost_recovers_a_known_theta():
                            "verified": []})
         traces.append(({"policy": "fixed", "max_drafts": max_drafts}, events))
     np.testing.assert_allclose(fit_step_cost(traces), TRUE_THETA, rtol=1e-6)
+
+
+CPU_MEANS = {0: 0.020, 1: 0.033, 2: 0.044, 3: 0.045}  # seconds a step at K = 0..3: query tiles, not linear
+
+
+def per_k_traces(means: dict[int, float] | None, noise: float = 0.3, steps: int = 30,
+                 seed: int = 0) -> dict[int, tuple[dict, list[dict]]]:
+    """none (K = 0) and fixed K = 1..3 traces of 3 decoding requests (acceptance 0..K); step
+    seconds means[K] x uniform(1 -+ noise) (means None: TRUE_THETA . features, exactly linear)."""
+    rng = np.random.default_rng(seed)
+    traces = {}
+    for k in range(4):
+        accepted = [[int(a) for a in rng.integers(0, k + 1, size=3)] for _ in range(steps)]
+        seconds = None if means is None else [means[k] * f for f in rng.uniform(1 - noise, 1 + noise, size=steps)]
+        header, events = fixed_trace(accepted, seconds=seconds, max_drafts=k)
+        traces[k] = ({**header, "policy": "none", "method": None} if k == 0 else header, events)
+    return traces
+
+
+def test_measured_cost_reproduces_every_fixed_k_trace_mean():
+    """On the K_max = 3 workload, FixedK(k) under MeasuredCost takes m(k) x steps: the mean
+    step time measured in the trace at K = k, though 20, 33, 44, 45 ms is far from linear in K
+    (a linear fit of a profile with a query-tile jump, 20, 40, 41, 42 ms, is off by more than
+    10% on some trace; of 20, 33, 44, 45 ms without noise, by up to 10%)."""
+    traces = per_k_traces(CPU_MEANS)
+    cost = MeasuredCost.from_traces(list(traces.values()))
+    steps = len(steps_of(traces[3][1]))
+    for k, (_, events) in traces.items():
+        measured = np.mean([s.seconds for s in steps_of(events)])
+        assert cost.means[k] == pytest.approx(CPU_MEANS[k], rel=0.1)
+        assert simulate(traces[3], cost, FixedK(k)).seconds == pytest.approx(measured * steps, rel=1e-9)
+    # without noise every sampling step takes its mean: a K = 2 step verifying K = 3 drafts
+    mixed = simulate(traces[3], cost, Planned([3] + [2] * (steps - 1)), keep_noise=False)
+    assert mixed.seconds == pytest.approx(cost.means[3] + 0.5 * (cost.means[3] + cost.means[2])
+                                          + cost.means[2] * (steps - 2), rel=1e-12)
+    exact = per_k_traces({0: 0.020, 1: 0.040, 2: 0.041, 3: 0.042}, noise=0.0)
+    quality = fit_quality({f"k{k}": t for k, t in exact.items()}, fit_step_cost(list(exact.values())))
+    assert max(q["relative_rms"] for q in quality.values()) > 0.1
+    assert quality["k3"]["measured_mean_s"] == pytest.approx(0.042, rel=1e-12)
+    with pytest.raises(ValueError, match="no trace at K = \\[2\\]"):
+        simulate(traces[3], MeasuredCost({k: m for k, m in cost.means.items() if k != 2}), FixedK(1))
+
+
+def test_fit_quality_of_an_exact_linear_fit_is_zero():
+    traces = per_k_traces(None)
+    quality = fit_quality({f"k{k}": t for k, t in traces.items()}, fit_step_cost(list(traces.values())))
+    assert set(quality) == {"k0", "k1", "k2", "k3"}
+    for q in quality.values():
+        assert q["relative_rms"] < 1e-6
+        assert q["predicted_mean_s"] == pytest.approx(q["measured_mean_s"], rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [8, 15, 24, 32, 45])
+def test_oracle_under_measured_cost_equals_brute_force(seed):
+    """As the linear test above, with MeasuredCost: steps verifying drafts of several earlier
+    steps (1 to 3 requests a step), recorded times 0.3 to 3 x m(K_max) (these seeds: a verify
+    width taken as the max over a step's passes, not a sum of per-decision terms, falls short)."""
+    rng = np.random.default_rng(seed)
+    accepted = [[int(a) for a in rng.integers(0, 4, size=int(rng.integers(1, 4)))] for _ in range(4)]
+    trace = fixed_trace(accepted, seconds=[0.045 * f for f in rng.uniform(0.3, 3.0, size=4)], max_drafts=3)
+    cost = MeasuredCost(CPU_MEANS)
+    brute = max(simulate(trace, cost, Planned(list(ks))).tokens_per_s for ks in itertools.product(range(4), repeat=4))
+    best = simulate(trace, cost, Planned(oracle(trace, cost))).tokens_per_s
+    assert best == pytest.approx(brute, rel=1e-12)
+    assert best >= max(simulate(trace, cost, FixedK(k)).tokens_per_s for k in range(4)) * (1 - 1e-12)
 
 
 class FakeEngine:
@@ -281,8 +347,11 @@ def test_benchmark_writes_json_markdown_and_plot(tmp_path):
     row = result["points"]["v1536-c4"]
     [whole] = result["replay"]
     assert whole["matches"] == whole["steps"] >= 40
-    assert set(row["regret"]) == {"fitted", "gpu", "gpu_noisy"}
-    assert "regret vs best fixed" in out.with_suffix(".md").read_text()
+    assert set(row["regret"]) == {"measured", "fitted", "gpu", "gpu_noisy"}
+    assert set(row["fit_quality"]) == {"none", *(f"sparrow-k{k}" for k in range(1, K_MAX + 1))}
+    assert row["regret"]["measured"]["fixed"][str(K_MAX)] == pytest.approx(row["regret"]["fitted"]["fixed"][str(K_MAX)])
+    text = out.with_suffix(".md").read_text()
+    assert "regret vs best fixed" in text and "v1536-c4 linear fit" in text and "measured cost: " in text
     assert out.with_suffix(".png").stat().st_size > 0
 
 
