@@ -78,6 +78,10 @@ def point_result(folder: Path) -> dict[str, Any]:
     measured = MeasuredCost.from_traces([traces[name] for name in fit_from])
     result["measured_means_s"] = {str(k): m for k, m in measured.means.items()}
     choices = tuple(traces["sparrow"][0]["choices"]) if traces.get("sparrow", ({},))[0].get("choices") else None
+    if choices is not None and max(choices) > k_max:
+        logger.warning("%s: the adaptive trace's choices %s pass the workload's K_max = %d (record sparrow-k%d "
+                       "to simulate them); simulating choices <= %d only", folder, choices, k_max, max(choices), k_max)
+        choices = tuple(c for c in choices if c <= k_max)
     result["regret"] = {
         "measured": regret(workload, measured, keep_noise=True, choices=choices),
         "fitted": regret(workload, theta, keep_noise=True, choices=choices),

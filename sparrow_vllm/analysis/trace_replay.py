@@ -396,6 +396,8 @@ def oracle(trace: Trace, cost: Cost, keep_noise: bool = True, noise_theta: np.nd
     the choice repeats)."""
     plan = _plan(trace)
     choices = tuple(range(plan.max_drafts + 1)) if choices is None else tuple(sorted(choices))
+    if choices[0] < 0 or choices[-1] > plan.max_drafts:
+        raise ValueError(f"oracle: choices {choices} must lie in 0..{plan.max_drafts}, the workload's K_max")
     tokens0, seconds0, d_tokens, d_seconds = _decision_tables(plan, _bind(cost, plan, keep_noise, noise_theta),
                                                               choices)
     rows = np.arange(len(plan.steps))

@@ -149,6 +149,8 @@ def test_measured_cost_reproduces_every_fixed_k_trace_mean():
     assert quality["k3"]["measured_mean_s"] == pytest.approx(0.042, rel=1e-12)
     with pytest.raises(ValueError, match="no trace at K = \\[2\\]"):
         simulate(traces[3], MeasuredCost({k: m for k, m in cost.means.items() if k != 2}), FixedK(1))
+    with pytest.raises(ValueError, match="must lie in 0..3"):  # K' = 4 has no measured m(4) nor drafts to keep
+        oracle(traces[3], cost, choices=(0, 3, 4))
 
 
 def test_fit_quality_of_an_exact_linear_fit_is_zero():
