@@ -138,7 +138,8 @@ def start_servers(args: argparse.Namespace, methods: list[str], table: list[list
     extra = shlex.split(args.serve_args) if args.serve_args is not None else []
     for label in methods:
         spec = speculative_config(base_method(label), args, table)
-        server = VllmServer(args.target, video_serve_args(max(args.visual_tokens), max(args.concurrency), spec, extra),
+        mine = extra + (["--enforce-eager"] if base_method(label) in args.eager_methods else [])
+        server = VllmServer(args.target, video_serve_args(max(args.visual_tokens), max(args.concurrency), spec, mine),
                             Path(f"{args.out}-logs/{label}.log"),
                             env={"VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib),
                                  TRACE_ENV: str(Path(f"{args.out}-traces/{label}.jsonl").resolve())})
@@ -387,6 +388,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--serve-args", default=None,
                         help="extra `vllm serve` arguments (default: none; the CPU build runs float32 either way)")
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE per server (CPU builds)")
+    parser.add_argument("--eager-methods", default="",
+                        help="comma list of methods served with --enforce-eager (say why in the results)")
+    parser.add_argument("--resume", action="store_true",
+                        help="read back the groups a previous run with the same --out finished")
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, default=Path("artifacts/serve_bench"))
     args = parser.parse_args()
@@ -407,6 +412,7 @@ def parse_args() -> argparse.Namespace:
         if not set(fixed) <= set(before):
             raise SystemExit(f"--groups: sparrow-table is tuned by a pilot of {', '.join(fixed)}; put them in its "
                              "group or an earlier one, or give the table with --table")
+    args.eager_methods = [m for m in args.eager_methods.split(",") if m]
     # the clips' real lengths in tokens
     args.visual_tokens = [frames_for_visual_tokens(n) * VISUAL_TOKENS_PER_FRAME for n in args.visual_tokens]
     return args
@@ -415,7 +421,16 @@ def parse_args() -> argparse.Namespace:
 def run_group(args: argparse.Namespace, labels: list[str], ratios: dict, table: list[list[int]] | None,
               runs: dict) -> list[list[int]] | None:
     """Start one group's servers, run the table's pilot where it needs one, measure every
-    point in interleaved rounds into `runs`, stop the servers. Returns the table."""
+    point in interleaved rounds into `runs`, stop the servers. Returns the table. A group
+    measured before (OUT-group-<labels>.json, written when a group finishes) is read back
+    with --resume instead of run again."""
+    saved = Path(f"{args.out}-groups") / f"{'+'.join(labels)}.json"
+    if args.resume and saved.exists():
+        state = json.loads(saved.read_text())
+        runs.update({tuple(json.loads(k)): v for k, v in state["runs"].items()})
+        ratios.update({tuple(json.loads(k)): v for k, v in state["ratios"].items()})
+        logger.info("resumed %s from %s", labels, saved)
+        return state["table"]
     tuned = "sparrow-table" in labels and table is None
     servers: dict[str, VllmServer] = {}
     try:
@@ -428,10 +443,14 @@ def run_group(args: argparse.Namespace, labels: list[str], ratios: dict, table: 
             logger.info("vLLM batch-size table from the pilot: %s", table)
         if "sparrow-table" in labels:
             start_servers(args, ["sparrow-table"], table, servers)
-        runs.update(run_rounds(args, servers, labels, args.rounds, None, 0, "run"))
+        measured = run_rounds(args, servers, labels, args.rounds, None, 0, "run")
     finally:
         for server in servers.values():
             server.stop()
+    runs.update(measured)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"table": table, "runs": {json.dumps(list(k)): v for k, v in measured.items()},
+                                 "ratios": {json.dumps(list(k)): v for k, v in ratios.items()}}))
     return table
 
 
