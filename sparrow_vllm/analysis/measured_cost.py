@@ -1,6 +1,6 @@
 """A measured step cost for the offline replay (trace_replay.py), and how well the linear
 one fits: on a 2-core CPU with a toy target and 8k-token videos the mean step time is not
-linear in K (CPU attention works in query tiles: 20, 33, 45, 45 ms at K = 0..3), so a
+linear in K (decode-only steps at one point: 6.8, 9.9, 13.5, 13.4 ms at K = 0..3), so a
 linear theta mispredicts and misranks policies; `MeasuredCost` uses the measured per-K
 means instead, `fit_quality` shows the linear fit's error per trace."""
 
@@ -30,10 +30,18 @@ def fit_quality(traces: dict[str, Trace], theta: np.ndarray) -> dict[str, dict[s
     return quality
 
 
+def _decode_only(requests: list[tuple[int, bool]], max_verify_tokens: int) -> bool:
+    """Whether a step's (query tokens, samples) rows are all verify passes: no prompt chunk.
+    A prompt chunk's time does not follow the draft length, and the same prompts are served
+    in fewer steps at a larger K, so steps with one would inflate m(K) at larger K."""
+    return bool(requests) and all(samples and q <= max_verify_tokens for q, samples in requests)
+
+
 @dataclass(frozen=True)
 class MeasuredCost:
     """Measured step cost (a trace_replay.StepCost): means[K] = m(K), the mean seconds of the
-    finished steps with a sampling request in the trace at fixed K (K = 0: no speculation).
+    finished decode-only steps (every request a verify pass, no prompt chunk) of the trace
+    at fixed K (K = 0: no speculation).
     Simulated step n = recorded seconds of step n in the K_max workload x (0.5 m(K_{n-1}) +
     0.5 m(K_n)) / m(K_max): K_{n-1} the K' of the step that drafted what step n verifies
     (the verify width; with passes drafted by several steps, the mean of m over its passes;
@@ -41,8 +49,8 @@ class MeasuredCost:
     K' (the draft chain). An interpolation between measured points, exact in the mean for a
     fixed K with no linear assumption; its limit: a step that mixes a verify width and a
     draft chain is priced half the one, half the other (the split of a step's time between
-    verifying and drafting is not measured). Steps without a sampling request keep their
-    recorded time; keep_noise=False: m(K_max) stands for each sampling step's recorded time.
+    verifying and drafting is not measured). Steps with a prompt chunk keep their recorded
+    time (the verify passes and draft chain beside the chunk are not rescaled); keep_noise=False: m(K_max) stands for each sampling step's recorded time.
     Every step's seconds are a sum of per-decision terms, so trace_replay.oracle stays exact."""
 
     means: dict[int, float]
@@ -57,7 +65,9 @@ class MeasuredCost:
                 raise ValueError(f"MeasuredCost needs traces of no speculation or of a fixed K; one's policy is "
                                  f"{policy!r} (leave the adaptive trace out)")
             k = header["max_drafts"] if policy == "fixed" else 0
-            times = [s.seconds for s in steps_of(events) if s.seconds is not None and any(r[3] for r in s.requests)]
+            width = 1 + header["max_drafts"]
+            times = [s.seconds for s in steps_of(events) if s.seconds is not None and _decode_only(
+                [(q, samples) for _, q, _, samples in s.requests], width)]
             if k in means or not times:
                 raise ValueError(f"MeasuredCost: the trace at K = {k} is given twice or has no finished sampling "
                                  "step (give one recorded trace per K)")
@@ -75,7 +85,7 @@ class MeasuredCost:
 
         def seconds(i: int, k_of: Callable[[int | None], int], k: int) -> float:
             step = plan.steps[i]
-            if not step.samplers:
+            if not _decode_only([(q, samples) for q, _, samples in step.requests], 1 + plan.max_drafts):
                 return step.seconds
             verify = [m[k_of(source)] for _, _, _, source in step.verify] or [m[k]]
             scale = step.seconds / top if keep_noise else 1.0

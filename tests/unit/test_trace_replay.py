@@ -374,3 +374,27 @@ def test_nonnegative_least_squares_matches_brute_force_over_active_sets():
                 if (z >= 0).all():
                     best = min(best, float(np.sum((a[:, free] @ z - b) ** 2)))
         assert np.sum((a @ x - b) ** 2) <= best + 1e-9
+
+
+def test_measured_cost_leaves_prompt_chunk_steps_as_recorded():
+    """A step with a prompt chunk is neither part of m(K) (the same prompts are served in
+    fewer steps at a larger K, which would inflate it) nor rescaled with K."""
+
+    def trace(k: int, decode_s: float) -> tuple[dict, list[dict]]:
+        header = {"event": "engine", "version": 1, "policy": "fixed" if k else "none", "max_drafts": k,
+                  "choices": None, "method": "sparrow", "runner": "v1"}
+        events = [{"event": "schedule", "step": 0, "k": k, "seeded": False, "requests": [["a", 500, 500, True]]},
+                  {"event": "output", "step": 0, "seconds": 1.0, "verified": []}]
+        for n in range(1, 4):
+            events += [{"event": "schedule", "step": n, "k": k, "seeded": False,
+                        "requests": [["a", 1 + k, 500 + n * (1 + k), True]]},
+                       {"event": "output", "step": n, "seconds": decode_s, "verified": [["a", k, 0]] if k else []}]
+        return header, events
+
+    traces = [trace(0, 0.010), trace(1, 0.015), trace(2, 0.030)]
+    cost = MeasuredCost.from_traces(traces)
+    assert cost.means == {0: 0.010, 1: 0.015, 2: 0.030}  # the 1-second prompt step left out
+    # at K' = 0 the prompt step keeps its second and each decode step takes m(0); at K' = 1
+    # the first decode step verifies the prompt step's K' = 1 drafts: m(1) for all three
+    assert simulate(traces[2], cost, FixedK(0)).seconds == pytest.approx(1.0 + 3 * 0.010, rel=1e-9)
+    assert simulate(traces[2], cost, FixedK(1)).seconds == pytest.approx(1.0 + 3 * 0.015, rel=1e-9)
