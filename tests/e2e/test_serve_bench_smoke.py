@@ -58,6 +58,12 @@ def test_serve_bench_smoke(tmp_path):
     [whole] = replay["replay"]
     assert whole["matches"] == whole["steps"] > 0
     assert set(replay["points"]) == {"v512-c1", "v512-c2"}
+    # no K = 1..3 traces here: the measured cost is not replayed and says so, the linear
+    # fit and the GPU estimate are
+    assert replay["goal"]["met"]["measured"] is None
+    for point in replay["points"].values():
+        assert point["measured_missing_k"] == [1, 2, 3] and point["regret"]["measured"] is None
+        assert point["regret"]["gpu"]["best_fixed_k"] in range(5)
 
 
 def test_demo_runs_through_vllm_serve(tmp_path):
