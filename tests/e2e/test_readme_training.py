@@ -1,7 +1,8 @@
-"""The README's "Train a draft for your target" walk-through, run as a user runs it: the
-commands between the `readme-training` markers, in a shell, with smaller sizes (SMALLER),
-an interruption and resume of extraction, the mistakes a newcomer makes refused with their
-messages, and the trained draft served by `vllm serve` to an `openai` client."""
+"""The toy-world walk-through of "Train a draft for your target" (docs/training.md, which the
+README links to), run as a user runs it: the commands between the `readme-training` markers,
+in a shell, with smaller sizes (SMALLER), an interruption and resume of extraction, the
+mistakes a newcomer makes refused with their messages, and the trained draft served by
+`vllm serve` to an `openai` client."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ pytestmark = pytest.mark.timeout(1500)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
-# README size -> CI size; each must occur in the block
+# the page that holds the walk-through (README.md links to it)
+WALKTHROUGH = REPO / "docs" / "training.md"
+# walk-through size -> CI size; each must occur in the block
 SMALLER = {
     "--num 384": "--num 48",
     "--num 32": "--num 4",
@@ -35,11 +38,11 @@ SMALLER = {
 
 
 def readme_commands() -> list[str]:
-    """The shell commands of the README block, continuation lines joined, comments dropped."""
-    text = (REPO / "README.md").read_text()
+    """The shell commands of the walk-through block, continuation lines joined, comments dropped."""
+    text = WALKTHROUGH.read_text()
     block = re.search(r"<!-- readme-training: start -->\n```bash\n(.*?)```\n<!-- readme-training: end -->",
                       text, re.S)
-    assert block, "README.md lost its readme-training block"
+    assert block, f"{WALKTHROUGH.relative_to(REPO)} lost its readme-training block"
     joined = block.group(1).replace("\\\n", " ")
     return [line.split("   #")[0].strip() for line in joined.splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
@@ -52,7 +55,7 @@ def _smaller(command: str) -> str:
 
 
 class Shell:
-    """Runs README lines in `cwd` (with the repository's models/ linked in)."""
+    """Runs walk-through lines in `cwd` (with the repository's models/ linked in)."""
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
@@ -83,7 +86,7 @@ def _refused(shell: Shell, command: str, *messages: str) -> None:
 def test_readme_training_walkthrough(tmp_path):
     commands = readme_commands()
     for big in SMALLER:
-        assert any(big in c for c in commands), f"{big!r} is not in the README block"
+        assert any(big in c for c in commands), f"{big!r} is not in the walk-through block"
     steps = {name: [c for c in commands if c.startswith(name)] for name in
              ("export", "sparrow-vllm toy-world data", "sparrow-vllm extract-features",
               "sparrow-vllm train", "sparrow-vllm eval-acceptance")}
@@ -126,7 +129,7 @@ def test_readme_training_walkthrough(tmp_path):
     _refused(shell, f"sparrow-vllm eval-acceptance {target} --draft work/other-draft --features work/val-features",
              "does not match the target model", "sparrow-vllm train --target")
 
-    # train and evaluate as the README says
+    # train and evaluate as the walk-through says
     (train,) = steps["sparrow-vllm train"]
     trained = shell.run(_smaller(train))
     assert "held out of training" not in trained  # --val-features is the validation set
