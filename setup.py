@@ -33,7 +33,7 @@ setup(
         "bench": ["matplotlib", "openai>=1.40", "requests"],
     },
     entry_points={
-        "vllm.general_plugins": ["sparrow = sparrow_vllm.serving.plugin:register"],
-        "console_scripts": ["sparrow-vllm = sparrow_vllm.cli:main"],
+        "vllm.general_plugins": ["sparrow = sparrow_vllm.serving.vllm.plugin:register"],
+        "console_scripts": ["sparrow-vllm = sparrow_vllm.cli.main:main"],
     },
 )

@@ -29,15 +29,15 @@ from types import SimpleNamespace
 
 import torch
 
-from sparrow_vllm.config import DraftLayerConfig
+from sparrow_vllm.draft.config import DraftLayerConfig
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.families import resolve_family
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.serving.attention import select_backend, text_window_attention
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
-from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
 
 VISUAL_TOKEN = 0
 # Peak HBM bandwidth (GB/s) by device-name fragment, for the share-of-peak figure.
@@ -64,7 +64,7 @@ def _median_seconds(fn, device: torch.device, reps: int, min_seconds: float = 1.
 
 
 def _draft(args, device: torch.device, dtype: torch.dtype) -> SparrowDraftForCausalLM:
-    from sparrow_vllm.config import SparrowConfig
+    from sparrow_vllm.draft.config import SparrowConfig
 
     layers = DraftLayerConfig(
         hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=1,

@@ -25,9 +25,9 @@ import torch
 
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.provenance import provenance
-from sparrow_vllm.serving.draft_loading import DEFAULT_FREE_MEMORY_FRACTION, plan_text_cache
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from sparrow_vllm.serving.vllm.draft_loading import DEFAULT_FREE_MEMORY_FRACTION, plan_text_cache
 
 GEOMETRY = dict(num_layers=1, num_kv_heads=4, head_dim=128, dtype=torch.bfloat16)
 K = 4

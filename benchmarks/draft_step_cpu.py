@@ -30,14 +30,14 @@ import torch
 from safetensors import safe_open
 
 from sparrow_vllm.bench.machine import describe_machine
-from sparrow_vllm.checkpoint import check_draft_for_target
+from sparrow_vllm.draft.checkpoint import check_draft_for_target
 from sparrow_vllm.families import resolve_family
 from sparrow_vllm.provenance import provenance
-from sparrow_vllm.serving.draft_loading import DRIFT_STEPS
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
-from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.draft_loading import DRIFT_STEPS
 
 TOY_WORLD = Path(__file__).resolve().parents[1] / "models" / "toy-world"
 # what the sweep's engines see: a 25k-token video plus text fits, 16 rows per block

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.check import CheckSettings, run_check
-from sparrow_vllm.checkpoint import save_draft
-from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.draft.checkpoint import save_draft
+from sparrow_vllm.draft.factory import new_draft
 from sparrow_vllm.families import load_family
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.toy_targets import VLM_ARCHES, build_toy_target

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.bench.offline import run_in_subprocess
-from sparrow_vllm.checkpoint import save_draft
-from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.draft.checkpoint import save_draft
+from sparrow_vllm.draft.factory import new_draft
 from sparrow_vllm.families import load_family
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.toy_targets import build_toy_target

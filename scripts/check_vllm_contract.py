@@ -3,9 +3,9 @@
 Usage: python scripts/check_vllm_contract.py [ROOT | --vllm VERSION]
   ROOT           a vLLM source root (site-packages, or a folder holding an extracted vllm/);
                  default: the installed vLLM
-  --vllm 0.33.0  that release's wheel (downloaded once, see sparrow_vllm.vllm_source_roots)
-Exit status 1 when a touch point is broken. The list is sparrow_vllm/serving/vllm_contract.py;
-the checks are sparrow_vllm/vllm_source_check.py (tests/unit/test_vllm_contract.py runs them).
+  --vllm 0.33.0  that release's wheel (downloaded once, see sparrow_vllm.serving.vllm.source_roots)
+Exit status 1 when a touch point is broken. The list is sparrow_vllm/serving/vllm/contract.py;
+the checks are sparrow_vllm/serving/vllm/contract_check.py (tests/unit/test_vllm_contract.py runs them).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sparrow_vllm.vllm_source_check import check_source, describe, validate_touch_points
-from sparrow_vllm.vllm_source_roots import installed_source, wheel_source
+from sparrow_vllm.serving.vllm.contract_check import check_source, describe, validate_touch_points
+from sparrow_vllm.serving.vllm.source_roots import installed_source, wheel_source
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sparrow_vllm.checkpoint import save_draft
-from sparrow_vllm.draft_factory import new_draft
-from sparrow_vllm.eagle_export import export_eagle
+from sparrow_vllm.draft.checkpoint import save_draft
+from sparrow_vllm.draft.eagle_export import export_eagle
+from sparrow_vllm.draft.factory import new_draft
 from sparrow_vllm.families import load_family
 from sparrow_vllm.toy_targets import build_toy_target
 from sparrow_vllm.training.self_distill import SelfDistillSettings, self_distill
@@ -37,8 +37,8 @@ RUNNERS = tuple(RUNNER_ENV)
 # What runner_info reports for each runner: its base class module, and the Sparrow adapter.
 RUNNER_MODULE = {"v1": "vllm.v1.worker.gpu_model_runner", "v2": "vllm.v1.worker.gpu.model_runner"}
 ADAPTER = {
-    "v1": "sparrow_vllm.serving.v1_proposer.SparrowProposer",
-    "v2": "sparrow_vllm.serving.v2_speculator.SparrowSpeculator",
+    "v1": "sparrow_vllm.serving.vllm.v1_proposer.SparrowProposer",
+    "v2": "sparrow_vllm.serving.vllm.v2_speculator.SparrowSpeculator",
 }
 DISTILL = SelfDistillSettings(num_prompts=1024, steps=1500, seed=0)
 

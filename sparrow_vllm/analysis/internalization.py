@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparrow_vllm.analysis.visual_cutoff import VisualCutoff
-from sparrow_vllm.config import FrameText
+from sparrow_vllm.draft.config import FrameText
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.training.data import ConversationDataset, ConversationSample
 from sparrow_vllm.training.features import FeatureExtractor, FeatureSpec

@@ -154,9 +154,9 @@ def build_target(out_dir: Path, geometry: Geometry, toy_target: Path = TOY_TARGE
 def build_drafts(target: Path, out_dir: Path, seed: int = 0, command: list[str] | None = None) -> dict[str, Path]:
     """A random one-layer draft of the target's geometry, as a Sparrow checkpoint and in
     vLLM's eagle form: {"sparrow": dir, "eagle": dir}."""
-    from sparrow_vllm.checkpoint import save_draft
-    from sparrow_vllm.draft_factory import new_draft
-    from sparrow_vllm.eagle_export import save_eagle_draft
+    from sparrow_vllm.draft.checkpoint import save_draft
+    from sparrow_vllm.draft.eagle_export import save_eagle_draft
+    from sparrow_vllm.draft.factory import new_draft
     from sparrow_vllm.families import load_family
 
     model = new_draft(load_family(str(target)), seed=seed, fc_bias=False)

@@ -24,8 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from sparrow_vllm.check.prompts import prompt_kinds
-from sparrow_vllm.checkpoint import DraftCheckpoint, check_draft_for_target
-from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.draft.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, load_family
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def _read_worker(report: CheckReport, family: TargetFamily, checkpoint: DraftChe
             report.warnings.append(
                 f"acceptance length {report.acceptance_length:.2f}: the draft almost never predicts the "
                 "target, so Sparrow costs time without saving any; train it for this target "
-                "(`sparrow-vllm train` on video data; README: \"Train a draft for your target\")")
+                "(`sparrow-vllm train` on video data; docs/training.md)")
     if "inspected" in sparrow:
         report.visual_rows_in_draft_cache = _visual_rows_cached(family, checkpoint, sparrow["inspected"])
         report.text_rows_in_draft_cache = len(sparrow["inspected"]["seq"]) - report.visual_rows_in_draft_cache

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
-from sparrow_vllm.config import FrameText, SparrowConfigError
+from sparrow_vllm.draft.config import FrameText
+from sparrow_vllm.errors import SparrowConfigError
 
 Positions = Literal["1d", "mrope"]
 _FAMILIES: dict[str, type[TargetFamily]] = {}
@@ -44,7 +45,7 @@ def resolve_family(target_config: Any) -> TargetFamily:
             f"sparrow-vllm does not know the target family model_type={model_type!r} "
             f"({archs[0]}); supported: {', '.join(supported_model_types())}. Sparrow needs to "
             "know a family's visual placeholder tokens and position rule, so an unknown one is "
-            "not guessed: add an adapter in sparrow_vllm/families/ (see its README section) or "
+            "not guessed: add an adapter in sparrow_vllm/families/ (docs/families.md) or "
             "use a supported target"
         )
     return cls(target_config)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sparrow_vllm.draft.model import AttentionFn
 from sparrow_vllm.kernels.reference import TextWindowPlan, plan_text_window
-from sparrow_vllm.modeling.draft_model import AttentionFn
 from sparrow_vllm.serving import attention_op
 from sparrow_vllm.serving.attention import select_backend
 from sparrow_vllm.serving.cache_cells import commit_targets, cumsum0, scratch_cells
@@ -30,7 +30,7 @@ from sparrow_vllm.serving.sync_debug import on_decode_steps
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.visual_rows import VisualRows
-from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
 
 # hidden [B, H] -> (tokens [B], probabilities [B, vocab] or None)
 SampleFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]

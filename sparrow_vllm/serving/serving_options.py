@@ -4,7 +4,7 @@
                            "text_row_budget": 200000, "text_block_size": 16,
                            "reuse_text_rows": true, "adaptive_draft_length": true}'
 
-vLLM's SpeculativeConfig forbids unknown keys, so ledger entry 1 (vllm_patches.py) takes
+vLLM's SpeculativeConfig forbids unknown keys, so ledger entry 1 (serving/vllm/patches.py) takes
 these out of the dict for method "sparrow", validates them here and hands them to the
 workers on the SpeculativeConfig object (`sparrow_options`).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.errors import SparrowConfigError
 
 OPTIONS_ATTRIBUTE = "sparrow_options"
 DEFAULT_FREE_MEMORY_FRACTION = 0.02
@@ -82,7 +82,7 @@ class SparrowServingOptions(BaseModel):
             raise SparrowConfigError(
                 "this speculative config carries a Sparrow draft but no Sparrow options: it "
                 "was not built by sparrow-vllm's method \"sparrow\" (ledger entry 1 in "
-                "sparrow_vllm/serving/vllm_patches.py attaches them), e.g. a VllmConfig made "
+                "sparrow_vllm/serving/vllm/patches.py attaches them), e.g. a VllmConfig made "
                 "by hand or a plugin not loaded where the config was built. Build it through "
                 "vLLM's EngineArgs (LLM(...), vllm serve) with --speculative-config "
                 "'{\"method\": \"sparrow\", \"model\": \"<draft>\", \"num_speculative_tokens\": 4}'"

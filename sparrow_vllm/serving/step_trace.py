@@ -2,7 +2,7 @@
 policy offline (sparrow_vllm/analysis/trace_replay.py).
 
 Opt-in: set SPARROW_STEP_TRACE=PATH in the environment of `vllm serve` (or of any process
-that builds a vLLM engine). The scheduler (vllm_patches.py, ledger entry 10) then writes
+that builds a vLLM engine). The scheduler (serving/vllm/patches.py, ledger entry 10) then writes
 PATH, for any engine: without speculation, with eagle, or with Sparrow at a fixed K, a
 batch-size table or the adaptive draft length. It runs beside the scheduler on the host and
 reads nothing from the device. One line per event, in the order the scheduler saw them

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparrow_vllm.config import FrameText
+from sparrow_vllm.draft.config import FrameText
 from sparrow_vllm.families import TargetFamily
 from sparrow_vllm.serving.host_mirror import to_device
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.training.rows import DraftRows
 
 

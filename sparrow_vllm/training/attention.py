@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparrow_vllm.modeling.draft_model import AttentionFn
+from sparrow_vllm.draft.model import AttentionFn
 
 
 def text_window_mask(n: int, window: int | None, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -10,17 +10,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from sparrow_vllm.checkpoint import (
+from sparrow_vllm.draft.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     check_against_target,
     check_draft_for_target,
     read_draft_config,
 )
-from sparrow_vllm.config import DraftLayerConfig, SparrowConfig, SparrowConfigError
-from sparrow_vllm.errors import UsageError
+from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.draft.model import SparrowDraftModel
+from sparrow_vllm.errors import SparrowConfigError, UsageError
 from sparrow_vllm.families import TargetFamily, load_family
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.training.feature_checks import check_features
 from sparrow_vllm.training.features import FeatureShards
 from sparrow_vllm.training.rows import RowMode

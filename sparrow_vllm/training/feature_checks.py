@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparrow_vllm.config import SparrowConfig, feature_words
+from sparrow_vllm.draft.config import SparrowConfig, feature_words
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.training.features import FeatureShards
 

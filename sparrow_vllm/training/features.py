@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from sparrow_vllm.config import FrameText
+from sparrow_vllm.draft.config import FrameText
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.training.data import ConversationSample
 from sparrow_vllm.training.shard_store import INDEX_FILE, RECORD_KEYS, FeatureRecord

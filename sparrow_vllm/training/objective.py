@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.training.attention import masked_attention
 from sparrow_vllm.training.rows import DraftRows, attention_mask, previous_text_row
 

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights
-from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.draft.checkpoint import check_draft_for_target, load_draft_weights
+from sparrow_vllm.draft.factory import new_draft
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.families import TargetFamily
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.training.data import ConversationDataset
 from sparrow_vllm.training.extraction import ExtractionJob, run_extraction
 from sparrow_vllm.training.feature_checks import check_features

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights, save_draft
+from sparrow_vllm.draft.checkpoint import check_draft_for_target, load_draft_weights, save_draft
 from sparrow_vllm.training.objective import DraftObjective
 from sparrow_vllm.training.rows import DraftRows, build_rows
 from sparrow_vllm.training.target import TargetFeatures, load_hf_target

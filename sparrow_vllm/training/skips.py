@@ -6,11 +6,13 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparrow_vllm.errors import SparrowError
+
 SKIP_REASONS = ("bad_record", "missing_file", "unreadable_media", "too_long")
 EXAMPLES_PER_REASON = 5
 
 
-class SampleError(Exception):
+class SampleError(SparrowError):
     """A row that cannot be used; ``reason`` is one of SKIP_REASONS."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from sparrow_vllm.checkpoint import save_draft
-from sparrow_vllm.eagle_export import save_eagle_draft
+from sparrow_vllm.draft.checkpoint import save_draft
+from sparrow_vllm.draft.eagle_export import save_eagle_draft
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.errors import UsageError
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.training.acceptance import AcceptanceStats, answer_rows, chain_drafts, simulate
 from sparrow_vllm.training.features import FeatureRecord
 from sparrow_vllm.training.objective import DraftObjective

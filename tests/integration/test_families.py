@@ -82,7 +82,7 @@ def test_training_features_equal_what_serving_hands_the_draft(toy_models, family
     import torch
 
     from sparrow_vllm.check.prompts import TEXT, VIDEO_FPS, synthetic_video
-    from sparrow_vllm.checkpoint import read_draft_config
+    from sparrow_vllm.draft.checkpoint import read_draft_config
     from sparrow_vllm.training.data import ConversationSample, Turn
     from sparrow_vllm.training.features import FeatureExtractor, FeatureSpec
     from sparrow_vllm.training.target import load_hf_target

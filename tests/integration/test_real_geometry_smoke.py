@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K = 2
 RUNNER_MODULE = {"v1": "vllm.v1.worker.gpu_model_runner", "v2": "vllm.v1.worker.gpu.model_runner"}
 ADAPTER = {
-    ("sparrow", "v1"): "sparrow_vllm.serving.v1_proposer.SparrowProposer",
-    ("sparrow", "v2"): "sparrow_vllm.serving.v2_speculator.SparrowSpeculator",
+    ("sparrow", "v1"): "sparrow_vllm.serving.vllm.v1_proposer.SparrowProposer",
+    ("sparrow", "v2"): "sparrow_vllm.serving.vllm.v2_speculator.SparrowSpeculator",
     ("eagle", "v1"): "vllm.v1.spec_decode.eagle.EagleProposer",
     ("eagle", "v2"): "vllm.v1.worker.gpu.spec_decode.eagle.speculator.EagleSpeculator",
 }

@@ -13,15 +13,15 @@ import textwrap
 
 import torch
 
-from sparrow_vllm.serving.draft_loading import plan_text_cache
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
+from sparrow_vllm.serving.vllm.draft_loading import plan_text_cache
 
 RANK = textwrap.dedent("""
     import json, sys
     import torch
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import parallel_state
-    from sparrow_vllm.serving import draft_loading
+    from sparrow_vllm.serving.vllm import draft_loading
 
     rank, port, free = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     with set_current_vllm_config(VllmConfig()):

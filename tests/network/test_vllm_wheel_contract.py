@@ -16,9 +16,9 @@ import urllib.request
 
 import pytest
 
-from sparrow_vllm.serving import plugin
-from sparrow_vllm.vllm_source_check import check_source
-from sparrow_vllm.vllm_source_roots import wheel_cache_dir, wheel_source
+from sparrow_vllm.serving.vllm import plugin
+from sparrow_vllm.serving.vllm.contract_check import check_source
+from sparrow_vllm.serving.vllm.source_roots import wheel_cache_dir, wheel_source
 
 pytestmark = pytest.mark.network
 

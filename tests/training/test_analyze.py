@@ -19,7 +19,7 @@ from sparrow_vllm.analysis.internalization import (
     suggested_bridge_layer,
 )
 from sparrow_vllm.analysis.visual_cutoff import VisualCutoff, cutoff_mask, decoder_layers
-from sparrow_vllm.cli import main
+from sparrow_vllm.cli.main import main
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.toy_targets import VLM_ARCHES, build_toy_target
 from sparrow_vllm.toy_world.dataset import write_dataset

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sparrow_vllm.checkpoint import check_draft_for_target
-from sparrow_vllm.cli import main
-from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.cli.main import main
+from sparrow_vllm.draft.checkpoint import check_draft_for_target
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import load_family
 from sparrow_vllm.toy_targets import build_toy_target
 from sparrow_vllm.toy_world.scene import WORDS
@@ -86,7 +86,7 @@ def test_val_features_are_the_validation_set(tiny_world, tmp_path, caplog):
 
 
 def test_without_val_features_a_held_out_part_validates(tiny_world, tmp_path, caplog):
-    from sparrow_vllm.draft_factory import new_draft
+    from sparrow_vllm.draft.factory import new_draft
     from sparrow_vllm.training.features import FeatureShards
     from sparrow_vllm.training.settings import TrainSettings
     from sparrow_vllm.training.target import load_hf_target

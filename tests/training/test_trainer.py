@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from sparrow_vllm.checkpoint import check_draft_for_target, load_draft_weights
-from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.draft.checkpoint import check_draft_for_target, load_draft_weights
+from sparrow_vllm.draft.factory import new_draft
 from sparrow_vllm.families import load_family
 from sparrow_vllm.training.features import FeatureShards
 from sparrow_vllm.training.settings import TrainSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-from sparrow_vllm.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
 from sparrow_vllm.families import TargetFamily, resolve_family
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from sparrow_vllm.check.prompts import build_prompt, prompt_kinds
 from sparrow_vllm.check.run import CheckReport, CheckSettings, _compare, _root_cause, run_check
-from sparrow_vllm.checkpoint import save_draft
-from sparrow_vllm.cli import main
-from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.cli.main import main
+from sparrow_vllm.draft.checkpoint import save_draft
+from sparrow_vllm.draft.factory import new_draft
 from sparrow_vllm.families import load_family, resolve_family
 from sparrow_vllm.toy_targets import build_toy_target
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sparrow_vllm.checkpoint import check_draft_for_target
-from sparrow_vllm.cli import build_parser, main
+from sparrow_vllm.cli.main import build_parser, main
+from sparrow_vllm.draft.checkpoint import check_draft_for_target
 from sparrow_vllm.families import load_family
 
 
@@ -48,7 +48,7 @@ def test_bad_feature_value_is_reported(tmp_path, capsys):
 def test_settings_errors_speak_in_options():
     from pydantic import ValidationError
 
-    from sparrow_vllm.cli import validation_words
+    from sparrow_vllm.cli.main import validation_words
     from sparrow_vllm.training.settings import TrainSettings
 
     with pytest.raises(ValidationError) as error:
@@ -60,7 +60,7 @@ def test_settings_errors_speak_in_options():
 
 
 def test_usage_errors_exit_2_and_other_errors_keep_their_traceback(monkeypatch, capsys):
-    import sparrow_vllm.cli as cli
+    import sparrow_vllm.cli.main as cli
     from sparrow_vllm.errors import UsageError
 
     def fails(error: Exception):

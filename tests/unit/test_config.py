@@ -6,14 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparrow_vllm.checkpoint import (
+from sparrow_vllm.draft.checkpoint import (
     WEIGHTS_FILE,
     check_draft_for_target,
     read_draft_config,
     save_draft,
 )
-from sparrow_vllm.config import SparrowConfigError, build_config_json, parse_config_json
-from sparrow_vllm.draft_factory import new_draft
+from sparrow_vllm.draft.config import build_config_json, parse_config_json
+from sparrow_vllm.draft.factory import new_draft
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import resolve_family
 from tests.unit.helpers import layer_config, sparrow_config, target_config, text_family
 
@@ -107,7 +108,7 @@ def test_mismatched_target_is_rejected(draft_dir, target, message):
 
 @pytest.mark.parametrize("aux, words", [(None, "final"), (3, "penultimate"), (2, "2"), (4, "4")])
 def test_feature_words_name_the_cli_value(aux, words):
-    from sparrow_vllm.config import feature_words
+    from sparrow_vllm.draft.config import feature_words
 
     assert feature_words(aux, num_layers=4) == words
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparrow_vllm.serving import host_mirror
-from sparrow_vllm.serving.draft_loading import DRIFT_STEPS
+from sparrow_vllm.serving.vllm.draft_loading import DRIFT_STEPS
 from tests.unit.test_drafter import Sequence, _draft, _drafter, _inputs, apply_event
 from tests.unit.test_text_row_reuse import _content
 

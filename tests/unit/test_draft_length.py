@@ -14,11 +14,11 @@ from sparrow_vllm.serving.draft_length import (
     PROBE_EVERY,
     AcceptanceByPosition,
     DraftLengthPolicy,
-    SchedulerDraftLength,
     StepCostModel,
     StepShape,
     step_shape,
 )
+from sparrow_vllm.serving.vllm.scheduler_draft_length import SchedulerDraftLength
 from tests.unit.helpers import LoggerRecords
 
 K_MAX = 4
@@ -203,7 +203,7 @@ def test_a_seeded_request_pins_k():
         adapter.on_scheduled(out, requests)
         return out.num_spec_tokens_to_schedule
 
-    with LoggerRecords("sparrow_vllm.serving.draft_length", logging.WARNING) as caught:
+    with LoggerRecords("sparrow_vllm.serving.vllm.scheduler_draft_length", logging.WARNING) as caught:
         assert step(unseeded) == K_MAX  # warm-up decision 1: K_max
         assert step(greedy_seeded) == 0  # greedy draws nothing: warm-up decision 2, K = 0
         ks = [step(seeded), step(unseeded, seeded), step(seeded, greedy_seeded), step(seeded)]

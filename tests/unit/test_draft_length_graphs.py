@@ -134,7 +134,7 @@ def test_only_sparrow_engines_get_the_wider_dispatch():
     ).create_engine_config()
     for config, widened in ((eagle, False), (_vllm_config(16), True)):
         manager = _graph_manager(config)
-        with mock.patch("sparrow_vllm.serving.vllm_patches._widen_full_decode_candidates") as widen:
+        with mock.patch("sparrow_vllm.serving.vllm.patches._widen_full_decode_candidates") as widen:
             manager._candidates.clear()
             type(manager)._init_candidates(manager)
         assert widen.called == widened
@@ -172,11 +172,11 @@ def test_v1_on_cuda_keeps_full_graphs_and_drafts_k_unless_adaptive_is_asked_for(
 
     config = _vllm_config(16)
     records = _Records()
-    logging.getLogger("sparrow_vllm.serving.vllm_patches").addHandler(records)
+    logging.getLogger("sparrow_vllm.serving.vllm.patches").addHandler(records)
     try:
         default = _as_on_cuda(config, v2=False)
     finally:
-        logging.getLogger("sparrow_vllm.serving.vllm_patches").removeHandler(records)
+        logging.getLogger("sparrow_vllm.serving.vllm.patches").removeHandler(records)
     assert default.compilation_config.cudagraph_mode == CUDAGraphMode.FULL_AND_PIECEWISE
     assert default.speculative_config.num_speculative_tokens_per_batch_size is None
     assert not SparrowServingOptions.of(default.speculative_config).adaptive_draft_length
@@ -207,7 +207,8 @@ def test_a_restricted_policy_chooses_and_probes_only_its_choices():
     import numpy as np
     from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 
-    from sparrow_vllm.serving.draft_length import DraftLengthPolicy, choices_in, dynamic_table
+    from sparrow_vllm.serving.draft_length import DraftLengthPolicy
+    from sparrow_vllm.serving.vllm.scheduler_draft_length import choices_in, dynamic_table
     from tests.unit.test_draft_length import K_MAX, decode_shape, serve, true_best
 
     choices = choices_in(build_dynamic_sd_schedule_lookup(dynamic_table(K_MAX), 3, K_MAX))

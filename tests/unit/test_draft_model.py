@@ -2,7 +2,7 @@
 
 import torch
 
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.training.attention import causal_text_attention, text_window_mask
 from tests.unit.helpers import layer_config, sparrow_config
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.serving.cache_cells import commit_targets
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
-from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
 from sparrow_vllm.training.attention import causal_text_attention
 from tests.unit.helpers import LoggerRecords, layer_config, sparrow_config, vl_family
 

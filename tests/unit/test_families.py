@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, resolve_family, supported_model_types
 from sparrow_vllm.families.qwen import MAX_FRAME_GAP
 from sparrow_vllm.serving.text_row_reuse import RequestContent
@@ -151,7 +151,7 @@ def test_drafter_skips_frame_text_across_chunks_and_matches_one_pass():
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "llava_onevision"])
 def test_a_draft_reading_a_layer_vllm_cannot_return_is_refused_when_made(tmp_path, arch, capsys):
-    from sparrow_vllm.cli import main
+    from sparrow_vllm.cli.main import main
     from sparrow_vllm.toy_targets import build_toy_target
 
     target = build_toy_target(arch, tmp_path / "t", num_layers=2)

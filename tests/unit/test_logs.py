@@ -2,7 +2,7 @@
 
 import logging
 
-from sparrow_vllm.serving import logs
+from sparrow_vllm.serving.vllm import logs
 
 
 class _Capture(logging.Handler):
@@ -25,7 +25,7 @@ def test_records_reach_vllm_handlers_at_vllm_level():
         logs.route_to_vllm()  # idempotent: one forwarding handler
         ours = logging.getLogger("sparrow_vllm")
         assert sum(isinstance(h, logs._ToVllmLogger) for h in ours.handlers) == 1
-        child = logging.getLogger("sparrow_vllm.serving.draft_loading")
+        child = logging.getLogger("sparrow_vllm.serving.vllm.draft_loading")
         child.info("Sparrow draft cache: %d slots", 8)
         child.debug("not at INFO")
         assert capture.messages == ["Sparrow draft cache: 8 slots"]

@@ -6,19 +6,21 @@ import sys
 
 import pytest
 
-from sparrow_vllm.serving import plugin, vllm_patches
+from sparrow_vllm.errors import UnsupportedVLLMVersion
+from sparrow_vllm.serving.vllm import patches as vllm_patches
+from sparrow_vllm.serving.vllm import plugin
 
 
 def test_entry_point_is_installed():
     eps = importlib.metadata.entry_points(group="vllm.general_plugins")
-    found = [ep for ep in eps if ep.value == "sparrow_vllm.serving.plugin:register"]
+    found = [ep for ep in eps if ep.value == "sparrow_vllm.serving.vllm.plugin:register"]
     assert found, "pip install -e . registers the vllm.general_plugins entry point"
     assert found[0].load() is plugin.register
 
 
 def test_register_is_idempotent_and_patches_on_import():
     code = (
-        "from sparrow_vllm.serving import plugin, vllm_patches\n"
+        "from sparrow_vllm.serving.vllm import patches as vllm_patches, plugin\n"
         "plugin.register(); plugin.register()\n"
         "import vllm.engine.arg_utils as a, vllm.v1.worker.gpu_model_runner as g\n"
         "import vllm.v1.worker.gpu.model_runner as v2, vllm.utils.cpu_triton_utils as c\n"
@@ -46,7 +48,7 @@ def test_supported_versions_pass(version):
 
 @pytest.mark.parametrize("version", ["0.31.2", "0.34.0", "0.3.32", "1.0.0", "0.320.0"])
 def test_unsupported_versions_fail_naming_both_and_the_fix(version):
-    with pytest.raises(plugin.UnsupportedVLLMVersion) as err:
+    with pytest.raises(UnsupportedVLLMVersion) as err:
         plugin.check_vllm_version(version)
     message = str(err.value)
     assert "0.32.x or 0.33.x" in message and version in message
@@ -67,8 +69,8 @@ def test_sparrow_draft_is_recognised_by_architecture():
 
 def test_a_runner_without_adapter_cannot_run_the_draft_as_eagle():
     """vLLM's own loader (any runner or path without a Sparrow adapter) is refused."""
-    from sparrow_vllm.serving.runners import UnknownRunnerError
-    from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+    from sparrow_vllm.errors import UnknownRunnerError
+    from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
 
     with pytest.raises(UnknownRunnerError, match="VLLM_USE_V2_MODEL_RUNNER"):
         SparrowDraftForCausalLM(vllm_config=object())
@@ -78,7 +80,7 @@ def test_new_request_data_carries_the_cache_salt_to_the_runner():
     """vLLM's NewRequestData has no cache_salt; ledger entry 12 carries it over from the
     scheduler's Request, so draft rows are keyed by it as vLLM's prefix cache is."""
     code = (
-        "from sparrow_vllm.serving import plugin\n"
+        "from sparrow_vllm.serving.vllm import plugin\n"
         "plugin.register()\n"
         "from vllm import SamplingParams\n"
         "from vllm.lora.request import LoRARequest\n"

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sparrow_vllm.config import SparrowConfigError
-from sparrow_vllm.serving.draft_length import dynamic_table
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
+from sparrow_vllm.serving.vllm.scheduler_draft_length import dynamic_table
 
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
 TARGET = str(TOY_WORLD / "target")
@@ -53,7 +53,7 @@ def json_form(engine_args_cls):
 
 
 def _same(a, b) -> None:
-    from sparrow_vllm.serving.vllm_patches import is_sparrow_draft
+    from sparrow_vllm.serving.vllm.patches import is_sparrow_draft
 
     assert is_sparrow_draft(a) and is_sparrow_draft(b)
     assert (a.method, a.model, a.num_speculative_tokens, a.num_speculative_tokens_per_batch_size) == (
@@ -110,8 +110,8 @@ def test_a_sparrow_draft_under_method_eagle_is_refused_at_start_up(engine_args_c
 def test_workers_refuse_a_sparrow_draft_without_sparrow_options(engine_args_cls, json_form):
     """A speculative config not built by entry 1 (no `sparrow_options`) is an error that
     names the cause, never silent defaults: in the options themselves and in each caller."""
-    from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
     from sparrow_vllm.serving.serving_options import OPTIONS_ATTRIBUTE
+    from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
 
     assert SparrowServingOptions.of(json_form) == SparrowServingOptions()
     bare = SimpleNamespace(method="eagle", draft_model_config=json_form.draft_model_config)
@@ -133,8 +133,8 @@ def test_local_argmax_reduction_takes_the_argmax_of_the_drafts_lm_head(engine_ar
     import torch
     from torch import nn
 
-    from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
-    from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+    from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
+    from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
 
     own = SparrowDraftForCausalLM()
     own.own_lm_head = torch.randn(50, 8)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparrow_vllm.config import SparrowConfigError
-from sparrow_vllm.serving.draft_loading import plan_text_cache, row_bytes
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
+from sparrow_vllm.serving.vllm.draft_loading import plan_text_cache, row_bytes
 
 GIB = 2**30
 # Qwen2.5-VL-7B draft geometry: 1 layer, 4 KV heads, head dim 128, bf16 (2 KiB per row)

@@ -27,8 +27,9 @@ from sparrow_vllm.analysis.trace_replay import (
     simulate,
     steps_of,
 )
-from sparrow_vllm.serving.draft_length import SchedulerDraftLength, StepShape, step_shape
+from sparrow_vllm.serving.draft_length import StepShape, step_shape
 from sparrow_vllm.serving.step_trace import StepTrace, read_trace
+from sparrow_vllm.serving.vllm.scheduler_draft_length import SchedulerDraftLength
 
 ROOT = Path(__file__).resolve().parents[2]
 K_MAX = 4

@@ -1,5 +1,5 @@
 """sparrow-vllm's contract with vLLM (serving/vllm_contract.py), checked statically
-(sparrow_vllm/vllm_source_check.py).
+(sparrow_vllm/serving/vllm/contract_check.py).
 
 The installed vLLM (0.32 on CPU) is checked from site-packages; vLLM 0.33, which has no
 CPU build, from its wheel's Python source in tests/network (it needs the network once).
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sparrow_vllm.serving import plugin
-from sparrow_vllm.serving.vllm_contract import TouchPoint
-from sparrow_vllm.vllm_source_check import check_source, validate_touch_points
-from sparrow_vllm.vllm_source_roots import installed_source, wheel_source
+from sparrow_vllm.serving.vllm import plugin
+from sparrow_vllm.serving.vllm.contract import TouchPoint
+from sparrow_vllm.serving.vllm.contract_check import check_source, validate_touch_points
+from sparrow_vllm.serving.vllm.source_roots import installed_source, wheel_source
 
 
 def _report(problems: list[str]) -> str:

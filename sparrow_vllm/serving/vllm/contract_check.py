@@ -1,4 +1,4 @@
-"""Checks sparrow-vllm's touch points in vLLM (`sparrow_vllm.serving.vllm_contract`)
+"""Checks sparrow-vllm's touch points in vLLM (`sparrow_vllm.serving.vllm.contract`)
 statically against vLLM's source. A CI/dev tool, not part of the serving path.
 
 `check_source(root)` parses (with `ast`, never importing vLLM) the vLLM package under `root`
@@ -6,13 +6,13 @@ and returns one human-readable problem per broken touch point: a missing module,
 name, a name of the wrong kind, or a parameter list that no longer matches. So a vLLM
 release the plugin has never run on (vLLM 0.33 has no CPU build) is checked from its
 wheel's Python source, and the installed vLLM from its site-packages
-(`sparrow_vllm.vllm_source_roots`): tests/unit/test_vllm_contract.py does both.
+(`sparrow_vllm.serving.vllm.source_roots`): tests/unit/test_vllm_contract.py does both.
 `validate_touch_points()` checks the list itself.
 
 `python scripts/check_vllm_contract.py ROOT` prints where each touch point lives in the
 vLLM source under ROOT (site-packages, or a directory holding an extracted `vllm/`) and the
 problems; `--vllm 0.33.0` checks that release's wheel (downloaded once, see
-`sparrow_vllm.vllm_source_roots.wheel_source`); no argument checks the installed vLLM.
+`sparrow_vllm.serving.vllm.source_roots.wheel_source`); no argument checks the installed vLLM.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from sparrow_vllm.serving.vllm_contract import TOUCH_POINTS, Kind, Match, TouchPoint
+from sparrow_vllm.serving.vllm.contract import TOUCH_POINTS, Kind, Match, TouchPoint
 
 _KINDS = get_args(Kind)
 _MATCHES = get_args(Match)

@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from sparrow_vllm.cli_options import (
+from sparrow_vllm.cli.options import (
     DRAFT_FIELDS,
     OPTION_SCHEMAS,
     add_settings_arguments,
@@ -20,8 +20,8 @@ from sparrow_vllm.cli_options import (
     settings_from,
     validation_words,
 )
-from sparrow_vllm.config import FrameText, SparrowConfig, SparrowConfigError
-from sparrow_vllm.errors import RunStopped, UsageError
+from sparrow_vllm.draft.config import FrameText, SparrowConfig
+from sparrow_vllm.errors import RunStopped, SparrowConfigError, UsageError
 from sparrow_vllm.toy_targets import ARCHES as TOY_ARCHES
 from sparrow_vllm.training.settings import TrainSettings
 
@@ -36,8 +36,8 @@ def _cmd_toy_target(args: argparse.Namespace) -> None:
 
 
 def _cmd_init_draft(args: argparse.Namespace) -> None:
-    from sparrow_vllm.checkpoint import save_draft
-    from sparrow_vllm.draft_factory import new_draft
+    from sparrow_vllm.draft.checkpoint import save_draft
+    from sparrow_vllm.draft.factory import new_draft
     from sparrow_vllm.families import load_family
 
     fields = {name: getattr(args, name) for name in DRAFT_FIELDS}
@@ -57,7 +57,7 @@ def _cmd_self_distill(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_eagle(args: argparse.Namespace) -> None:
-    from sparrow_vllm.eagle_export import export_eagle
+    from sparrow_vllm.draft.eagle_export import export_eagle
 
     out = export_eagle(Path(args.draft), Path(args.out))
     logger.info("EAGLE checkpoint for vLLM's built-in `eagle` method written to %s", out)
@@ -68,7 +68,7 @@ def _bridge_layer(value: str) -> int | None:
 
 
 def _feature_spec(args: argparse.Namespace, target_dir: str) -> Any:
-    from sparrow_vllm.draft_factory import sparrow_config_for
+    from sparrow_vllm.draft.factory import sparrow_config_for
     from sparrow_vllm.families import load_family
     from sparrow_vllm.training.features import FeatureSpec
     from sparrow_vllm.training.pipeline import default_bridge_layer

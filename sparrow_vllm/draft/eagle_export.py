@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparrow_vllm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_draft_config
-from sparrow_vllm.config import DraftLayerConfig, SparrowConfig, SparrowConfigError
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
+from sparrow_vllm.draft.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_draft_config
+from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.draft.model import SparrowDraftModel
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.provenance import provenance
 
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sparrow_vllm.errors import SparrowConfigError
+
 DRAFT_ARCHITECTURE = "SparrowDraftForCausalLM"
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -19,10 +21,6 @@ FeatureLayer = Literal["final", "penultimate"] | int
 # What the draft does with text a family writes inside a video (Qwen3-VL's "<t seconds>"
 # timestamps and vision markers between frames): skip it as visual, or cache it as text.
 FrameText = Literal["visual", "text"]
-
-
-class SparrowConfigError(ValueError):
-    """A draft checkpoint or its configuration does not fit; the message names the fix."""
 
 
 class SparrowConfig(BaseModel):
@@ -201,7 +199,7 @@ def parse_config_json(raw: dict[str, Any], where: str) -> tuple[DraftLayerConfig
         raise SparrowConfigError(
             f"{where}: architectures is {archs!r}, expected [{DRAFT_ARCHITECTURE!r}]. "
             "Point --speculative-config's model at a Sparrow draft trained for this target "
-            "with `sparrow-vllm train` on video data (README: \"Train a draft for your target\")."
+            "with `sparrow-vllm train` on video data (docs/training.md)."
         )
     if "sparrow" not in raw:
         raise SparrowConfigError(

@@ -2,7 +2,7 @@
 
 vLLM runs "sparrow" as method "eagle" (scheduler look-ahead slots, rejection sampler,
 metrics and hidden-state plumbing all apply) and builds this proposer instead of
-EagleProposer when the draft is a Sparrow checkpoint (see vllm_patches.py). Unlike EAGLE,
+EagleProposer when the draft is a Sparrow checkpoint (see serving/vllm/patches.py). Unlike EAGLE,
 the draft owns no paged KV cache: TextAnchoredDrafter keeps a TextKVCache of text rows.
 This class only translates between the V1 runner and the drafter; Model Runner V2 has its
 own adapter (v2_speculator.py) over the same drafter.
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from vllm.v1.spec_decode.eagle import EagleProposer
 
-from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_row_reuse import request_contents
+from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
 
 logger = logging.getLogger(__name__)
 

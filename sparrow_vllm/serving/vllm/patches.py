@@ -168,7 +168,7 @@ Ledger (what / why / how / what upstream change removes it):
    why:  on the V1 runner, vLLM forces the whole engine to PIECEWISE CUDA graphs while
          dynamic speculation is on (the adaptive draft length); estimated 10-47% slower
          decode steps (vLLM PRs #42885, #25444), more than the adaptive draft length gained
-         over a fixed K in Sparrow's serving benchmark (README "Draft length under load").
+         over a fixed K in Sparrow's serving benchmark (docs/serving.md, "Draft length under load").
    how:  before the original, for a Sparrow draft on CUDA/ROCm with FULL graphs on and
          the V1 runner: when `adaptive_draft_length` was left at its default, drop entry
          1's table and turn the option off (every step drafts K, FULL graphs kept; one
@@ -192,7 +192,7 @@ Ledger (what / why / how / what upstream change removes it):
 
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
-runners.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
+errors.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
 
 Patches are applied when their module is first imported (an import hook), so register()
 itself imports nothing heavy, and applying twice is a no-op.
@@ -250,7 +250,7 @@ _SPEC_FLAGS = (
 def _merged_speculative_config(engine_args: Any) -> dict[str, Any]:
     """The user's speculative config dict with the flag form folded in, as vLLM folds it
     (a flag and the same key in the dict are mutually exclusive)."""
-    from sparrow_vllm.config import SparrowConfigError
+    from sparrow_vllm.errors import SparrowConfigError
 
     merged = {k.replace("-", "_"): v for k, v in (engine_args.speculative_config or {}).items()}
     for field, key, flag in _SPEC_FLAGS:
@@ -267,7 +267,7 @@ def _merged_speculative_config(engine_args: Any) -> dict[str, Any]:
 
 def _refuse_sparrow_draft_under_another_method(created: Any) -> None:
     if is_sparrow_draft(created):
-        from sparrow_vllm.config import SparrowConfigError
+        from sparrow_vllm.errors import SparrowConfigError
 
         raise SparrowConfigError(
             f"{created.draft_model_config.model} is a Sparrow draft, given with method "
@@ -302,8 +302,8 @@ def _patch_arg_utils(module: ModuleType) -> None:
             created = original(self, target_model_config, target_parallel_config)
             _refuse_sparrow_draft_under_another_method(created)
             return created
-        from sparrow_vllm.checkpoint import check_draft_for_target
-        from sparrow_vllm.config import SparrowConfigError
+        from sparrow_vllm.draft.checkpoint import check_draft_for_target
+        from sparrow_vllm.errors import SparrowConfigError
         from sparrow_vllm.families import resolve_family
 
         spec = _merged_speculative_config(self)
@@ -345,7 +345,7 @@ def _patch_arg_utils(module: ModuleType) -> None:
                 )
             # vLLM's dynamic speculation (entry 10 sizes each step within K); a table whose
             # dense schedule holds every K, so that V2 captures FULL graphs for each
-            from sparrow_vllm.serving.draft_length import dynamic_table
+            from sparrow_vllm.serving.vllm.scheduler_draft_length import dynamic_table
 
             created.num_speculative_tokens_per_batch_size = dynamic_table(created.num_speculative_tokens)
         return created
@@ -370,7 +370,7 @@ def _patch_model_runner(module: ModuleType) -> None:
     def __init__(self: Any, vllm_config: Any, device: Any) -> None:
         original_init(self, vllm_config, device)
         if getattr(self, "drafter", None) is not None and is_sparrow_draft(self.speculative_config):
-            from sparrow_vllm.serving.v1_proposer import SparrowProposer
+            from sparrow_vllm.serving.vllm.v1_proposer import SparrowProposer
 
             self.drafter = SparrowProposer(vllm_config, self.device, self)
             self.use_aux_hidden_state_outputs = (
@@ -421,7 +421,7 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
     @functools.wraps(original_factory)
     def init_speculator(vllm_config: Any, device: Any, req_states: Any) -> Any:
         if is_sparrow_draft(vllm_config.speculative_config):
-            from sparrow_vllm.serving.v2_speculator import SparrowSpeculator
+            from sparrow_vllm.serving.vllm.v2_speculator import SparrowSpeculator
 
             return SparrowSpeculator(vllm_config, device)
         return original_factory(vllm_config, device, req_states)
@@ -470,7 +470,7 @@ def _patch_scheduler(module: ModuleType) -> None:
     def __init__(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, vllm_config, *args, **kwargs)
         self.sparrow_draft_length = None
-        from sparrow_vllm.serving.draft_length import SchedulerDraftLength
+        from sparrow_vllm.serving.vllm.scheduler_draft_length import SchedulerDraftLength
 
         spec = vllm_config.speculative_config
         choices = _sparrow_adaptive_choices(self, vllm_config)
@@ -533,7 +533,7 @@ def _sparrow_adaptive_choices(scheduler: Any, vllm_config: Any) -> tuple[int, ..
             scheduler.num_spec_tokens,
         )
         return None
-    from sparrow_vllm.serving.draft_length import choices_in
+    from sparrow_vllm.serving.vllm.scheduler_draft_length import choices_in
 
     # with FULL decode graphs on Model Runner V2, only the K captured (entry 1's table)
     graphs = vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs()
@@ -562,7 +562,7 @@ def _trace_header(scheduler: Any, vllm_config: Any, choices: tuple[int, ...] | N
 # Estimates of what PIECEWISE costs against FULL CUDA graphs on decode steps, from vLLM's own
 # measurements (not Sparrow's): vLLM PR #42885 (TPOT -10%, throughput +14% when decode
 # attention joined the FULL graph) and PR #25444 (+47% requests/s for a small-active MoE on
-# one H100 when FULL_AND_PIECEWISE became the default). README "Draft length under load".
+# one H100 when FULL_AND_PIECEWISE became the default). docs/serving.md, "Draft length under load".
 PIECEWISE_COST_ESTIMATE = "about 10-47% slower decode steps (vLLM PRs #42885, #25444; an estimate)"
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from sparrow_vllm.config import SparrowConfig, layer_config_from_target
+from sparrow_vllm.draft.config import SparrowConfig, layer_config_from_target
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.families import TargetFamily
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 
 
 def sparrow_config_for(family: TargetFamily, **fields: Any) -> SparrowConfig:

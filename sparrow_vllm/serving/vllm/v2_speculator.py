@@ -1,6 +1,6 @@
 """SparrowSpeculator: the Sparrow drafter inside Model Runner V2 (vllm/v1/worker/gpu/).
 
-V2 builds its speculator in `init_speculator`; vllm_patches.py routes a Sparrow draft here
+V2 builds its speculator in `init_speculator`; serving/vllm/patches.py routes a Sparrow draft here
 instead of to `EagleSpeculator` (which would load the checkpoint as an EAGLE model). This
 class translates V2's inputs into the drafter's `StepInputs` and hands the drafts back; the
 drafting itself is TextAnchoredDrafter's, the same as on the V1 runner.
@@ -22,7 +22,7 @@ rejection sampler sees the proposal distribution it expects; with
 `use_local_argmax_reduction` the argmax is SparrowDraftForCausalLM.get_top_tokens.
 
 CUDA graphs: the draft forward is compiled when vLLM compiles, not captured (logged
-once on CUDA; see ledger entry 7 in vllm_patches.py for why).
+once on CUDA; see ledger entry 7 in serving/vllm/patches.py for why).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from torch import nn
 from vllm.config.compilation import CUDAGraphMode
 from vllm.v1.worker.gpu.spec_decode.speculator import DraftModelSpeculator
 
-from sparrow_vllm.serving.draft_loading import SparrowDraftSetup
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_row_reuse import request_contents
+from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Where vLLM's Python source is on disk, for `sparrow_vllm.vllm_source_check`: a release's
+"""Where vLLM's Python source is on disk, for `sparrow_vllm.serving.vllm.contract_check`: a release's
 wheel, downloaded and extracted once into a cache kept between runs, or the installed
 package. Neither imports vLLM.
 """

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparrow_vllm.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
 
 
 class AttentionFn(Protocol):

@@ -2,7 +2,7 @@
 overrides, calls or reads.
 
 This module is data only (no vLLM import, nothing parsed at import time).
-`sparrow_vllm.vllm_source_check` checks `TOUCH_POINTS` statically against a vLLM source
+`sparrow_vllm.serving.vllm.contract_check` checks `TOUCH_POINTS` statically against a vLLM source
 tree (parsed with `ast`, never imported): the installed vLLM, or a release the plugin has
 never run on (vLLM 0.33 has no CPU build) from its wheel's Python source;
 tests/unit/test_vllm_contract.py does both, and
@@ -64,7 +64,7 @@ TOUCH_POINTS: list[TouchPoint] = [
     TP("vllm.model_executor.models.registry", "_ModelRegistry.register_model", "method",
        "register() registers the draft class lazily by module path",
        ("self", "model_arch", "model_cls"), "prefix"),
-    # ---- vllm_patches.py 1: configuration boundary --------------------------------------
+    # ---- serving/vllm/patches.py 1: configuration boundary --------------------------------------
     TP("vllm.engine.arg_utils", "EngineArgs.create_speculative_config", "method",
        'patched: method "sparrow" is validated, then built as "eagle"',
        ("self", "target_model_config", "target_parallel_config")),
@@ -83,7 +83,7 @@ TOUCH_POINTS: list[TouchPoint] = [
     TP("vllm.model_executor.models.interfaces", "supports_multimodal", "function",
        "target_adapter: a VLM's language model holds the embedding and LM head",
        ("model",), "prefix"),
-    # ---- vllm_patches.py 2-4: V1 model runner -------------------------------------------
+    # ---- serving/vllm/patches.py 2-4: V1 model runner -------------------------------------------
     TP("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.__init__", "method",
        "patched: swaps `drafter` for SparrowProposer", ("self", "vllm_config", "device")),
     TP("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._on_request_state_removed", "method",
@@ -111,7 +111,7 @@ TOUCH_POINTS: list[TouchPoint] = [
     TP("vllm.v1.worker.gpu_model_runner", "GPUModelRunner._input_fits_in_drafter", "method",
        "patched (11): a Sparrow drafter runs near max_model_len too",
        ("self", "common_attn_metadata")),
-    # ---- tp_agreement.py: every rank sizes the same draft cache ---------------------------
+    # ---- serving/vllm/tp_agreement.py: every rank sizes the same draft cache ---------------------------
     TP("vllm.distributed.parallel_state", "model_parallel_is_initialized", "function",
        "least_over_tensor_parallel_group: no group, nothing to agree", ()),
     TP("vllm.distributed.parallel_state", "get_tp_group", "function",
@@ -204,7 +204,7 @@ TOUCH_POINTS: list[TouchPoint] = [
        "propose: host query rows of each request"),
     TP("vllm.v1.worker.gpu.input_batch", "InputBatch.seq_lens_cpu_upper_bound", "attribute",
        "V2 propose: host sequence lengths (a new request's first row, sync-free)"),
-    # ---- configuration read by draft_loading.py / vllm_draft.py -------------------------
+    # ---- configuration read by serving/vllm/draft_loading.py / serving/vllm/draft_architecture.py -------------------------
     TP("vllm.config.vllm", "VllmConfig.speculative_config", "attribute",
        "the draft's model config and draft length"),
     TP("vllm.config.vllm", "VllmConfig.model_config", "attribute",
@@ -237,7 +237,7 @@ TOUCH_POINTS: list[TouchPoint] = [
        "resolves the target class for the EAGLE-3 check"),
     TP("vllm.config.scheduler", "SchedulerConfig.max_num_seqs", "attribute",
        "sizes the draft cache"),
-    # ---- Model Runner V2: vllm_patches.py 5-6 and v2_speculator.py ----------------------
+    # ---- Model Runner V2: serving/vllm/patches.py 5-6 and v2_speculator.py ----------------------
     TP("vllm.config.vllm", "VllmConfig.use_v2_model_runner", "attribute",
        "runners.py: which model runner vLLM chose, so the matching adapter is used"),
     TP("vllm.v1.worker.gpu.model_runner", "init_speculator", "module-name",
@@ -319,7 +319,7 @@ TOUCH_POINTS: list[TouchPoint] = [
        ("self", "num_tokens"), "prefix"),
     TP("vllm.v1.worker.gpu.model_states.default", "DefaultModelState.rope_state", "attribute",
        "the adapter finds the target's RopeState on the model state set_attn receives"),
-    # ---- vllm_patches.py 10: the scheduler sizes each step's drafts --------------------
+    # ---- serving/vllm/patches.py 10: the scheduler sizes each step's drafts --------------------
     TP("vllm.v1.core.sched.scheduler", "Scheduler.__init__", "method",
        "patched (arguments passed through): a Sparrow engine's scheduler gets the "
        "draft-length policy",
@@ -361,7 +361,7 @@ TOUCH_POINTS: list[TouchPoint] = [
        "attribute", "entry 1 turns vLLM's dynamic speculation on for adaptive draft length"),
     TP("vllm.config.speculative", "SpeculativeConfig.uses_dynamic_speculative_decoding", "method",
        "entries 13 and 14 act only while dynamic speculation is on", _SELF),
-    # ---- vllm_patches.py 13: V1 runner on CUDA keeps FULL graphs ------------------------
+    # ---- serving/vllm/patches.py 13: V1 runner on CUDA keeps FULL graphs ------------------------
     TP("vllm.config.vllm", "VllmConfig._maybe_override_dynamic_sd_cudagraph_mode", "method",
        "patched: a Sparrow engine on V1 with CUDA graphs drafts K (adaptive off by default) "
        "before vLLM forces PIECEWISE", _SELF),
@@ -373,7 +373,7 @@ TOUCH_POINTS: list[TouchPoint] = [
        "entry 13: whether FULL graphs are on", _SELF),
     TP("vllm.platforms.interface", "Platform.is_cuda_alike", "method",
        "entry 13 acts on CUDA (and ROCm) only", _SELF),
-    # ---- vllm_patches.py 14: Model Runner V2 dispatches a FULL graph per draft length -----
+    # ---- serving/vllm/patches.py 14: Model Runner V2 dispatches a FULL graph per draft length -----
     TP("vllm.v1.worker.gpu.cudagraph_utils", "CudaGraphManager._init_candidates", "method",
        "patched: a Sparrow engine's candidates list a FULL graph of every captured length", _SELF),
     *(
@@ -388,7 +388,7 @@ TOUCH_POINTS: list[TouchPoint] = [
     ),
     TP("vllm.config.compilation", "CUDAGraphMode.FULL", "attribute",
        "entry 14 widens the FULL candidates only"),
-    # ---- vllm_patches.py 8 and 9: CPU build's sampling fixes --------------------------
+    # ---- serving/vllm/patches.py 8 and 9: CPU build's sampling fixes --------------------------
     TP("vllm.utils.cpu_triton_utils", "_expand_kernel_impl", "function",
        "replaced by expand_per_request, which must take the same arguments",
        ("output", "input_val", "cu_num_tokens", "replace_from", "replace_to", "MAX_NUM_TOKENS")),

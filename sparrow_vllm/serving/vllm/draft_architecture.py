@@ -14,9 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparrow_vllm.checkpoint import OWN_EMBEDDING, OWN_LM_HEAD, DraftCheckpoint, load_draft_weights
-from sparrow_vllm.modeling.draft_model import AttentionFn, SparrowDraftModel
-from sparrow_vllm.serving.runners import UnknownRunnerError, describe_unknown_runner
+from sparrow_vllm.draft.checkpoint import (
+    OWN_EMBEDDING,
+    OWN_LM_HEAD,
+    DraftCheckpoint,
+    load_draft_weights,
+)
+from sparrow_vllm.draft.model import AttentionFn, SparrowDraftModel
+from sparrow_vllm.errors import UnknownRunnerError
+from sparrow_vllm.serving.vllm.runners import describe_unknown_runner
 
 
 class SparrowDraftForCausalLM(nn.Module):

@@ -14,16 +14,10 @@ built that way and raises UnknownRunnerError with the message below.
 
 from __future__ import annotations
 
-from sparrow_vllm.config import SparrowConfigError
-
 KNOWN_RUNNERS = {
     "v1": "vllm.v1.worker.gpu_model_runner",
     "v2": "vllm.v1.worker.gpu.model_runner",
 }
-
-
-class UnknownRunnerError(SparrowConfigError):
-    """vLLM reached the Sparrow draft through a runner or code path without an adapter."""
 
 
 def describe_unknown_runner() -> str:

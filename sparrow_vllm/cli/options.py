@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from sparrow_vllm.config import SparrowConfig
+from sparrow_vllm.draft.config import SparrowConfig
 
 # SparrowConfig fields a user sets when making a draft; their help text is the schema's.
 DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "frame_text", "fc_bias")

@@ -17,15 +17,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sparrow_vllm.config import (
+from sparrow_vllm.draft.config import (
     DraftLayerConfig,
     SparrowConfig,
     SparrowConfigError,
     build_config_json,
     parse_config_json,
 )
+from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.families import TargetFamily
-from sparrow_vllm.modeling.draft_model import SparrowDraftModel
 from sparrow_vllm.provenance import provenance
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _check_weights_complete(weights: Path) -> None:
 
 TRAIN_FOR_TARGET = (
     "train one with `sparrow-vllm train --target <target dir>` on video data "
-    '(README: "Train a draft for your target")'
+    '(docs/training.md)'
 )
 
 

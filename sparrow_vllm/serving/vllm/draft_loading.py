@@ -14,16 +14,16 @@ from typing import Any
 import psutil
 import torch
 
-from sparrow_vllm.checkpoint import DraftCheckpoint, check_draft_for_target
-from sparrow_vllm.config import SparrowConfigError
+from sparrow_vllm.draft.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, resolve_family
 from sparrow_vllm.serving.drafter import TextAnchoredDrafter
 from sparrow_vllm.serving.serving_options import DEFAULT_FREE_MEMORY_FRACTION, SparrowServingOptions
-from sparrow_vllm.serving.target_adapter import language_model_of
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
-from sparrow_vllm.serving.tp_agreement import least_over_tensor_parallel_group
 from sparrow_vllm.serving.visual_rows import VisualRows
-from sparrow_vllm.serving.vllm_draft import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
+from sparrow_vllm.serving.vllm.target_adapter import language_model_of
+from sparrow_vllm.serving.vllm.tp_agreement import least_over_tensor_parallel_group
 
 logger = logging.getLogger(__name__)
 

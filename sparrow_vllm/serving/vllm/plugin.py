@@ -2,7 +2,7 @@
 
 vLLM calls register() in every process it starts, before configs are built. It is
 idempotent and cheap: it checks the vLLM version, registers the draft architecture lazily
-(by module path) and arms the patches of vllm_patches.py, which apply when vLLM imports
+(by module path) and arms the patches of serving/vllm/patches.py, which apply when vLLM imports
 the patched modules.
 """
 
@@ -11,20 +11,17 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 
-from sparrow_vllm.serving import logs, vllm_patches
+from sparrow_vllm.errors import UnsupportedVLLMVersion
+from sparrow_vllm.serving.vllm import logs, patches
 
 logger = logging.getLogger(__name__)
 
-# vLLM minor releases the plugin is made for; sparrow_vllm/vllm_source_check.py checks the
+# vLLM minor releases the plugin is made for; sparrow_vllm/serving/vllm/contract_check.py checks the
 # touch points in serving/vllm_contract.py against each (tests/unit/test_vllm_contract.py).
 SUPPORTED_VLLM = ("0.32", "0.33")
 CPU_VLLM = "0.32.0"  # the newest CPU build of vLLM (setup.py's [cpu] extra)
-_DRAFT_CLASS = "sparrow_vllm.serving.vllm_draft:SparrowDraftForCausalLM"
+_DRAFT_CLASS = "sparrow_vllm.serving.vllm.draft_architecture:SparrowDraftForCausalLM"
 _registered = False
-
-
-class UnsupportedVLLMVersion(RuntimeError):
-    pass
 
 
 def installed_vllm_version() -> str:
@@ -57,10 +54,10 @@ def register() -> None:
     check_vllm_version(installed_vllm_version())
     from vllm import ModelRegistry
 
-    for arch in vllm_patches.SPARROW_ARCHITECTURES:
+    for arch in patches.SPARROW_ARCHITECTURES:
         if arch not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(arch, _DRAFT_CLASS)
-    vllm_patches.apply_all()
+    patches.apply_all()
     logs.route_to_vllm()
     _registered = True
     logger.debug("sparrow-vllm registered")

@@ -1,0 +1,5 @@
+"""`python -m sparrow_vllm.cli`: the same as the `sparrow-vllm` command."""
+
+from sparrow_vllm.cli.main import main
+
+main()
