@@ -89,7 +89,7 @@ def text_window_attention_reference(
 # padded gather for all requests instead of one per request, and the gather indices and the
 # mask built once per draft forward (a `TextWindowPlan`) and shared by every layer. On CPU,
 # where a decode step's tensors are tiny, the number of torch ops is the cost, not the math.
-# tests/unit/test_attention_batched.py checks it against the loop over a grid of batches,
+# tests/unit/kernels/test_attention_batched.py checks it against the loop over a grid of batches,
 # windows, prefixes, first rows, block sizes and head groupings.
 
 

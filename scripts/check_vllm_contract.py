@@ -5,7 +5,7 @@ Usage: python scripts/check_vllm_contract.py [ROOT | --vllm VERSION]
                  default: the installed vLLM
   --vllm 0.33.0  that release's wheel (downloaded once, see sparrow_vllm.serving.vllm.source_roots)
 Exit status 1 when a touch point is broken. The list is sparrow_vllm/serving/vllm/contract.py;
-the checks are sparrow_vllm/serving/vllm/contract_check.py (tests/unit/test_vllm_contract.py runs them).
+the checks are sparrow_vllm/serving/vllm/contract_check.py (tests/unit/serving/vllm/test_vllm_contract.py runs them).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ This module is data only (no vLLM import, nothing parsed at import time).
 `sparrow_vllm.serving.vllm.contract_check` checks `TOUCH_POINTS` statically against a vLLM source
 tree (parsed with `ast`, never imported): the installed vLLM, or a release the plugin has
 never run on (vLLM 0.33 has no CPU build) from its wheel's Python source;
-tests/unit/test_vllm_contract.py does both, and
+tests/unit/serving/vllm/test_vllm_contract.py does both, and
 `python scripts/check_vllm_contract.py [ROOT | --vllm VERSION]` prints where each touch
 point lives and the problems.
 

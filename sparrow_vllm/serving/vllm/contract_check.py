@@ -6,7 +6,7 @@ and returns one human-readable problem per broken touch point: a missing module,
 name, a name of the wrong kind, or a parameter list that no longer matches. So a vLLM
 release the plugin has never run on (vLLM 0.33 has no CPU build) is checked from its
 wheel's Python source, and the installed vLLM from its site-packages
-(`sparrow_vllm.serving.vllm.source_roots`): tests/unit/test_vllm_contract.py does both.
+(`sparrow_vllm.serving.vllm.source_roots`): tests/unit/serving/vllm/test_vllm_contract.py does both.
 `validate_touch_points()` checks the list itself.
 
 `python scripts/check_vllm_contract.py ROOT` prints where each touch point lives in the

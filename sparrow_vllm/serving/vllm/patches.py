@@ -81,8 +81,8 @@ Ledger (what / why / how / what upstream change removes it):
    enforce-eager), the draft forward (draft layers plus the registered attention op
    `sparrow::text_window_attention`) is compiled with vLLM's torch.compile backend
    (inductor), dynamic shapes, its decode shape families at warm-up. A decode step reads
-   nothing back from the device (tests/unit/test_decode_sync_free.py) and traces as one
-   graph (tests/unit/test_compiled_drafter.py, fullgraph); the host bookkeeping of slots,
+   nothing back from the device (tests/unit/serving/test_decode_sync_free.py) and traces as one
+   graph (tests/unit/serving/test_compiled_drafter.py, fullgraph); the host bookkeeping of slots,
    blocks and the row-count mirror runs before it. Eager: prefill chunks (they read their
    row counts back), the cache writes and the sampling between chain forwards.
    Why not captured: a CUDA graph of the decode step needs static input buffers per

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
-from tests.unit.test_drafter import _check_cache
+from tests.unit.serving.test_drafter import _check_cache
 
 BLOCK = 4
 CONTEXT_BLOCKS = 600

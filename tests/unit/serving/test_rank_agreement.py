@@ -14,8 +14,15 @@ import random
 import torch
 
 from sparrow_vllm.serving.host_mirror import LengthMirror
-from tests.unit.test_drafter import Sequence, _check_cache, _draft, _drafter, _step, apply_event
-from tests.unit.test_text_row_reuse import _content
+from tests.unit.serving.test_drafter import (
+    Sequence,
+    _check_cache,
+    _draft,
+    _drafter,
+    _step,
+    apply_event,
+)
+from tests.unit.serving.test_text_row_reuse import _content
 
 K = 3
 

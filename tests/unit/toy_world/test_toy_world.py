@@ -85,7 +85,7 @@ def test_long_clips_come_in_smaller_batches():
 
     from sparrow_vllm.toy_world.target import TargetTrainSettings, _batch
 
-    target = Path(__file__).resolve().parents[2] / "models" / "toy-world" / "target"
+    target = Path(__file__).resolve().parents[3] / "models" / "toy-world" / "target"
     processor = AutoProcessor.from_pretrained(str(target))
     batch = _batch(processor, 0, TargetTrainSettings(frames=(64,), batch_size=32, max_batch_tokens=4096))
     assert batch["input_ids"].shape[0] == 4096 // (64 * 8)

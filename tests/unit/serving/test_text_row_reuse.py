@@ -15,7 +15,7 @@ from sparrow_vllm.serving.text_row_reuse import (
     row_keys,
 )
 from sparrow_vllm.training.attention import causal_text_attention
-from tests.unit.test_drafter import VISUAL, Sequence, _check_cache, _draft, _drafter, _step
+from tests.unit.serving.test_drafter import VISUAL, Sequence, _check_cache, _draft, _drafter, _step
 
 
 def _visual(tokens):

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 ENTRIES = {"gpu_tests", "kernel_bandwidth", "greedy_v2_toy_world", "sync_debug_decode",
            "greedy_v2_dummy_7b", "real_geometry_7b"}

@@ -82,7 +82,7 @@ def test_usage_errors_exit_2_and_other_errors_keep_their_traceback(monkeypatch, 
 @pytest.mark.parametrize("wrong", ["target", "data"])
 def test_a_mistyped_path_is_a_message_naming_the_option(wrong, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("")
     paths = {"target": str(repo / "models" / "toy-world" / "target"), "data": str(manifest)}

@@ -14,7 +14,7 @@ from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
 from sparrow_vllm.serving.vllm.scheduler_draft_length import dynamic_table
 
-TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
+TOY_WORLD = Path(__file__).resolve().parents[4] / "models" / "toy-world"
 TARGET = str(TOY_WORLD / "target")
 DRAFT = str(TOY_WORLD / "sparrow-draft")
 FLAGS = ["--spec-method", "sparrow", "--spec-model", DRAFT, "--spec-tokens", "4"]

@@ -22,8 +22,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparrow_vllm.serving import host_mirror
 from sparrow_vllm.serving.vllm.draft_loading import DRIFT_STEPS
-from tests.unit.test_drafter import Sequence, _draft, _drafter, _inputs, apply_event
-from tests.unit.test_text_row_reuse import _content
+from tests.unit.serving.test_drafter import Sequence, _draft, _drafter, _inputs, apply_event
+from tests.unit.serving.test_text_row_reuse import _content
 
 aten = torch.ops.aten
 _SYNC_OPS = {

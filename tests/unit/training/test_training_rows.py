@@ -15,7 +15,7 @@ from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.training.acceptance import chain_drafts, simulate
 from sparrow_vllm.training.rows import attention_mask, build_rows, previous_text_row
 from tests.unit.helpers import vl_family
-from tests.unit.test_drafter import VISUAL, Sequence, _draft, _drafter, _step
+from tests.unit.serving.test_drafter import VISUAL, Sequence, _draft, _drafter, _step
 
 
 def _record(seq: Sequence, bridge_dim: int | None = None, family=None) -> dict[str, torch.Tensor]:

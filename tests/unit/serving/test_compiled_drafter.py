@@ -9,8 +9,8 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from sparrow_vllm.serving.drafter import TextAnchoredDrafter
 from sparrow_vllm.serving.vllm.draft_loading import DRIFT_STEPS
-from tests.unit.test_decode_sync_free import K, _stream
-from tests.unit.test_drafter import _draft, _drafter, _inputs, apply_event
+from tests.unit.serving.test_decode_sync_free import K, _stream
+from tests.unit.serving.test_drafter import _draft, _drafter, _inputs, apply_event
 
 
 def _run(drafter, model):

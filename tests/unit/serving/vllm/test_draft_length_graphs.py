@@ -21,7 +21,7 @@ from unittest import mock
 import pytest
 import torch
 
-TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
+TOY_WORLD = Path(__file__).resolve().parents[4] / "models" / "toy-world"
 K = 4
 
 
@@ -209,7 +209,7 @@ def test_a_restricted_policy_chooses_and_probes_only_its_choices():
 
     from sparrow_vllm.serving.draft_length import DraftLengthPolicy
     from sparrow_vllm.serving.vllm.scheduler_draft_length import choices_in, dynamic_table
-    from tests.unit.test_draft_length import K_MAX, decode_shape, serve, true_best
+    from tests.unit.serving.test_draft_length import K_MAX, decode_shape, serve, true_best
 
     choices = choices_in(build_dynamic_sd_schedule_lookup(dynamic_table(K_MAX), 3, K_MAX))
     assert choices == (0, K_MAX - 1, K_MAX)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-if not torch.cuda.is_available():
+if not torch.cuda.is_available():  # also set by tests/unit/conftest.py, before triton is imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402

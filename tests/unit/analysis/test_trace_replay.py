@@ -31,7 +31,7 @@ from sparrow_vllm.serving.draft_length import StepShape, step_shape
 from sparrow_vllm.serving.step_trace import StepTrace, read_trace
 from sparrow_vllm.serving.vllm.scheduler_draft_length import SchedulerDraftLength
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 K_MAX = 4
 TRUE_THETA = np.array([0.010, 0.020, 0.004, 0.015, 0.0008, 0.0009, 0.0003])
 

@@ -15,7 +15,7 @@ from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.training.attention import causal_text_attention
 from tests.unit.helpers import vl_family
-from tests.unit.test_drafter import HIDDEN, Sequence, _check_cache, _draft, _drafter, _step
+from tests.unit.serving.test_drafter import HIDDEN, Sequence, _check_cache, _draft, _drafter, _step
 
 VIDEO, START, END, IMAGE = 60, 61, 62, 63
 # vLLM's own model class for each family's architecture (what the engine asks about)

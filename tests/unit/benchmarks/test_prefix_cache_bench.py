@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "prefix_cache_chats.py"
+PATH = Path(__file__).resolve().parents[3] / "benchmarks" / "prefix_cache_chats.py"
 spec = importlib.util.spec_from_file_location("prefix_cache_chats", PATH)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
