@@ -19,8 +19,7 @@ from tests.toy_models import build_family_models, build_toy_models  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 # what the toy models are built from: a change to any of it builds them anew
 MODEL_SOURCES = ("tests/toy_models.py", "sparrow_vllm/toy_targets", "sparrow_vllm/training",
-                 "sparrow_vllm/modeling", "sparrow_vllm/draft/config.py", "sparrow_vllm/draft/checkpoint.py",
-                 "sparrow_vllm/draft/factory.py", "sparrow_vllm/draft/eagle_export.py")
+                 "sparrow_vllm/draft")
 
 
 def _sources_key() -> str:
