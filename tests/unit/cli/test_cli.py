@@ -60,7 +60,7 @@ def test_settings_errors_speak_in_options():
 
 
 def test_usage_errors_exit_2_and_other_errors_keep_their_traceback(monkeypatch, capsys):
-    import sparrow_vllm.cli.main as cli
+    import sparrow_vllm.cli.toy as cli
     from sparrow_vllm.errors import UsageError
 
     def fails(error: Exception):
@@ -158,3 +158,33 @@ def test_toy_world_data_help_shows_defaults():
         assert default in text
     args = data.parse_args(["--out", "o"])
     assert args.questions.split(",") == list(QUESTIONS) and args.frames == [8]
+
+
+def test_one_bridge_layer_option_for_extraction_and_training(tmp_path, capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    base = {"extract-features": ["--target", "t", "--data", "d", "--out", "o"],
+            "train": ["--target", "t", "--features", "f", "--out", "o"]}
+    for command, argv in base.items():
+        sub = commands[command]
+        assert sub.parse_args([*argv, "--bridge-layer", "3"]).bridge_layer == 3
+        assert sub.parse_args(argv).bridge_layer == "default"
+        with pytest.raises(SystemExit):
+            sub.parse_args([*argv, "--bridge-layer", "middle"])
+    assert commands["extract-features"].parse_args([*base["extract-features"], "--bridge-layer", "none"]).bridge_layer == "none"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *base["train"], "--bridge-layer", "none"])
+    assert exit_info.value.code == 2 and "--no-ivsb" in capsys.readouterr().err
+
+
+def test_draft_options_are_the_schema_fields_everywhere():
+    from sparrow_vllm.draft.config import SparrowConfig
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("init-draft", "train", "extract-features"):
+        text = " ".join(commands[command].format_help().split())
+        assert "--feature" in text and "--frame-text" in text
+        assert " ".join(SparrowConfig.model_fields["frame_text"].description.split()[:5]) in text
+    args = commands["init-draft"].parse_args(["--target", "t", "--out", "o", "--feature", "penultimate", "--layers", "2"])
+    assert (args.feature_layer, args.num_layers) == ("penultimate", 2)
+    assert commands["init-draft"].parse_args(["--target", "t", "--out", "o", "--feature", "5"]).feature_layer == 5
