@@ -41,8 +41,7 @@ def old_layout_bytes(max_model_len: int, max_num_seqs: int) -> int:
 
 
 def measured_bytes(plan) -> int:
-    cache = TextKVCache(plan.num_layers, plan.num_blocks, plan.block_size, plan.num_slots,
-                        plan.table_width, plan.num_kv_heads, plan.head_dim, plan.dtype, "cpu")
+    cache = TextKVCache.from_plan(plan, "cpu")
     tensors = [cache.k, cache.v, cache.block_table, cache.lengths, cache.first_row,
                cache.next_seq, cache.row_seq, cache.row_token]
     total = sum(t.numel() * t.element_size() for t in tensors)

@@ -17,15 +17,20 @@ from dataclasses import dataclass
 import torch
 
 
-def paged_rows(
-    # [M] physical block of each table column of one request
-    table_row: torch.Tensor,
-    # [n] absolute row indices
+def paged_cells(
+    # [num_slots, M] int, physical block of each table column of a slot
+    block_table: torch.Tensor,
+    # [...] int, slot of each row (broadcasts with rows)
+    slots: torch.Tensor,
+    # [...] int, absolute row indices
     rows: torch.Tensor,
     block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([n] physical block, [n] offset)
-    """Where absolute rows of one request live in the block pool."""
-    return table_row[(rows // block_size) % table_row.shape[0]], rows % block_size
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([...] physical block, [...] offset)
+    """Where absolute row a of a slot lives in the block pool: block
+    `block_table[slot, (a // S) % M]`, offset `a % S`. The one address formula: the cache
+    (sparrow_vllm/serving/text_kv_cache.py, cache_cells.py) writes through it, this module
+    reads through it, and the Triton kernel computes the same (text_window_attention.py)."""
+    return block_table[slots, (rows // block_size) % block_table.shape[1]], rows % block_size
 
 
 def text_window_attention_reference(
@@ -65,7 +70,8 @@ def text_window_attention_reference(
         first_needed = max(0, prefix - (window - 1)) if window is not None else 0
         first_needed = min(max(first_needed, firsts[b]), prefix)
         cached = torch.arange(first_needed, prefix, device=q.device)
-        blocks, offsets = paged_rows(block_table[slots[b]].long(), cached, block_size)
+        blocks, offsets = paged_cells(block_table, slots[b], cached, block_size)
+        blocks = blocks.long()
         keys = torch.cat((k_pool[blocks, offsets], k_new[start:end]), dim=0).float()
         values = torch.cat((v_pool[blocks, offsets], v_new[start:end]), dim=0).float()
         key_pos = torch.arange(first_needed, prefix + n, device=q.device)
@@ -165,8 +171,8 @@ def plan_text_window(
     if window is not None:
         hidden |= key_pos[:, None, :] <= query_pos[:, :, None] - window
     rows = torch.minimum(cached_pos, (prefix[:, None] - 1).clamp(min=0))
-    blocks = block_table[_int64(slot_ids)[:, None], (rows // block_size) % block_table.shape[1]]
-    cells = (blocks * block_size + rows % block_size).view(-1)
+    blocks, offsets = paged_cells(block_table, _int64(slot_ids)[:, None], rows, block_size)
+    cells = (blocks * block_size + offsets).view(-1)
     if dense or total == num_rows == batch * num_new:  # every request has num_new rows, in order
         return TextWindowPlan(cells, None, hidden[:, None, :, None, :], None, batch, num_new)
     starts = cu[:-1, None]

@@ -1,7 +1,8 @@
 """Triton kernel: text-window attention of new draft rows over the paged text-row cache.
 
 Same contract as `reference.py` beside it (the oracle its tests compare against). Absolute
-row a of a request lives in block table[(a // S) % M] at offset a % S; only rows from
+row a of a request lives in block table[(a // S) % M] at offset a % S (reference.paged_cells,
+the formula the cache writes through); only rows from
 first_rows[b] on and inside the window of a query are attended to.
 
 What each program does

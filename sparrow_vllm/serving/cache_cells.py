@@ -1,10 +1,13 @@
-"""Where a drafting step's rows go in the paged TextKVCache: the cell (block, offset) of
+"""Where a drafting step's rows go in the paged TextKVCache (its device-side math; only
+text_kv_cache.py calls it): the cell (block, offset) of
 each committed row and of each draft-chain row, computed on the device from the block
 table (no host read)."""
 
 from __future__ import annotations
 
 import torch
+
+from sparrow_vllm.kernels.reference import paged_cells
 
 
 def commit_targets(
@@ -61,10 +64,8 @@ def _cells(
     block_size: int, trash_block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(block, offset) of absolute `rows` of `slots`; (trash_block, 0) where not `stored`."""
-    rows = rows.clamp(min=0)
-    block = block_table[slots, (rows // block_size) % block_table.shape[1]].long()
-    block = torch.where(stored, block, trash_block)
-    return block, torch.where(stored, rows % block_size, 0)
+    block, offset = paged_cells(block_table, slots, rows.clamp(min=0), block_size)
+    return torch.where(stored, block.long(), trash_block), torch.where(stored, offset, 0)
 
 
 def cumsum0(x: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ One step, for the rows the target verified (EAGLE pairing, row i = (x_{i+1}, h_i
   4. draft a chain of K tokens from the sample rows; chain rows are scratch.
 
 (One job, the step, in its host part and its device part, which torch.compile captures
-whole: why this file runs a little past 400 lines. Where rows go in the cache is
-cache_cells.py; the attention op is attention_op.py.)
+whole: why this file runs a little past 400 lines. Where rows go and how they are written
+is the cache's: TextKVCache.commit_rows, scratch_cells and write_rows; the attention op is
+attention_op.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sparrow_vllm.draft.model import AttentionFn
 from sparrow_vllm.kernels.reference import TextWindowPlan, plan_text_window
 from sparrow_vllm.serving import attention_op
 from sparrow_vllm.serving.attention import select_backend
-from sparrow_vllm.serving.cache_cells import commit_targets, cumsum0, scratch_cells
+from sparrow_vllm.serving.cache_cells import cumsum0
 from sparrow_vllm.serving.sync_debug import on_decode_steps
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
@@ -251,8 +252,9 @@ class TextAnchoredDrafter:
             visible_rows,
         )
         commit = (sel.keep & sel.is_text)[order]
-        self._commit(records, rows, sel.row_req[order], commit, sel.row_seq[order], sel.input_ids[order])
-        self.cache.next_seq[slots] = inputs.seq_start + inputs.num_valid
+        self.cache.commit_rows(records, rows.slot_ids, rows.prefix_lens, sel.row_req[order], commit,
+                               sel.row_seq[order], sel.input_ids[order])
+        self.cache.expect_next(slots, inputs.seq_start + inputs.num_valid)
 
         if num_tokens == 0:  # the draft-length policy chose K = 0: rows committed, no chain
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
@@ -343,32 +345,6 @@ class TextAnchoredDrafter:
         self._last_spans = self.visual_rows.batch_spans(key)
         return self._last_slots
 
-    def _commit(
-        self,
-        records: list[tuple[torch.Tensor, torch.Tensor]],
-        rows: _NewRows,
-        # [R] request of each row
-        req: torch.Tensor,
-        # [R] bool, the row is a verified text row (kept rows come first per request)
-        commit: torch.Tensor,
-        # [R] target sequence index of each row
-        seq: torch.Tensor,
-        # [R] input token of each row
-        tokens: torch.Tensor,
-    ) -> None:
-        """Write committed rows to their cells, the others to the trash block."""
-        cache = self.cache
-        block, offset, n_commit = commit_targets(
-            cache.block_table, rows.slot_ids, rows.prefix_lens, cache.first_row[rows.slot_ids],
-            req, commit, cache.block_size, cache.trash_block,
-        )
-        for layer, (k_new, v_new) in enumerate(records):
-            cache.k[layer, block, offset] = k_new
-            cache.v[layer, block, offset] = v_new
-        cache.row_seq[block, offset] = seq
-        cache.row_token[block, offset] = tokens
-        cache.lengths.scatter_add_(0, rows.slot_ids, n_commit)
-
     def _draft_chain(
         self,
         # [B, H] draft output at each request's sample row
@@ -392,17 +368,12 @@ class TextAnchoredDrafter:
             later = torch.arange(num_tokens - 1, device=self.device)[:, None]  # [K - 1, 1]
             prefixes = self.cache.lengths[slots] + later  # [K - 1, B]
             positions = torch.clamp(pos + 1 + later, max=self.max_model_len - 1)
-            blocks, offsets = scratch_cells(self.cache.block_table, slots, prefixes,
-                                            self.cache.first_row[slots], self.cache.block_size,
-                                            self.cache.trash_block)
+            blocks, offsets = self.cache.scratch_cells(slots, prefixes)
         for step in range(1, num_tokens):
             rows = _NewRows(one_each, slots, prefixes[step - 1], 1, dense=True)
             hidden, records = self._forward(
                 self.model.embed_input_ids(tokens), hidden, positions[step - 1], rows, visible_rows)
-            block, offset = blocks[step - 1], offsets[step - 1]
-            for layer, (k_new, v_new) in enumerate(records):
-                self.cache.k[layer, block, offset] = k_new
-                self.cache.v[layer, block, offset] = v_new
+            self.cache.write_rows(records, blocks[step - 1], offsets[step - 1])
             tokens, probs = sample(hidden)
             drafted.append(tokens)
             drafted_probs.append(probs)

@@ -44,7 +44,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sparrow_vllm.kernels.reference import paged_cells
+from sparrow_vllm.serving.cache_cells import commit_targets, scratch_cells
 from sparrow_vllm.serving.host_mirror import AsyncRead, LengthMirror, to_device
+from sparrow_vllm.serving.text_cache_plan import TextCachePlan
 from sparrow_vllm.serving.text_row_reuse import (
     RequestContent,
     ReusableRows,
@@ -141,14 +144,12 @@ class TextKVCache:
         self._retiring: list[tuple[RequestContent, _SlotRows, list[int], AsyncRead]] = []
         self._writes = 0  # writes so far (after_write calls): when asynchronous reads land
 
-    @staticmethod
-    def nbytes_for(
-        num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
-        dtype: torch.dtype,
-    ) -> int:
-        """Bytes of the K/V blocks (the bookkeeping adds 16 bytes per row)."""
-        elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * num_layers * (num_blocks + 1) * block_size * num_kv_heads * head_dim * elem
+    @classmethod
+    def from_plan(cls, plan: TextCachePlan, device: torch.device | str, window: int | None = None,
+                  reuse_rows: bool = True) -> TextKVCache:
+        """The cache a start-up plan lays out (serving/text_cache_plan.py)."""
+        return cls(plan.num_layers, plan.num_blocks, plan.block_size, plan.num_slots, plan.table_width,
+                   plan.num_kv_heads, plan.head_dim, plan.dtype, device, window=window, reuse_rows=reuse_rows)
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -382,6 +383,66 @@ class TextKVCache:
         self._writes += 1
         self._mirror.snapshot(self._rows, self._device_view())
 
+    # ---- writes (device only: no host read) ----------------------------------------------
+
+    def commit_rows(
+        self,
+        # per layer, ([R, Hkv, D] keys, [R, Hkv, D] values) of a forward's rows
+        records: list[tuple[torch.Tensor, torch.Tensor]],
+        # [B] slot of each request
+        slot_ids: torch.Tensor,
+        # [B] rows each request committed before this write
+        prefix_lens: torch.Tensor,
+        # [R] request of each row
+        req: torch.Tensor,
+        # [R] bool, the row is a verified text row (committed rows first per request)
+        commit: torch.Tensor,
+        # [R] target sequence index of each row
+        seq: torch.Tensor,
+        # [R] input token of each row
+        tokens: torch.Tensor,
+    ) -> None:
+        """Write committed rows to their cells (backed by reserve() beforehand), the others to
+        the trash block, and count them in `lengths`."""
+        block, offset, n_commit = commit_targets(
+            self.block_table, slot_ids, prefix_lens, self.first_row[slot_ids], req, commit,
+            self.block_size, self.trash_block)
+        self.write_rows(records, block, offset)
+        self.row_seq[block, offset] = seq
+        self.row_token[block, offset] = tokens
+        self.lengths.scatter_add_(0, slot_ids, n_commit)
+
+    def scratch_cells(
+        self,
+        # [B] slot of each request
+        slots: torch.Tensor,
+        # [B] (or [steps, B]) absolute row of each request's scratch row
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (block, offset), shaped as rows
+        """Cells of draft-chain rows: never committed, overwritten by the next step."""
+        return scratch_cells(self.block_table, slots, rows, self.first_row[slots], self.block_size,
+                             self.trash_block)
+
+    def write_rows(
+        self,
+        records: list[tuple[torch.Tensor, torch.Tensor]],
+        # [R] block and [R] offset of each row
+        block: torch.Tensor,
+        offset: torch.Tensor,
+    ) -> None:
+        for layer, (k_new, v_new) in enumerate(records):
+            self.k[layer, block, offset] = k_new
+            self.v[layer, block, offset] = v_new
+
+    def expect_next(
+        self,
+        # [B] slot of each request
+        slots: torch.Tensor,
+        # [B] target index of the next row each request's next step starts at
+        seq: torch.Tensor,
+    ) -> None:
+        self.next_seq[slots] = seq
+
     # ---- reuse ----------------------------------------------------------------------------
 
     def _retire(
@@ -473,8 +534,8 @@ class TextKVCache:
             self._free_blocks.append(block)
 
     def _cells(self, slot: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        columns = (rows // self.block_size) % self.table_width
-        return self.block_table[slot, columns].long(), rows % self.block_size
+        block, offset = paged_cells(self.block_table, slot, rows, self.block_size)
+        return block.long(), offset
 
     def _needed_from(self, state: _SlotRows) -> int:
         """The first row a coming query may read."""

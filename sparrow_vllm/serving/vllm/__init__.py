@@ -3,7 +3,7 @@
     plugin.py                  the `vllm.general_plugins` entry point: version check, draft
                                architecture registration, patches armed
     patches.py                 every change made to vLLM, with its ledger
-    runners.py                 which model runner vLLM chose; refusing one without an adapter
+    runners.py                 the model runners (environment, adapters); refusing an unknown one
     v1_proposer.py             adapter for the V1 runner (vllm/v1/worker/gpu_model_runner.py)
     v2_speculator.py           adapter for Model Runner V2 (vllm/v1/worker/gpu/)
     draft_loading.py           start-up both adapters share: checks, cache sizing, drafter

@@ -8,7 +8,6 @@ TextAnchoredDrafter. The adapters only pass in what their runner knows.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -19,6 +18,7 @@ from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, resolve_family
 from sparrow_vllm.serving.drafter import TextAnchoredDrafter
 from sparrow_vllm.serving.serving_options import DEFAULT_FREE_MEMORY_FRACTION, SparrowServingOptions
+from sparrow_vllm.serving.text_cache_plan import TextCachePlan, row_bytes
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
@@ -29,53 +29,9 @@ logger = logging.getLogger(__name__)
 
 # an explicit budget may take at most this share of the free device memory
 MAX_BUDGET_FREE_FRACTION = 0.5
-_BOOKKEEPING_BYTES_PER_ROW = 16  # row_seq and row_token (int64 each)
 # decode steps the host's row bound may run ahead of the device's count before the
 # allocator reads the count back (CUDA copies of it normally land within one step)
 DRIFT_STEPS = 8
-
-
-@dataclass(frozen=True)
-class TextCachePlan:
-    """How the draft cache of one engine is laid out, and why."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-    block_size: int
-    num_blocks: int
-    num_slots: int
-    table_width: int
-    # blocks one request needs for a decode step (its rows and the draft chain)
-    min_blocks_per_request: int
-    # blocks every running sequence at full context (or full window) would need
-    full_need_blocks: int
-    budget_source: str
-
-    @property
-    def text_rows(self) -> int:
-        return self.num_blocks * self.block_size
-
-    @property
-    def nbytes(self) -> int:
-        kv = TextKVCache.nbytes_for(self.num_layers, self.num_blocks, self.block_size,
-                                    self.num_kv_heads, self.head_dim, self.dtype)
-        bookkeeping = (self.num_blocks + 1) * self.block_size * _BOOKKEEPING_BYTES_PER_ROW
-        return kv + bookkeeping + (self.num_slots + 1) * (self.table_width * 4 + 24)
-
-    def describe(self) -> str:
-        return (
-            f"{self.num_blocks} blocks x {self.block_size} text rows = {self.text_rows} rows "
-            f"({self.nbytes / 2**20:.1f} MiB; {self.budget_source}), {self.num_slots} request "
-            f"slots, up to {self.table_width * self.block_size} rows per request"
-        )
-
-
-def row_bytes(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-    """Bytes of one cached text row (K and V of every draft layer, plus bookkeeping)."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * num_layers * num_kv_heads * head_dim * elem + _BOOKKEEPING_BYTES_PER_ROW
 
 
 def plan_text_cache(
@@ -226,10 +182,5 @@ class SparrowDraftSetup:
     def _allocate_cache(self, dtype: torch.dtype, device: torch.device) -> TextKVCache:
         plan = self.plan(dtype, device)
         logger.info("Sparrow draft cache: %s, window=%s", plan.describe(), self.checkpoint.sparrow.window)
-        layers = self.checkpoint.layers
-        return TextKVCache(
-            plan.num_layers, plan.num_blocks, plan.block_size, plan.num_slots, plan.table_width,
-            layers.num_key_value_heads, layers.head_dim, dtype, device,
-            window=self.checkpoint.sparrow.window,
-            reuse_rows=self.options.reuse_text_rows,
-        )
+        return TextKVCache.from_plan(plan, device, window=self.checkpoint.sparrow.window,
+                                     reuse_rows=self.options.reuse_text_rows)
