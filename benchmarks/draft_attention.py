@@ -101,7 +101,7 @@ def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
     cache.k.normal_()
     cache.v.normal_()
     drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(filter_visual, device), max_model_len=1 << 20,
-                                  max_draft_tokens=k)
+                                  num_speculative_tokens=k)
     req_ids = [f"r{i}" for i in range(args.batch)]
     zeros = torch.zeros(args.batch, dtype=torch.int64, device=device)
     slots, _ = cache.prepare_batch(req_ids, zeros, [0] * args.batch, set())

@@ -11,7 +11,7 @@ from sparrow_vllm.bench.geometry import QWEN25_VL_7B
 
 
 def gpu_theta(
-    max_drafts: int = 4,  # the workload's K_max: c2 spreads a verify pass's KV read over 1 + K_max tokens
+    num_speculative_tokens: int = 4,  # the workload's K_max: c2 spreads a verify pass's KV read over 1 + K_max tokens
     hbm_bytes_per_s: float = 3.35e12,  # H100 SXM HBM3 (as benchmarks/draft_attention.py's PEAK_GBPS)
     peak_flops: float = 989e12,  # H100 SXM dense bf16 tensor core
     bandwidth_fraction: float = 0.8,  # of HBM peak a weight-streaming GEMV or KV read reaches
@@ -52,7 +52,7 @@ def gpu_theta(
     # own verify length 1 + K_max (exact at K_max, cheaper than real at smaller K):
     # 21.4 / 5 + 0.81 = 5.1 ns per pair
     kv_bytes = 2 * layers * kv * bf16
-    verify_pair = kv_bytes / bandwidth / (1 + max_drafts) + pair_flops
+    verify_pair = kv_bytes / bandwidth / (1 + num_speculative_tokens) + pair_flops
     # c4, per 1e6 prompt (query, context) pairs: compute-bound, 0.81 ns
     # c5, per draft step: the draft streams its layer and the LM head, 1.56 GB: 0.58 ms
     draft_step = draft_params * bf16 / bandwidth

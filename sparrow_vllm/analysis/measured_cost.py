@@ -23,7 +23,7 @@ def fit_quality(traces: dict[str, Trace], theta: np.ndarray) -> dict[str, dict[s
         if not done:
             raise ValueError(f"fit_quality: trace {name!r} has no finished step timed > 0 (record a longer trace)")
         seconds = np.array([s.seconds for s in done])
-        predicted = np.array([float(theta @ s.shape(header["max_drafts"]).features(s.k)) for s in done])
+        predicted = np.array([float(theta @ s.shape(header["num_speculative_tokens"]).features(s.k)) for s in done])
         quality[name] = {"steps": len(done), "measured_mean_s": float(seconds.mean()),
                          "predicted_mean_s": float(predicted.mean()),
                          "relative_rms": float(np.sqrt(np.mean(((predicted - seconds) / seconds) ** 2)))}
@@ -64,8 +64,8 @@ class MeasuredCost:
             if policy not in ("none", "fixed"):
                 raise ValueError(f"MeasuredCost needs traces of no speculation or of a fixed K; one's policy is "
                                  f"{policy!r} (leave the adaptive trace out)")
-            k = header["max_drafts"] if policy == "fixed" else 0
-            width = 1 + header["max_drafts"]
+            k = header["num_speculative_tokens"] if policy == "fixed" else 0
+            width = 1 + header["num_speculative_tokens"]
             times = [s.seconds for s in steps_of(events) if s.seconds is not None and _decode_only(
                 [(q, samples) for _, q, _, samples in s.requests], width)]
             if k in means or not times:
@@ -77,15 +77,15 @@ class MeasuredCost:
     def bind(self, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds:
         if noise_theta is not None:
             raise ValueError("noise_theta is for a linear cost: MeasuredCost takes its noise from the recorded seconds")
-        missing = sorted(set(range(plan.max_drafts + 1)) - set(self.means))
+        missing = sorted(set(range(plan.num_speculative_tokens + 1)) - set(self.means))
         if missing:
             raise ValueError(f"MeasuredCost has no trace at K = {missing}: give the traces of none and "
-                             f"sparrow-k1..k{plan.max_drafts}")
-        m, top = self.means, self.means[plan.max_drafts]
+                             f"sparrow-k1..k{plan.num_speculative_tokens}")
+        m, top = self.means, self.means[plan.num_speculative_tokens]
 
         def seconds(i: int, k_of: Callable[[int | None], int], k: int) -> float:
             step = plan.steps[i]
-            if not _decode_only([(q, samples) for q, _, samples in step.requests], 1 + plan.max_drafts):
+            if not _decode_only([(q, samples) for q, _, samples in step.requests], 1 + plan.num_speculative_tokens):
                 return step.seconds
             verify = [m[k_of(source)] for _, _, _, source in step.verify] or [m[k]]
             scale = step.seconds / top if keep_noise else 1.0

@@ -45,9 +45,9 @@ def _constant_clock() -> float:
     return 0.0
 
 
-def _shape(requests: Sequence[Sequence[Any]], max_drafts: int) -> StepShape:
+def _shape(requests: Sequence[Sequence[Any]], num_speculative_tokens: int) -> StepShape:
     """The StepShape of [id, query tokens, context after the step, samples] rows."""
-    return step_shape([(q, c, bool(s)) for _, q, c, s in requests], 1 + max_drafts)
+    return step_shape([(q, c, bool(s)) for _, q, c, s in requests], 1 + num_speculative_tokens)
 
 
 def replay_decisions(header: dict[str, Any], events: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
@@ -55,18 +55,18 @@ def replay_decisions(header: dict[str, Any], events: list[dict[str, Any]]) -> li
     if header.get("policy") != "adaptive":
         raise ValueError(f"replay_decisions needs a trace of the adaptive draft length; this one's "
                          f"policy is {header.get('policy')!r} (record it with Sparrow's adaptive_draft_length on)")
-    max_drafts = header["max_drafts"]
+    num_speculative_tokens = header["num_speculative_tokens"]
     choices = header.get("choices")
-    policy = DraftLengthPolicy(max_drafts, clock=_constant_clock,
+    policy = DraftLengthPolicy(num_speculative_tokens, clock=_constant_clock,
                                choices=None if choices is None else tuple(choices))
     pending: dict[int, tuple[StepShape, int]] = {}
     decisions = []
     for event in events:
         if event["event"] == "schedule":
-            shape = _shape(event["requests"], max_drafts)
-            k = max_drafts if event["seeded"] else policy.choose(shape)
+            shape = _shape(event["requests"], num_speculative_tokens)
+            k = num_speculative_tokens if event["seeded"] else policy.choose(shape)
             pending[event["step"]] = (shape, k)
-            decisions.append((event["step"], event["k"], k))
+            decisions.append((event["step"], event["num_draft_tokens"], k))
         elif event["event"] == "output":
             if event["step"] not in pending:
                 raise ValueError(f"step trace: output of step {event['step']} without its schedule event")
@@ -89,8 +89,8 @@ class Step:
     seconds: float | None = None
     verified: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (drafts, accepted)
 
-    def shape(self, max_drafts: int) -> StepShape:
-        return _shape(self.requests, max_drafts)
+    def shape(self, num_speculative_tokens: int) -> StepShape:
+        return _shape(self.requests, num_speculative_tokens)
 
 
 def steps_of(events: list[dict[str, Any]]) -> list[Step]:
@@ -99,7 +99,7 @@ def steps_of(events: list[dict[str, Any]]) -> list[Step]:
     for event in events:
         if event["event"] == "schedule":
             steps[event["step"]] = Step(event["step"], [tuple(r) for r in event["requests"]],
-                                        event["k"], event["seeded"])
+                                        event["num_draft_tokens"], event["seeded"])
         elif event["event"] == "output":
             if event["step"] not in steps:
                 raise ValueError(f"step trace: output of step {event['step']} without its schedule event")
@@ -122,7 +122,7 @@ def fit_step_cost(traces: Sequence[Trace]) -> np.ndarray:
             if step.seconds <= 0:
                 skipped += 1
                 continue
-            rows.append(step.shape(header["max_drafts"]).features(step.k))
+            rows.append(step.shape(header["num_speculative_tokens"]).features(step.k))
             seconds.append(step.seconds)
     if skipped:
         logger.warning("fit_step_cost: left out %d steps timed at <= 0 s", skipped)
@@ -172,14 +172,14 @@ class _SimStep:
     k: int
     seconds: float
 
-    def shape(self, k_of: Callable[[int | None], int], max_drafts: int) -> StepShape:
+    def shape(self, k_of: Callable[[int | None], int], num_speculative_tokens: int) -> StepShape:
         """The step when each verify pass checks min(d, K' of its source step) drafts."""
         requests = list(self.requests)
         for row, d, _, source in self.verify:
             q, c, samples = requests[row]
             cut = d - min(d, k_of(source))
             requests[row] = (q - cut, c - cut, samples)
-        return step_shape(requests, 1 + max_drafts)
+        return step_shape(requests, 1 + num_speculative_tokens)
 
     def drafts(self, k_of: Callable[[int | None], int]) -> list[tuple[int, int]]:
         """(drafts verified, accepted) of each verify pass that checks any."""
@@ -192,7 +192,7 @@ class _SimStep:
 
 @dataclass
 class _Plan:
-    max_drafts: int
+    num_speculative_tokens: int
     steps: list[_SimStep]
     order: list[tuple[str, int]]  # ("schedule" | "output", step index) in file order
 
@@ -201,7 +201,7 @@ def _plan(trace: Trace) -> _Plan:
     """The workload trace's finished steps (up to the first unfinished one), each verify
     pass tied to the step that drafted it (the request's last earlier sampling step)."""
     header, events = trace
-    max_drafts = header["max_drafts"]
+    num_speculative_tokens = header["num_speculative_tokens"]
     if header.get("policy") != "fixed":
         raise ValueError(f"simulate needs a fixed-K workload trace at K_max; this one's policy is "
                          f"{header.get('policy')!r} (use the trace of a Sparrow engine at a fixed K = K_max)")
@@ -211,9 +211,9 @@ def _plan(trace: Trace) -> _Plan:
     last_sampled: dict[str, int] = {}
     plan = []
     for i, step in enumerate(steps[:finished]):
-        if step.k != max_drafts and any(r[3] for r in step.requests):
+        if step.k != num_speculative_tokens and any(r[3] for r in step.requests):
             raise ValueError(f"workload trace step {step.step} drafted K' = {step.k}, not K_max = "
-                             f"{max_drafts}: record the workload with a fixed K = K_max")
+                             f"{num_speculative_tokens}: record the workload with a fixed K = K_max")
         verify = []
         for row, (req, _, _, _) in enumerate(step.requests):
             if req in step.verified:
@@ -223,13 +223,13 @@ def _plan(trace: Trace) -> _Plan:
             if samples:
                 last_sampled[req] = i
         plan.append(_SimStep([(q, c, bool(s)) for _, q, c, s in step.requests], verify,
-                             sum(1 for r in step.requests if r[3]), step.shape(max_drafts), step.k,
+                             sum(1 for r in step.requests if r[3]), step.shape(num_speculative_tokens), step.k,
                              float(step.seconds)))
     if not plan:
         raise ValueError("the workload trace has no finished step (was the engine stopped before its first output?)")
     order = [(e["event"], index[e["step"]]) for e in events
              if e["event"] in ("schedule", "output") and e["step"] in index]
-    return _Plan(max_drafts, plan, order)
+    return _Plan(num_speculative_tokens, plan, order)
 
 
 def _ratios(plan: _Plan, theta: np.ndarray, keep_noise: bool, noise_theta: np.ndarray | None) -> np.ndarray:
@@ -265,7 +265,7 @@ def _bind(cost: Cost, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | N
     if not isinstance(cost, np.ndarray):
         return cost.bind(plan, keep_noise, noise_theta)
     ratios = _ratios(plan, cost, keep_noise, noise_theta)
-    return lambda i, k_of, k: ratios[i] * float(cost @ plan.steps[i].shape(k_of, plan.max_drafts).features(k))
+    return lambda i, k_of, k: ratios[i] * float(cost @ plan.steps[i].shape(k_of, plan.num_speculative_tokens).features(k))
 
 
 class Decider:
@@ -299,8 +299,8 @@ class Planned(Decider):
 class Adaptive(Decider):
     """A fresh DraftLengthPolicy, fed what SchedulerDraftLength would feed it."""
 
-    def __init__(self, max_drafts: int, choices: tuple[int, ...] | None = None) -> None:
-        self.policy = DraftLengthPolicy(max_drafts, clock=_constant_clock, choices=choices)
+    def __init__(self, num_speculative_tokens: int, choices: tuple[int, ...] | None = None) -> None:
+        self.policy = DraftLengthPolicy(num_speculative_tokens, clock=_constant_clock, choices=choices)
 
     def choose(self, index: int, shape: StepShape) -> int:
         return self.policy.choose(shape)
@@ -341,15 +341,15 @@ def simulate(trace: Trace, cost: Cost, decide: Decider, keep_noise: bool = True,
     counts: dict[int, int] = {}
 
     def k_of(source: int | None) -> int:
-        return plan.max_drafts if source is None else ks[source]
+        return plan.num_speculative_tokens if source is None else ks[source]
 
     for kind, i in plan.order:
         step = plan.steps[i]
         if kind == "schedule":
-            shape = step.shape(k_of, plan.max_drafts)
+            shape = step.shape(k_of, plan.num_speculative_tokens)
             k = decide.choose(i, shape)
-            if not 0 <= k <= plan.max_drafts:
-                raise ValueError(f"a decider chose K' = {k} outside 0..{plan.max_drafts}")
+            if not 0 <= k <= plan.num_speculative_tokens:
+                raise ValueError(f"a decider chose K' = {k} outside 0..{plan.num_speculative_tokens}")
             ks[i], shapes[i] = k, shape
             seconds[i] = _check_seconds(step_seconds(i, k_of, k), i)
             tokens += step.tokens(k_of)
@@ -367,7 +367,7 @@ def _decision_tables(plan: _Plan, step_seconds: StepSeconds,
     seconds [n, C] that K' of that step adds): step n's K' adds its own draft chain and
     the verify work and accepted tokens of the passes that check its drafts."""
     def only(i: int, k: int) -> Callable[[int | None], int]:
-        return lambda source: k if source == i else (plan.max_drafts if source is None else 0)
+        return lambda source: k if source == i else (plan.num_speculative_tokens if source is None else 0)
 
     n = len(plan.steps)
     zero = only(-1, 0)
@@ -395,13 +395,13 @@ def oracle(trace: Trace, cost: Cost, keep_noise: bool = True, noise_theta: np.nd
     lambda <- tokens / seconds, each K' <- argmax tokens(K) - lambda * seconds(K), until
     the choice repeats)."""
     plan = _plan(trace)
-    choices = tuple(range(plan.max_drafts + 1)) if choices is None else tuple(sorted(choices))
-    if choices[0] < 0 or choices[-1] > plan.max_drafts:
-        raise ValueError(f"oracle: choices {choices} must lie in 0..{plan.max_drafts}, the workload's K_max")
+    choices = tuple(range(plan.num_speculative_tokens + 1)) if choices is None else tuple(sorted(choices))
+    if choices[0] < 0 or choices[-1] > plan.num_speculative_tokens:
+        raise ValueError(f"oracle: choices {choices} must lie in 0..{plan.num_speculative_tokens}, the workload's K_max")
     tokens0, seconds0, d_tokens, d_seconds = _decision_tables(plan, _bind(cost, plan, keep_noise, noise_theta),
                                                               choices)
     rows = np.arange(len(plan.steps))
-    pick, rate = np.full(len(plan.steps), choices.index(plan.max_drafts)), 0.0
+    pick, rate = np.full(len(plan.steps), choices.index(plan.num_speculative_tokens)), 0.0
     for _ in range(1000):
         rate = (tokens0 + d_tokens[rows, pick].sum()) / (seconds0 + d_seconds[rows, pick].sum())
         better = np.argmax(d_tokens - rate * d_seconds, axis=1)
@@ -417,14 +417,14 @@ def regret(trace: Trace, cost: Cost, keep_noise: bool = True, noise_theta: np.nd
     """Tokens/s of every fixed K, the best fixed K, adaptive (restricted to `choices`) and
     the per-step oracle on the workload trace; adaptive's regret against the best fixed K
     and the oracle."""
-    max_drafts = trace[0]["max_drafts"]
+    num_speculative_tokens = trace[0]["num_speculative_tokens"]
 
     def run(decide: Decider) -> SimResult:
         return simulate(trace, cost, decide, keep_noise, noise_theta)
 
-    fixed = {k: run(FixedK(k)).tokens_per_s for k in range(max_drafts + 1)}
+    fixed = {k: run(FixedK(k)).tokens_per_s for k in range(num_speculative_tokens + 1)}
     best_k = max(fixed, key=lambda k: fixed[k])
-    adaptive = run(Adaptive(max_drafts, choices))
+    adaptive = run(Adaptive(num_speculative_tokens, choices))
     best = run(Planned(oracle(trace, cost, keep_noise, noise_theta, choices)))
     return {
         "fixed": {str(k): r for k, r in fixed.items()}, "best_fixed_k": best_k, "best_fixed": fixed[best_k],

@@ -117,9 +117,9 @@ class AcceptanceByPosition:
     is c_{i-1}), so rarely measuring it does not make drafting it look worse; a step that
     drafted fewer than i tokens says nothing about position i."""
 
-    def __init__(self, max_drafts: int) -> None:
-        self.reached = np.zeros(max_drafts)  # drafts whose position i was verified
-        self.accepted = np.zeros(max_drafts)  # ... and accepted
+    def __init__(self, num_speculative_tokens: int) -> None:
+        self.reached = np.zeros(num_speculative_tokens)  # drafts whose position i was verified
+        self.accepted = np.zeros(num_speculative_tokens)  # ... and accepted
 
     def record(self, num_drafts: int, num_accepted: int) -> None:
         self.reached[: min(num_drafts, num_accepted + 1)] += 1
@@ -169,9 +169,9 @@ class StepCostModel:
 class DraftLengthPolicy:
     """Chooses K per scheduled step (see the module docstring)."""
 
-    max_drafts: int
+    num_speculative_tokens: int
     clock: Callable[[], float] = time.monotonic
-    # the K it may choose (ascending, max_drafts included); None: every K in 0..max_drafts.
+    # the K it may choose (ascending, num_speculative_tokens included); None: every K in 0..num_speculative_tokens.
     # In vLLM, those in the dense schedule of Sparrow's dynamic table: the target's CUDA
     # graphs are captured for them only (see dynamic_table)
     choices: tuple[int, ...] | None = None
@@ -182,13 +182,13 @@ class DraftLengthPolicy:
     _logged: tuple[float, int | None] = (float("-inf"), None)  # (when, K) of the last INFO line
 
     def __post_init__(self) -> None:
-        if self.max_drafts < 1:
-            raise ValueError(f"DraftLengthPolicy needs num_speculative_tokens >= 1, got {self.max_drafts}")
-        self.choices = tuple(sorted(set(range(self.max_drafts + 1) if self.choices is None else self.choices)))
-        if self.max_drafts not in self.choices or not 0 <= self.choices[0]:
-            raise ValueError(f"DraftLengthPolicy choices {self.choices} must lie in 0..{self.max_drafts} "
-                             f"and hold {self.max_drafts} (seeded requests draft it)")
-        self.acceptance = AcceptanceByPosition(self.max_drafts)
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"DraftLengthPolicy needs num_speculative_tokens >= 1, got {self.num_speculative_tokens}")
+        self.choices = tuple(sorted(set(range(self.num_speculative_tokens + 1) if self.choices is None else self.choices)))
+        if self.num_speculative_tokens not in self.choices or not 0 <= self.choices[0]:
+            raise ValueError(f"DraftLengthPolicy choices {self.choices} must lie in 0..{self.num_speculative_tokens} "
+                             f"and hold {self.num_speculative_tokens} (seeded requests draft it)")
+        self.acceptance = AcceptanceByPosition(self.num_speculative_tokens)
 
     def _nearest(self, k: int) -> int:
         return min(self.choices, key=lambda c: (abs(c - k), -c))
@@ -196,11 +196,11 @@ class DraftLengthPolicy:
     def choose(self, shape: StepShape) -> int:
         """K for the requests that draft after this step."""
         if shape.drafting_requests == 0:
-            return self._last_k if self._last_k is not None else self.max_drafts
+            return self._last_k if self._last_k is not None else self.num_speculative_tokens
         n = self.decisions
         self.decisions += 1
         if n < len(_WARMUP_FRACTIONS):
-            k = self._nearest(round(_WARMUP_FRACTIONS[n] * self.max_drafts))
+            k = self._nearest(round(_WARMUP_FRACTIONS[n] * self.num_speculative_tokens))
         else:
             best, rates = self.best(shape)
             k = self._probe(best) if n % PROBE_EVERY == 0 else best
@@ -213,12 +213,12 @@ class DraftLengthPolicy:
         """(argmax_K L(K) / T(K), the predicted tokens per second per request for each K)."""
         lengths = self.acceptance.expected_tokens()
         rates = []
-        for k in range(self.max_drafts + 1):
+        for k in range(self.num_speculative_tokens + 1):
             nxt = shape.next_step(k)
             seconds = self.cost.predict(nxt.features(k))
             rates.append(lengths[k] / seconds if seconds > 0 else 0.0)
         if max(rates) == 0.0:  # no usable fit yet (every prediction <= 0): the configured K
-            return self.max_drafts, rates
+            return self.num_speculative_tokens, rates
         return max(self.choices, key=lambda k: rates[k]), rates
 
     def observe_step(self, shape: StepShape, k: int, seconds: float) -> None:
@@ -231,7 +231,7 @@ class DraftLengthPolicy:
             return
         self.acceptance.decay(ACCEPTANCE_FORGET)
         for num_drafts, num_accepted in drafts:
-            self.acceptance.record(min(num_drafts, self.max_drafts), min(num_accepted, self.max_drafts))
+            self.acceptance.record(min(num_drafts, self.num_speculative_tokens), min(num_accepted, self.num_speculative_tokens))
 
     def _probe(self, best: int) -> int:
         """The neighbour of `best` among the choices, alternately above and below."""
@@ -252,6 +252,6 @@ class DraftLengthPolicy:
         logger.info(
             "Sparrow draft length now %d of %d (predicted tokens/s per request by K: %s; "
             "acceptance by position: %s)",
-            best, self.max_drafts, ", ".join(f"{r:.1f}" for r in rates),
+            best, self.num_speculative_tokens, ", ".join(f"{r:.1f}" for r in rates),
             ", ".join(f"{a:.2f}" for a in self.acceptance.first_accepted()),
         )

@@ -107,7 +107,7 @@ class TextAnchoredDrafter:
         window: int | None,
         visual_rows: VisualRows,
         max_model_len: int,
-        max_draft_tokens: int,
+        num_speculative_tokens: int,
         compile_backend: str | None = None,
     ) -> None:
         """`compile_backend`: torch.compile backend of the draft forward (vLLM's own, e.g.
@@ -121,7 +121,7 @@ class TextAnchoredDrafter:
         self.max_model_len = max_model_len
         # the configured K: a decode query verifies at most this many drafts (the draft
         # length of a step may be smaller, down to 0, when it is chosen adaptively)
-        self.max_draft_tokens = max_draft_tokens
+        self.num_speculative_tokens = num_speculative_tokens
         self.steps = 0  # drafting steps run (engine tests read it to see which path ran)
         self._last_batch: tuple[str, ...] | None = None
         self._last_slot_list: list[int] = []
@@ -142,9 +142,9 @@ class TextAnchoredDrafter:
     @torch.no_grad()
     @on_decode_steps  # CUDA's sync-debug mode when SPARROW_SYNC_DEBUG asks (gpu_check)
     def step(
-        self, inputs: StepInputs, num_tokens: int, sample: SampleFn
+        self, inputs: StepInputs, num_draft_tokens: int, sample: SampleFn
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Commit this step's verified text rows and draft `num_tokens` tokens per request.
+        """Commit this step's verified text rows and draft `num_draft_tokens` tokens per request.
 
         Returns drafts [B, K] and, when `sample` gives them, probabilities [B, K, vocab].
         A decode step (at most K + 1 rows per request) runs without host synchronisation,
@@ -154,13 +154,13 @@ class TextAnchoredDrafter:
         self.steps += 1
         slots = self._slots(inputs)
         active = set(inputs.req_ids)
-        if inputs.max_query_len <= self.max_draft_tokens + 1:
+        if inputs.max_query_len <= self.num_speculative_tokens + 1:
             # each request commits at most max_query_len rows
             self.cache.reserve(self._last_slot_list, [inputs.max_query_len] * len(inputs.req_ids),
-                               max(num_tokens - 1, 0), active)
-            drafts = self.decode_step(inputs, slots, num_tokens, sample, *self._visible_rows(num_tokens))
+                               max(num_draft_tokens - 1, 0), active)
+            drafts = self.decode_step(inputs, slots, num_draft_tokens, sample, *self._visible_rows(num_draft_tokens))
         else:
-            drafts = self._prefill_step(inputs, slots, num_tokens, sample, active)
+            drafts = self._prefill_step(inputs, slots, num_draft_tokens, sample, active)
         self.cache.after_write()
         return drafts
 
@@ -169,7 +169,7 @@ class TextAnchoredDrafter:
         inputs: StepInputs,
         # [B] pool slots
         slots: torch.Tensor,
-        num_tokens: int,
+        num_draft_tokens: int,
         sample: SampleFn,
         # host: upper bounds of the cached rows the step's rows, and its chain rows, see
         visible_rows: int,
@@ -180,11 +180,11 @@ class TextAnchoredDrafter:
         sel = self._select(inputs, slots)
         # all rows, kept ones first (grouped by request)
         order = torch.argsort((~sel.keep).long() * len(inputs.req_ids) + sel.row_req, stable=True)
-        return self._write_and_draft(inputs, slots, sel, order, inputs.max_query_len, num_tokens, sample,
+        return self._write_and_draft(inputs, slots, sel, order, inputs.max_query_len, num_draft_tokens, sample,
                                      visible_rows, visible_chain_rows)
 
     def _prefill_step(
-        self, inputs: StepInputs, slots: torch.Tensor, num_tokens: int, sample: SampleFn, active: set[str]
+        self, inputs: StepInputs, slots: torch.Tensor, num_draft_tokens: int, sample: SampleFn, active: set[str]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         sel = self._select(inputs, slots)
         # only the kept rows (visual rows cost nothing further); this synchronises anyway,
@@ -192,16 +192,16 @@ class TextAnchoredDrafter:
         order = torch.nonzero(sel.keep).squeeze(1)
         lengths, new_rows = torch.stack((self.cache.lengths[slots], sel.counts)).tolist()
         self.cache.sync(self._last_slot_list, lengths)
-        self.cache.reserve(self._last_slot_list, new_rows, max(num_tokens - 1, 0), active)
+        self.cache.reserve(self._last_slot_list, new_rows, max(num_draft_tokens - 1, 0), active)
         # the attention pads each request to the most rows one keeps (a 25k-token chunk of
         # video keeps a handful), never to the chunk's length
-        return self._write_and_draft(inputs, slots, sel, order, max(1, *new_rows), num_tokens, sample,
-                                     *self._visible_rows(num_tokens))
+        return self._write_and_draft(inputs, slots, sel, order, max(1, *new_rows), num_draft_tokens, sample,
+                                     *self._visible_rows(num_draft_tokens))
 
-    def _visible_rows(self, num_tokens: int) -> tuple[int, int]:
+    def _visible_rows(self, num_draft_tokens: int) -> tuple[int, int]:
         """Host bounds of the cached rows a step's rows and its chain rows see."""
         # at least 2: torch.compile specialises the values 0 and 1 (a graph each)
-        rows, chain_rows = self.cache.visible_rows_bounds(self._last_slot_list, (0, num_tokens))
+        rows, chain_rows = self.cache.visible_rows_bounds(self._last_slot_list, (0, num_draft_tokens))
         return max(2, rows), max(2, chain_rows)
 
     def _select(self, inputs: StepInputs, slots: torch.Tensor) -> _Selection:
@@ -237,7 +237,7 @@ class TextAnchoredDrafter:
         order: torch.Tensor,
         # host: an upper bound of the rows kept per request
         max_rows: int,
-        num_tokens: int,
+        num_draft_tokens: int,
         sample: SampleFn,
         visible_rows: int,
         visible_chain_rows: int,
@@ -256,12 +256,12 @@ class TextAnchoredDrafter:
                                sel.row_seq[order], sel.input_ids[order])
         self.cache.expect_next(slots, inputs.seq_start + inputs.num_valid)
 
-        if num_tokens == 0:  # the draft-length policy chose K = 0: rows committed, no chain
+        if num_draft_tokens == 0:  # the draft-length policy chose K = 0: rows committed, no chain
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
         # The sample row is the last kept row of each request.
         hidden = out[rows.cu_seqlens[1:] - 1]
         pos = inputs.positions[inputs.sample_idx].long()
-        return self._draft_chain(hidden, pos, slots, num_tokens, sample, visible_chain_rows)
+        return self._draft_chain(hidden, pos, slots, num_draft_tokens, sample, visible_chain_rows)
 
     def _forward_eager(
         self,
@@ -319,7 +319,7 @@ class TextAnchoredDrafter:
             # a graph per family: one request or several (torch.compile specialises a
             # size of 1), K + 1 rows or one row each (the latter dense in the chain)
             shapes += [(batch, per_request, dense) for batch in (1, 3)
-                       for per_request, dense in ((self.max_draft_tokens + 1, False), (1, False), (1, True))]
+                       for per_request, dense in ((self.num_speculative_tokens + 1, False), (1, False), (1, True))]
         for batch, per_request, dense in shapes:
             n = batch * per_request
             zeros = torch.zeros(n, hidden_size, dtype=dtype, device=self.device)
@@ -353,7 +353,7 @@ class TextAnchoredDrafter:
         pos: torch.Tensor,
         # [B] pool slots
         slots: torch.Tensor,
-        num_tokens: int,
+        num_draft_tokens: int,
         sample: SampleFn,
         # host: an upper bound of the cached rows any chain row sees
         visible_rows: int,
@@ -361,15 +361,15 @@ class TextAnchoredDrafter:
         batch = hidden.shape[0]
         tokens, probs = sample(hidden)
         drafted, drafted_probs = [tokens], [probs]
-        if num_tokens > 1:
+        if num_draft_tokens > 1:
             # every chain step's rows, positions and scratch cells, computed once:
             # step s (1..K-1) adds absolute row committed + s - 1 at position pos + s
             one_each = torch.arange(batch + 1, device=self.device)
-            later = torch.arange(num_tokens - 1, device=self.device)[:, None]  # [K - 1, 1]
+            later = torch.arange(num_draft_tokens - 1, device=self.device)[:, None]  # [K - 1, 1]
             prefixes = self.cache.lengths[slots] + later  # [K - 1, B]
             positions = torch.clamp(pos + 1 + later, max=self.max_model_len - 1)
             blocks, offsets = self.cache.scratch_cells(slots, prefixes)
-        for step in range(1, num_tokens):
+        for step in range(1, num_draft_tokens):
             rows = _NewRows(one_each, slots, prefixes[step - 1], 1, dense=True)
             hidden, records = self._forward(
                 self.model.embed_input_ids(tokens), hidden, positions[step - 1], rows, visible_rows)

@@ -8,16 +8,16 @@ batch-size table or the adaptive draft length. It runs beside the scheduler on t
 reads nothing from the device. One line per event, in the order the scheduler saw them
 (with asynchronous scheduling, step n + 1 is scheduled before step n's output is back):
 
-    {"event": "engine", "version": 1, "method": "sparrow", "policy": "adaptive",
-     "max_drafts": 4, "choices": [0, 1, 2, 3, 4], "runner": "v2"}
-    {"event": "schedule", "step": 7, "k": 3, "seeded": false,
+    {"event": "engine", "version": 2, "method": "sparrow", "policy": "adaptive",
+     "num_speculative_tokens": 4, "choices": [0, 1, 2, 3, 4], "runner": "v2"}
+    {"event": "schedule", "step": 7, "num_draft_tokens": 3, "seeded": false,
      "requests": [["req-a", 4, 1620, true], ["req-b", 512, 1024, false]]}
     {"event": "output", "step": 7, "seconds": 0.0213,
      "verified": [["req-a", 3, 2]]}
 
 schedule: each scheduled request as [id, query tokens, context tokens after the step,
 samples this step], and K', the drafts the step's sampling requests propose after it (the
-next step verifies them); `seeded`: K' was pinned to max_drafts by a seeded request.
+next step verifies them); `seeded`: K' was pinned to num_speculative_tokens by a seeded request.
 output: the step's time as the policy measures it (from when it was scheduled, or from the
 previous output when steps overlap), and per request that verified drafts [id, drafts,
 drafts accepted]. policy: "none" (no speculation), "fixed", "table" (vLLM's
@@ -35,7 +35,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 TRACE_ENV = "SPARROW_STEP_TRACE"
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # version 1 (still read) named num_speculative_tokens max_drafts, num_draft_tokens k
 
 
 class StepTrace:
@@ -56,7 +56,7 @@ class StepTrace:
         return cls(Path(path), header) if path else None
 
     def scheduled(self, step: int, requests: list[tuple[str, int, int, bool]], k: int, seeded: bool) -> None:
-        self._write({"event": "schedule", "step": step, "k": k, "seeded": seeded,
+        self._write({"event": "schedule", "step": step, "num_draft_tokens": k, "seeded": seeded,
                      "requests": [list(r) for r in requests]})
 
     def finished(self, step: int, seconds: float, verified: list[tuple[str, int, int]]) -> None:
@@ -76,12 +76,20 @@ def read_trace(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not lines:
         raise ValueError(f"{path}: an empty step trace (was {TRACE_ENV} set for the engine?)")
     header = json.loads(lines[0])
+    version_1 = False
+    if header.get("event") == "engine" and header.get("version") == 1:
+        header["num_speculative_tokens"] = header.pop("max_drafts")
+        header["version"] = TRACE_VERSION
+        version_1 = True
     if header.get("event") != "engine" or header.get("version") != TRACE_VERSION:
         raise ValueError(f"{path}: not a version-{TRACE_VERSION} Sparrow step trace (first line {lines[0][:80]!r})")
     events = []
     for line in lines[1:]:
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError:
             break
+        if version_1 and "k" in event:
+            event["num_draft_tokens"] = event.pop("k")
+        events.append(event)
     return header, events

@@ -86,7 +86,7 @@ def _write(out_dir: str | None) -> None:
 
 def _is_decode(drafter: Any, inputs: Any) -> bool:
     """The drafter's own test of a decode step (TextAnchoredDrafter.step)."""
-    return inputs.max_query_len <= drafter.max_draft_tokens + 1
+    return inputs.max_query_len <= drafter.num_speculative_tokens + 1
 
 
 def _count(kind: str, index: int, caught: list[warnings.WarningMessage]) -> None:

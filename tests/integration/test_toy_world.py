@@ -37,9 +37,9 @@ def test_step_trace_without_speculation(baseline, runner):
     """SPARROW_STEP_TRACE records an engine without speculation too: every step drafts 0,
     and every request's prompt and output tokens are in it."""
     header, events = baseline["trace"]
-    assert header["policy"] == "none" and header["max_drafts"] == 0 and header["runner"] == runner
+    assert header["policy"] == "none" and header["num_speculative_tokens"] == 0 and header["runner"] == runner
     scheduled = [e for e in events if e["event"] == "schedule"]
-    assert {e["k"] for e in scheduled} == {0}
+    assert {e["num_draft_tokens"] for e in scheduled} == {0}
     assert len([e for e in events if e["event"] == "output"]) == len(scheduled)
     tokens: dict[str, int] = {}
     for e in scheduled:
@@ -90,7 +90,7 @@ def test_draft_length_schedule_with_zero_keeps_greedy_output(baseline, runner, t
     header, events = read_trace(tmp_path / "trace.jsonl")
     assert header["policy"] == "table"
     table = {1: 4, 2: 0, 3: 0, 4: 2}
-    assert all(e["k"] == table[len(e["requests"])] for e in events if e["event"] == "schedule")
+    assert all(e["num_draft_tokens"] == table[len(e["requests"])] for e in events if e["event"] == "schedule")
     # the last request's K = 4 drafts, after K = 0 steps, are still accepted
     assert 1 + _accepted(result) > 2.0
 

@@ -553,7 +553,7 @@ def _trace_header(scheduler: Any, vllm_config: Any, choices: tuple[int, ...] | N
         policy = "table" if scheduler.dynamic_sd_lookup is not None else "fixed"
     method = None if spec is None else (SPARROW_METHOD if is_sparrow_draft(spec) else spec.method)
     return {"method": method, "policy": policy,
-            "max_drafts": scheduler.num_spec_tokens, "choices": None if choices is None else list(choices),
+            "num_speculative_tokens": scheduler.num_spec_tokens, "choices": None if choices is None else list(choices),
             "runner": "v2" if vllm_config.use_v2_model_runner else "v1"}
 
 

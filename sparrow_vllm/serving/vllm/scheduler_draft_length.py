@@ -16,7 +16,7 @@ from sparrow_vllm.serving.step_trace import StepTrace
 logger = logging.getLogger(__name__)
 
 
-def dynamic_table(max_drafts: int) -> list[tuple[int, int, int]]:
+def dynamic_table(num_speculative_tokens: int) -> list[tuple[int, int, int]]:
     """The `num_speculative_tokens_per_batch_size` table Sparrow hands vLLM to turn its
     dynamic speculation on (ledger entry 1): batch sizes 1..K+1 get K, 0, K-1, ..., 1, and
     larger batches K.
@@ -31,9 +31,9 @@ def dynamic_table(max_drafts: int) -> list[tuple[int, int, int]]:
     smallest up (`choices_in` restricts the policy to what is there). K again from batch
     size K+2 on, so that the widest batches and anything reading the table as a plain
     schedule draft K."""
-    values = [max_drafts, 0, *range(max_drafts - 1, 0, -1)]
+    values = [num_speculative_tokens, 0, *range(num_speculative_tokens - 1, 0, -1)]
     return [(b, b, k) for b, k in enumerate(values, start=1)] + [
-        (max_drafts + 2, max_drafts + 2, max_drafts)]
+        (num_speculative_tokens + 2, num_speculative_tokens + 2, num_speculative_tokens)]
 
 
 def choices_in(dense_schedule: list[int]) -> tuple[int, ...]:
@@ -50,7 +50,7 @@ class SchedulerDraftLength:
     writes all of it to `trace` when one is given. Not adaptive (a fixed K, vLLM's
     batch-size table, or no speculation at all), it only observes: K' is what vLLM set."""
 
-    def __init__(self, max_drafts: int, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, num_speculative_tokens: int, clock: Callable[[], float] = time.monotonic,
                  choices: tuple[int, ...] | None = None, adaptive: bool = True,
                  trace: StepTrace | None = None) -> None:
         """`choices`: the K the policy may choose (see DraftLengthPolicy). Steps that schedule a request sampling at T > 0 with its own seed draft K_max, as
@@ -61,8 +61,8 @@ class SchedulerDraftLength:
         the choice: a drafted position is accepted if log p(d) > log u(seed, pos) and
         otherwise resampled without d, an undrafted one is a plain Gumbel(seed, pos) draw
         (on emulated V2, fixed K = 1 and K = 4 give a seeded request different tokens)."""
-        self.max_drafts = max_drafts
-        self.policy = DraftLengthPolicy(max_drafts, clock, choices) if adaptive else None
+        self.num_speculative_tokens = num_speculative_tokens
+        self.policy = DraftLengthPolicy(num_speculative_tokens, clock, choices) if adaptive else None
         self.clock = clock
         self.trace = trace
         self._steps = 0
@@ -79,12 +79,12 @@ class SchedulerDraftLength:
              requests[req_id].num_computed_tokens + q >= requests[req_id].num_tokens)
             for req_id, q in scheduler_output.num_scheduled_tokens.items()
         ]
-        shape = step_shape([r[1:] for r in scheduled], 1 + self.max_drafts)
+        shape = step_shape([r[1:] for r in scheduled], 1 + self.num_speculative_tokens)
         seeded = self.policy is not None and self._any_seeded(scheduler_output, requests)
         if self.policy is None:
             k = scheduler_output.num_spec_tokens_to_schedule or 0
         else:
-            k = self.max_drafts if seeded else self.policy.choose(shape)
+            k = self.num_speculative_tokens if seeded else self.policy.choose(shape)
             scheduler_output.num_spec_tokens_to_schedule = k
         step = self._steps
         self._steps += 1
@@ -108,7 +108,7 @@ class SchedulerDraftLength:
                         "depends on whether and what was drafted at its position, so a "
                         "varying K would change its tokens with load and batch. Costs what "
                         "adaptive K would save while such requests run",
-                        self.max_drafts,
+                        self.num_speculative_tokens,
                     )
                 return True
         return False

@@ -142,7 +142,7 @@ class SparrowProposer(EagleProposer):
         )
         drafts, probs = self.drafter.step(
             inputs,
-            num_speculative_tokens,
+            num_speculative_tokens,  # this step's drafts (vLLM's keyword)
             lambda hidden: self._sample_draft_tokens(hidden, sampling_metadata),
         )
         self._last_draft_probs = probs

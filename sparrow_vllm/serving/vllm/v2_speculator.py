@@ -155,7 +155,8 @@ class SparrowSpeculator(DraftModelSpeculator):
         del attn_metadata, slot_mappings, dp_sync_state, skip_attn_for_dummy_run, mm_inputs, is_profile
         assert self.drafter is not None, "load_model() first"
         num_reqs, num_tokens = input_batch.num_reqs, input_batch.num_tokens
-        k = self.num_speculative_steps if num_speculative_tokens is None else num_speculative_tokens
+        # this step's drafts: vLLM's keyword names them num_speculative_tokens
+        num_draft_tokens = self.num_speculative_steps if num_speculative_tokens is None else num_speculative_tokens
         drafts = self.draft_tokens[:num_reqs]
         drafts.fill_(-1)
         if dummy_run:
@@ -194,7 +195,7 @@ class SparrowSpeculator(DraftModelSpeculator):
         )
         # V2's sampler keys each draw by the position before the drafted token
         sample_pos = input_batch.positions[:num_tokens][sample_idx] + 1
-        chain_step = iter(range(k))
+        chain_step = iter(range(num_draft_tokens))
 
         def sample(hidden: torch.Tensor) -> tuple[torch.Tensor, None]:
             step = next(chain_step)
@@ -204,8 +205,8 @@ class SparrowSpeculator(DraftModelSpeculator):
             )
             return tokens, None
 
-        chain, _ = self.drafter.step(inputs, k, sample)
-        drafts[:, :k] = chain
+        chain, _ = self.drafter.step(inputs, num_draft_tokens, sample)
+        drafts[:, :num_draft_tokens] = chain
         return drafts
 
     def _positions(self, input_batch: Any) -> torch.Tensor:  # [num_tokens] int64

@@ -37,19 +37,19 @@ TRUE_THETA = np.array([0.010, 0.020, 0.004, 0.015, 0.0008, 0.0009, 0.0003])
 
 
 def fixed_trace(accepted: list[list[int]], seconds: list[float] | None = None, theta: np.ndarray = TRUE_THETA,
-                max_drafts: int = K_MAX, context: int = 500) -> tuple[dict, list[dict]]:
+                num_speculative_tokens: int = K_MAX, context: int = 500) -> tuple[dict, list[dict]]:
     """A K_max workload trace: per step, the requests that verify (all sample) and what each
     accepted (step 0 has no drafts to verify); times theta . features unless given."""
     header = {"event": "engine", "version": 1, "method": "sparrow", "policy": "fixed",
-              "max_drafts": max_drafts, "choices": None, "runner": "v2"}
+              "num_speculative_tokens": num_speculative_tokens, "choices": None, "runner": "v2"}
     events = []
     for n, row in enumerate(accepted):
-        q = 1 if n == 0 else 1 + max_drafts
+        q = 1 if n == 0 else 1 + num_speculative_tokens
         requests = [[f"r{i}", q, context + 5 * n + i, True] for i in range(len(row))]
-        shape = step_shape([(q, c, s) for _, q, c, s in requests], 1 + max_drafts)
-        verified = [] if n == 0 else [[f"r{i}", max_drafts, a] for i, a in enumerate(row)]
-        events.append({"event": "schedule", "step": n, "k": max_drafts, "seeded": False, "requests": requests})
-        t = float(theta @ shape.features(max_drafts)) if seconds is None else seconds[n]
+        shape = step_shape([(q, c, s) for _, q, c, s in requests], 1 + num_speculative_tokens)
+        verified = [] if n == 0 else [[f"r{i}", num_speculative_tokens, a] for i, a in enumerate(row)]
+        events.append({"event": "schedule", "step": n, "num_draft_tokens": num_speculative_tokens, "seeded": False, "requests": requests})
+        t = float(theta @ shape.features(num_speculative_tokens)) if seconds is None else seconds[n]
         events.append({"event": "output", "step": n, "seconds": t, "verified": verified})
     return header, events
 
@@ -84,7 +84,7 @@ def test_oracle_equals_brute_force_over_every_k_sequence(seed):
     rng = np.random.default_rng(seed)
     accepted = [[int(a) for a in rng.integers(0, 4, size=int(rng.integers(1, 4)))] for _ in range(4)]
     seconds = [float(TRUE_THETA @ np.ones(7)) * f for f in rng.uniform(0.3, 3.0, size=4)]
-    trace = fixed_trace(accepted, seconds=seconds, max_drafts=3)
+    trace = fixed_trace(accepted, seconds=seconds, num_speculative_tokens=3)
     brute = max(simulate(trace, TRUE_THETA, Planned(list(ks))).tokens_per_s
                 for ks in itertools.product(range(4), repeat=4))
     best = simulate(trace, TRUE_THETA, Planned(oracle(trace, TRUE_THETA))).tokens_per_s
@@ -95,19 +95,19 @@ def test_oracle_equals_brute_force_over_every_k_sequence(seed):
 def test_fit_step_cost_recovers_a_known_theta():
     rng = np.random.default_rng(0)
     traces = []
-    for max_drafts in (0, 1, 2, 4):
+    for num_speculative_tokens in (0, 1, 2, 4):
         events = []
         for n in range(40):
-            k = max_drafts if rng.random() < 0.8 else 0
-            requests = [[f"d{i}", int(rng.integers(1, 2 + max_drafts)), int(rng.integers(100, 9000)), True]
+            k = num_speculative_tokens if rng.random() < 0.8 else 0
+            requests = [[f"d{i}", int(rng.integers(1, 2 + num_speculative_tokens)), int(rng.integers(100, 9000)), True]
                         for i in range(int(rng.integers(1, 9)))]
             requests += [[f"p{i}", int(rng.integers(64, 512)), int(rng.integers(512, 9000)), bool(rng.random() < 0.5)]
                          for i in range(int(rng.integers(0, 3)))]
-            shape = step_shape([tuple(r[1:]) for r in requests], 1 + max_drafts)
-            events.append({"event": "schedule", "step": n, "k": k, "seeded": False, "requests": requests})
+            shape = step_shape([tuple(r[1:]) for r in requests], 1 + num_speculative_tokens)
+            events.append({"event": "schedule", "step": n, "num_draft_tokens": k, "seeded": False, "requests": requests})
             events.append({"event": "output", "step": n, "seconds": float(TRUE_THETA @ shape.features(k)),
                            "verified": []})
-        traces.append(({"policy": "fixed", "max_drafts": max_drafts}, events))
+        traces.append(({"policy": "fixed", "num_speculative_tokens": num_speculative_tokens}, events))
     np.testing.assert_allclose(fit_step_cost(traces), TRUE_THETA, rtol=1e-6)
 
 
@@ -123,7 +123,7 @@ def per_k_traces(means: dict[int, float] | None, noise: float = 0.3, steps: int 
     for k in range(4):
         accepted = [[int(a) for a in rng.integers(0, k + 1, size=3)] for _ in range(steps)]
         seconds = None if means is None else [means[k] * f for f in rng.uniform(1 - noise, 1 + noise, size=steps)]
-        header, events = fixed_trace(accepted, seconds=seconds, max_drafts=k)
+        header, events = fixed_trace(accepted, seconds=seconds, num_speculative_tokens=k)
         traces[k] = ({**header, "policy": "none", "method": None} if k == 0 else header, events)
     return traces
 
@@ -170,7 +170,7 @@ def test_oracle_under_measured_cost_equals_brute_force(seed):
     width taken as the max over a step's passes, not a sum of per-decision terms, falls short)."""
     rng = np.random.default_rng(seed)
     accepted = [[int(a) for a in rng.integers(0, 4, size=int(rng.integers(1, 4)))] for _ in range(4)]
-    trace = fixed_trace(accepted, seconds=[0.045 * f for f in rng.uniform(0.3, 3.0, size=4)], max_drafts=3)
+    trace = fixed_trace(accepted, seconds=[0.045 * f for f in rng.uniform(0.3, 3.0, size=4)], num_speculative_tokens=3)
     cost = MeasuredCost(CPU_MEANS)
     brute = max(simulate(trace, cost, Planned(list(ks))).tokens_per_s for ks in itertools.product(range(4), repeat=4))
     best = simulate(trace, cost, Planned(oracle(trace, cost))).tokens_per_s
@@ -184,10 +184,10 @@ class FakeEngine:
     comes back one step later (asynchronous scheduling) on a deterministic clock."""
 
     def __init__(self, path: Path, header: dict, adaptive: bool, seed: int = 0) -> None:
-        self.max_drafts = header["max_drafts"]
+        self.num_speculative_tokens = header["num_speculative_tokens"]
         self.now = 0.0
         self.adapter = SchedulerDraftLength(
-            self.max_drafts, clock=lambda: self.now, adaptive=adaptive, trace=StepTrace(path, header),
+            self.num_speculative_tokens, clock=lambda: self.now, adaptive=adaptive, trace=StepTrace(path, header),
             choices=tuple(header["choices"]) if adaptive else None)
         self.rng = np.random.default_rng(seed)
         self.requests: dict[str, SimpleNamespace] = {}
@@ -215,7 +215,7 @@ class FakeEngine:
         out = SimpleNamespace(
             total_num_scheduled_tokens=sum(scheduled.values()), num_scheduled_tokens=scheduled,
             scheduled_spec_decode_tokens={i: [-1] * self.drafts[i] for i in scheduled if self.drafts.get(i)},
-            num_spec_tokens_to_schedule=self.max_drafts)
+            num_spec_tokens_to_schedule=self.num_speculative_tokens)
         self.adapter.on_scheduled(out, self.requests)
         k = out.num_spec_tokens_to_schedule
         sampled, index = [], {}
@@ -252,9 +252,9 @@ class FakeEngine:
         self.adapter.trace.close()
 
 
-def record(path: Path, policy: str, max_drafts: int, seed: int = 0, steps: int = 90) -> Path:
-    header = {"method": "sparrow" if max_drafts else None, "policy": policy, "max_drafts": max_drafts,
-              "choices": list(range(max_drafts + 1)) if policy == "adaptive" else None, "runner": "v2"}
+def record(path: Path, policy: str, num_speculative_tokens: int, seed: int = 0, steps: int = 90) -> Path:
+    header = {"method": "sparrow" if num_speculative_tokens else None, "policy": policy, "num_speculative_tokens": num_speculative_tokens,
+              "choices": list(range(num_speculative_tokens + 1)) if policy == "adaptive" else None, "runner": "v2"}
     FakeEngine(path, header, adaptive=policy == "adaptive", seed=seed).run(steps)
     return path
 
@@ -382,12 +382,12 @@ def test_measured_cost_leaves_prompt_chunk_steps_as_recorded():
     fewer steps at a larger K, which would inflate it) nor rescaled with K."""
 
     def trace(k: int, decode_s: float) -> tuple[dict, list[dict]]:
-        header = {"event": "engine", "version": 1, "policy": "fixed" if k else "none", "max_drafts": k,
+        header = {"event": "engine", "version": 1, "policy": "fixed" if k else "none", "num_speculative_tokens": k,
                   "choices": None, "method": "sparrow", "runner": "v1"}
-        events = [{"event": "schedule", "step": 0, "k": k, "seeded": False, "requests": [["a", 500, 500, True]]},
+        events = [{"event": "schedule", "step": 0, "num_draft_tokens": k, "seeded": False, "requests": [["a", 500, 500, True]]},
                   {"event": "output", "step": 0, "seconds": 1.0, "verified": []}]
         for n in range(1, 4):
-            events += [{"event": "schedule", "step": n, "k": k, "seeded": False,
+            events += [{"event": "schedule", "step": n, "num_draft_tokens": k, "seeded": False,
                         "requests": [["a", 1 + k, 500 + n * (1 + k), True]]},
                        {"event": "output", "step": n, "seconds": decode_s, "verified": [["a", k, 0]] if k else []}]
         return header, events
@@ -399,3 +399,17 @@ def test_measured_cost_leaves_prompt_chunk_steps_as_recorded():
     # the first decode step verifies the prompt step's K' = 1 drafts: m(1) for all three
     assert simulate(traces[2], cost, FixedK(0)).seconds == pytest.approx(1.0 + 3 * 0.010, rel=1e-9)
     assert simulate(traces[2], cost, FixedK(1)).seconds == pytest.approx(1.0 + 3 * 0.015, rel=1e-9)
+
+
+def test_a_version_1_trace_reads_with_todays_names(tmp_path):
+    """Traces recorded before the draft length had its two names (benchmarks/results'
+    traces) read as version 2: max_drafts -> num_speculative_tokens, k -> num_draft_tokens."""
+    path = tmp_path / "old.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in (
+        {"event": "engine", "version": 1, "method": "sparrow", "policy": "fixed", "max_drafts": 4, "choices": None},
+        {"event": "schedule", "step": 0, "k": 3, "seeded": False, "requests": [["a", 1, 10, True]]},
+        {"event": "output", "step": 0, "seconds": 0.01, "verified": []},
+    )) + "\n")
+    header, events = read_trace(path)
+    assert header["version"] == 2 and header["num_speculative_tokens"] == 4 and "max_drafts" not in header
+    assert events[0]["num_draft_tokens"] == 3 and "k" not in events[0]

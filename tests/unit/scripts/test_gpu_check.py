@@ -165,7 +165,7 @@ def test_geometry_entry_summarises_with_real_geometrys_code(gpu_check):
 
 
 class _Drafter:
-    max_draft_tokens = 4
+    num_speculative_tokens = 4
 
     def step(self, inputs, num_tokens, sample):
         for _ in range(inputs.syncs):

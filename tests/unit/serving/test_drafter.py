@@ -39,7 +39,7 @@ def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4, drift_st
     rows = (window if window is not None else 256) + 2 * k + 1 + drift_steps * (k + 1)
     cache = TextKVCache(model.draft.layer_config.num_hidden_layers, blocks, block_size, slots,
                         -(-rows // block_size) + 1, 2, 8, torch.float32, "cpu", window=window)
-    return TextAnchoredDrafter(model, cache, window, _visual_rows(), max_model_len=512, max_draft_tokens=k,
+    return TextAnchoredDrafter(model, cache, window, _visual_rows(), max_model_len=512, num_speculative_tokens=k,
                                compile_backend=compile_backend)
 
 
@@ -380,7 +380,7 @@ def test_cuda_decode_step_does_not_synchronise():
     model = _draft().cuda()
     model.own_embedding, model.own_lm_head = model.own_embedding.cuda(), model.own_lm_head.cuda()
     cache = TextKVCache(2, 64, 16, 4, 34, 2, 8, torch.float32, "cuda")
-    drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(device="cuda"), max_model_len=512, max_draft_tokens=4)
+    drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(device="cuda"), max_model_len=512, num_speculative_tokens=4)
     a = Sequence(40)
 
     def cuda_inputs(parts):
