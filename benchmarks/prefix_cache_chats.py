@@ -22,14 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.bench.speedup import acceptance, counter_delta, counter_sum
+from sparrow_vllm.engine_job import run_engine_job
 from sparrow_vllm.provenance import provenance
+from sparrow_vllm.serving.vllm.runners import drafting_adapter
 
 logger = logging.getLogger("prefix_cache_chats")
 TOY_WORLD = Path(__file__).resolve().parents[1] / "models" / "toy-world"
@@ -98,9 +98,7 @@ def run_config(config: dict) -> dict:
 
 
 def _draft_cache_stats(worker) -> dict:
-    runner = worker.model_runner
-    adapter = getattr(runner, "speculator", None) or runner.drafter
-    return adapter.drafter.cache.stats()
+    return drafting_adapter(worker.model_runner).drafter.cache.stats()
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -146,17 +144,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def _run_in_subprocess(config: dict, workdir: Path, name: str) -> dict:
-    workdir.mkdir(parents=True, exist_ok=True)
-    job, result, log = (workdir / f"{name}{s}" for s in (".job.json", ".result.json", ".log"))
-    job.write_text(json.dumps(config, indent=1))
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    with log.open("w") as f:
-        proc = subprocess.run([sys.executable, __file__, "--job", str(job), str(result)], env=env,
-                              stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"engine run {name} failed; log {log}:\n{log.read_text(errors='replace')[-4000:]}")
-    return json.loads(result.read_text())
+    return run_engine_job(Path(__file__), config, workdir, name, child_args=("--job",),
+                          env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, env_defaults={"VLLM_CPU_KVCACHE_SPACE": "2"})
 
 
 def main() -> None:

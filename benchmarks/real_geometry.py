@@ -44,14 +44,8 @@ import sys
 import time
 from pathlib import Path
 
-from sparrow_vllm.bench.geometry import (
-    SCALES,
-    TOY_TARGET,
-    build_models,
-    run_in_subprocess,
-    runner_env,
-    speculative_config,
-)
+from sparrow_vllm.bench.geometry import SCALES, TOY_TARGET, build_models, speculative_config
+from sparrow_vllm.bench.geometry_job import run_in_subprocess
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.provenance import provenance
 
@@ -212,7 +206,7 @@ def main() -> None:
             start = time.time()
             logger.info("%s on %s", method, runner)
             results[(method, runner)] = run_in_subprocess(
-                _job(args, models, method), runner_env(runner, cpu), Path(f"{args.out}-runs"), f"{method}-{runner}")
+                _job(args, models, method), runner, cpu, Path(f"{args.out}-runs"), f"{method}-{runner}")
             seconds[f"{method}-{runner}"] = time.time() - start
     rows = summarise(results, args.k)
     machine = describe_machine()

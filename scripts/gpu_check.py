@@ -412,11 +412,14 @@ def _runner_info(worker: Any) -> dict[str, Any]:
     every uniform decode step from here on."""
     from collections import Counter
 
+    from sparrow_vllm.serving.vllm.runners import RUNNERS as MODEL_RUNNERS
+    from sparrow_vllm.serving.vllm.runners import drafting_adapter
+
     runner = worker.model_runner
     config = worker.vllm_config
     module = type(runner).__module__
     info: dict[str, Any] = {"runner": f"{module}.{type(runner).__name__}",
-                            "v2": any(c.__module__ == "vllm.v1.worker.gpu.model_runner" for c in type(runner).__mro__),
+                            "v2": any(c.__module__ == MODEL_RUNNERS["v2"].module for c in type(runner).__mro__),
                             "cudagraph_mode": str(getattr(config.compilation_config.cudagraph_mode, "name", "?")),
                             "enforce_eager": bool(config.model_config.enforce_eager)}
     manager = getattr(runner, "cudagraph_manager", None)
@@ -439,14 +442,16 @@ def _runner_info(worker: Any) -> dict[str, Any]:
 
         manager.dispatch = counted
         runner.gpu_check_dispatch = tally
-    adapter = getattr(runner, "speculator", None) or getattr(runner, "drafter", None)
+    adapter = drafting_adapter(runner)
     info["adapter"] = None if adapter is None else f"{type(adapter).__module__}.{type(adapter).__name__}"
     return info
 
 
 def _sparrow_steps(worker: Any) -> dict[str, Any]:
+    from sparrow_vllm.serving.vllm.runners import drafting_adapter
+
     runner = worker.model_runner
-    adapter = getattr(runner, "speculator", None) or getattr(runner, "drafter", None)
+    adapter = drafting_adapter(runner)
     drafter = getattr(adapter, "drafter", None)
     tally = getattr(runner, "gpu_check_dispatch", {})
     lengths: dict[str, dict[str, int]] = {}
@@ -458,7 +463,7 @@ def _sparrow_steps(worker: Any) -> dict[str, Any]:
 
 def engine_job(job: dict[str, Any]) -> dict[str, Any]:
     """One engine: the job's greedy prompts, then (with "measure") real_geometry's
-    in-engine step timing (sparrow_vllm/bench/geometry.py)."""
+    in-engine step timing (sparrow_vllm/bench/geometry_job.py)."""
     from vllm import LLM, SamplingParams
 
     from sparrow_vllm.bench.toy_requests import ToyQuestion
@@ -484,7 +489,7 @@ def engine_job(job: dict[str, Any]) -> dict[str, Any]:
 def _measure(llm: Any, job: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
     from vllm import SamplingParams
 
-    from sparrow_vllm.bench.geometry import _install_step_timer, measure
+    from sparrow_vllm.bench.geometry_job import _install_step_timer, measure
     from sparrow_vllm.bench.toy_requests import ToyQuestion
     from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens
 

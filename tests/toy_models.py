@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from sparrow_vllm.draft.checkpoint import save_draft
 from sparrow_vllm.draft.eagle_export import export_eagle
 from sparrow_vllm.draft.factory import new_draft
+from sparrow_vllm.engine_job import EngineJobError
+from sparrow_vllm.engine_job import run_engine_job as harness_run_engine_job
 from sparrow_vllm.families import load_family
+from sparrow_vllm.serving.vllm.runners import RUNNERS as MODEL_RUNNERS
+from sparrow_vllm.serving.vllm.runners import runner_env as registry_runner_env
 from sparrow_vllm.toy_targets import build_toy_target
 from sparrow_vllm.training.self_distill import SelfDistillSettings, self_distill
 
 JOB = Path(__file__).parent / "integration" / "engine_job.py"
+# Test-only settings of every engine the tests start, on top of the runner's own
+# environment (runners.runner_env(runner, cpu=True): the CPU build, and Model Runner V2's
+# Triton kernels in Triton's interpreter).
 ENGINE_ENV = {
     "VLLM_TARGET_DEVICE": "cpu",
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -27,19 +30,8 @@ ENGINE_ENV = {
 }
 # The engine tests run on both of vLLM's model runners. V1 is what vLLM picks on this CPU
 # machine; Model Runner V2 (every CUDA machine's default) runs here with its Triton kernels
-# in Triton's interpreter: SPARROW_TEST_TRITON_CPU=1 makes the test-only start-up hook that
-# `make setup` installs (scripts/setup_cpu_env.py) register a "cpu" Triton backend.
-RUNNER_ENV = {
-    "v1": {"VLLM_USE_V2_MODEL_RUNNER": "0"},
-    "v2": {"VLLM_USE_V2_MODEL_RUNNER": "1", "TRITON_INTERPRET": "1", "SPARROW_TEST_TRITON_CPU": "1"},
-}
-RUNNERS = tuple(RUNNER_ENV)
-# What runner_info reports for each runner: its base class module, and the Sparrow adapter.
-RUNNER_MODULE = {"v1": "vllm.v1.worker.gpu_model_runner", "v2": "vllm.v1.worker.gpu.model_runner"}
-ADAPTER = {
-    "v1": "sparrow_vllm.serving.vllm.v1_proposer.SparrowProposer",
-    "v2": "sparrow_vllm.serving.vllm.v2_speculator.SparrowSpeculator",
-}
+# in Triton's interpreter (the registry's CPU recipe for V2).
+RUNNERS = tuple(MODEL_RUNNERS)
 DISTILL = SelfDistillSettings(num_prompts=1024, steps=1500, seed=0)
 
 
@@ -80,15 +72,15 @@ def build_family_models(root: Path) -> dict[str, dict[str, Path]]:
 
 def runner_env(runner: str) -> dict[str, str]:
     """Environment for an engine (or `vllm serve`) on `runner` ("v1" or "v2")."""
-    return {**ENGINE_ENV, **RUNNER_ENV[runner]}
+    return {**ENGINE_ENV, **registry_runner_env(runner, cpu=True)}
 
 
 def assert_ran_on(result: dict, runner: str, sparrow: bool = True) -> None:
     """The engine job ran on `runner`, and (for Sparrow) its adapter drafted."""
     info = result["runner_info"]
-    assert f"{RUNNER_MODULE[runner]}.GPUModelRunner" in info["runner_bases"], info
+    assert MODEL_RUNNERS[runner].runner_class in info["runner_bases"], info
     if sparrow:
-        assert info["adapter"] == ADAPTER[runner], info
+        assert info["adapter"] == MODEL_RUNNERS[runner].adapter, info
         assert info["sparrow_adapter"] == runner and info["sparrow_steps"] > 0, info
 
 
@@ -96,22 +88,15 @@ def run_engine_job(
     job: dict, tmp_path: Path, timeout: float = 600, runner: str = "v1", env: dict | None = None
 ) -> dict:
     """Run engine_job.py in a fresh process (one engine at a time) on `runner` (with `env`
-    added to its environment) and return its JSON."""
+    added to its environment) and return its JSON; its log is kept beside the job."""
     workdir = Path(tempfile.mkdtemp(dir=tmp_path))
-    job_file, result_file = workdir / "job.json", workdir / "result.json"
-    job_file.write_text(json.dumps(job, default=str))
     # The engine core runs in this subprocess: every request is queued before the first
     # step, so batches (and so drafts) are the same from run to run.
-    env = {**os.environ, **runner_env(runner), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, str(JOB), str(job_file), str(result_file)],
-        env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"engine job failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-        )
-    return json.loads(result_file.read_text())
+    env = {**runner_env(runner), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **(env or {})}
+    try:
+        return harness_run_engine_job(JOB, job, workdir, "engine", env=env, timeout=timeout, tail_chars=10_000)
+    except EngineJobError as error:
+        raise AssertionError(str(error)) from None
 
 
 def sparrow(draft: Path, k: int = 3, adaptive: bool = False) -> dict:

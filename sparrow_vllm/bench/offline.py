@@ -16,17 +16,15 @@ The drafter is timed by wrapping the model runner's `drafter.propose` (see
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from sparrow_vllm.bench.speedup import acceptance, counter_delta
 from sparrow_vllm.bench.toy_requests import ToyQuestion
+from sparrow_vllm.engine_job import IN_PROCESS_ENGINE_ENV, child_main, run_engine_job
 
 logger = logging.getLogger(__name__)
 
@@ -236,28 +234,9 @@ def _run_groups(llm: Any, job: dict[str, Any], tokenizer: Any, params: Any, time
 def run_in_subprocess(job: dict[str, Any], workdir: Path, name: str, timeout: float | None = None) -> dict[str, Any]:
     """Run `job` in a fresh process (one engine at a time) and return its result; the
     engine's log is kept in workdir/name.log."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    job_file, result_file, log_file = (workdir / f"{name}{suffix}" for suffix in (".job.json", ".result.json", ".log"))
-    job_file.write_text(json.dumps(job, indent=1))
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    with log_file.open("w") as log:
-        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.bench.offline", str(job_file), str(result_file)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        tail = log_file.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"engine run {name} failed ({proc.returncode}); log {log_file}:\n{tail}")
-    return json.loads(result_file.read_text())
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    job_path, result_path = sys.argv[1], sys.argv[2]
-    with open(job_path) as f:
-        result = run_job(json.load(f))
-    with open(result_path, "w") as f:
-        json.dump(result, f)
+    return run_engine_job("sparrow_vllm.bench.offline", job, workdir, name, env=IN_PROCESS_ENGINE_ENV,
+                          env_defaults={"VLLM_CPU_KVCACHE_SPACE": "2"}, timeout=timeout)
 
 
 if __name__ == "__main__":
-    main()
+    child_main(run_job)

@@ -13,16 +13,15 @@ VLLM_ALLOW_INSECURE_SERIALIZATION=1 for this local, single-use engine.
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 from sparrow_vllm.check.prompts import build_prompt
+from sparrow_vllm.engine_job import child_main
+from sparrow_vllm.serving.vllm.runners import drafting_adapter
 
 
 def _adapter(worker: Any) -> Any:
-    runner = worker.model_runner
-    return getattr(runner, "speculator", None) or getattr(runner, "drafter", None)
+    return drafting_adapter(worker.model_runner)
 
 
 def worker_info(worker: Any) -> dict[str, Any]:
@@ -76,11 +75,9 @@ def inspect_after_prefill(llm: Any, prompt: dict[str, Any], params: Any) -> dict
     return {"prompt_token_ids": prompt_ids, **rows}
 
 
-def main(job_path: str, result_path: str) -> None:
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
-    with open(job_path) as f:
-        job = json.load(f)
     llm = LLM(model=job["target"], speculative_config=job.get("speculative_config"), seed=0,
               disable_log_stats=False, **job["engine"])
     tokenizer = llm.get_tokenizer()
@@ -96,9 +93,8 @@ def main(job_path: str, result_path: str) -> None:
     result["prompt_token_ids"] = [list(g.prompt_token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)
     result["worker"] = llm.collective_rpc(worker_info)[0]
-    with open(result_path, "w") as f:
-        json.dump(result, f)
+    return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    child_main(run_job, log_info=False)

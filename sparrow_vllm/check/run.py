@@ -11,12 +11,7 @@ Any mismatch is a failure with its reason; the report is JSON.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -25,15 +20,16 @@ from pydantic import BaseModel, Field
 
 from sparrow_vllm.check.prompts import prompt_kinds
 from sparrow_vllm.draft.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.engine_job import EngineJobError, run_engine_job
 from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, load_family
+from sparrow_vllm.serving.vllm.runners import runner_env
 
 logger = logging.getLogger(__name__)
 
-Runner = Literal["v1", "v2", "auto"]
+Runner = Literal["v1", "v2", "auto"]  # runners.RUNNER_CHOICES
 CPU_MEMORY_UTILIZATION = 0.3
 LOW_ACCEPTANCE = 1.1  # below this a draft is exact but useless
-RUNNER_ENV = {"v1": {"VLLM_USE_V2_MODEL_RUNNER": "0"}, "v2": {"VLLM_USE_V2_MODEL_RUNNER": "1"}, "auto": {}}
 
 
 class CheckSettings(BaseModel):
@@ -110,31 +106,14 @@ def _engine_args(family: TargetFamily, settings: CheckSettings) -> dict[str, Any
 
 
 def _run_engine(job: dict[str, Any], settings: CheckSettings, workdir: Path, name: str) -> dict[str, Any]:
-    job_path, result_path, log_path = (workdir / f"{name}.{ext}" for ext in ("job.json", "result.json", "log"))
-    job_path.write_text(json.dumps(job))
-    env = {**os.environ, **RUNNER_ENV[settings.runner], "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
-    logger.info("check: starting the %s engine (log: %s)", name, log_path)
-    with log_path.open("w") as log:
-        proc = subprocess.run([sys.executable, "-m", "sparrow_vllm.check.engine_run", str(job_path), str(result_path)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=settings.timeout_s)
-    if proc.returncode != 0 or not result_path.exists():
-        lines = log_path.read_text(errors="replace").splitlines()
-        raise RuntimeError(f"the {name} engine failed (exit {proc.returncode}): {_root_cause(lines)} "
-                           f"(full log: {log_path}); last log lines:\n" + "\n".join(lines[-15:]))
-    return json.loads(result_path.read_text())
+    env = {**runner_env(settings.runner), "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    return run_engine_job("sparrow_vllm.check.engine_run", job, workdir, name, env=env, timeout=settings.timeout_s)
 
 
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _root_cause(lines: list[str]) -> str:
-    """The first error line of an engine log (vLLM's own "see root cause above" excluded)."""
-    errors = [line for line in lines if re.search(r"\b\w*(Error|Exception): ", line)
-              and "Engine core initialization failed" not in line]
-    return errors[0].split("] ", 1)[-1].strip() if errors else "no error line in the log"
 
 
 def _first_difference(a: list[int], b: list[int]) -> int | None:
@@ -174,7 +153,7 @@ def run_check(target: str | Path, draft: str | Path, settings: CheckSettings | N
         try:
             alone = _run_engine(job, settings, root, "target-alone")
             sparrow = _run_engine({**job, "speculative_config": spec}, settings, root, "sparrow")
-        except (RuntimeError, subprocess.TimeoutExpired) as error:
+        except EngineJobError as error:
             report.failures.append(str(error))
             return report
     _compare(report, kinds, alone, sparrow)

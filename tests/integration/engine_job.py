@@ -38,6 +38,8 @@ import sys
 
 import numpy as np
 
+from sparrow_vllm.serving.vllm.runners import drafting_adapter
+
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -97,8 +99,7 @@ def build_prompt(spec: dict, tokenizer=None) -> dict:
 
 def _speculative_adapter(worker):
     """The runner's drafter: `drafter` on the V1 runner, `speculator` on Model Runner V2."""
-    runner = worker.model_runner
-    return getattr(runner, "speculator", None) or getattr(runner, "drafter", None)
+    return drafting_adapter(worker.model_runner)
 
 
 def _runner_info(worker) -> dict:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from sparrow_vllm.check import CheckSettings, run_check
-from tests.toy_models import ADAPTER, FAMILY_ARCHES, runner_env
+from sparrow_vllm.serving.vllm.runners import RUNNERS
+from tests.toy_models import FAMILY_ARCHES, runner_env
 
 SETTINGS = {"max_model_len": 2048, "max_tokens": 24, "num_speculative_tokens": 3}
 
@@ -40,7 +41,7 @@ def test_family_keeps_greedy_output_on_every_prompt_kind(reports, runner, arch):
     assert [p.kind for p in report.prompts] == ["text", "image", "video", "video+image"]
     assert all(p.equal for p in report.prompts)
     assert report.acceptance_length > 1.0, report.summary()
-    assert report.adapter == ADAPTER[runner] and report.drafted_on == runner
+    assert report.adapter == RUNNERS[runner].adapter and report.drafted_on == runner
 
 
 @pytest.mark.parametrize("arch", FAMILY_ARCHES)

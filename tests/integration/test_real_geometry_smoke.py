@@ -11,17 +11,11 @@ import sys
 from pathlib import Path
 
 from sparrow_vllm.bench.geometry import QWEN25_VL_7B, SMOKE, TOY_TARGET, build_target, target_config
+from sparrow_vllm.serving.vllm.runners import RUNNERS
 from tests.toy_models import ENGINE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 2
-RUNNER_MODULE = {"v1": "vllm.v1.worker.gpu_model_runner", "v2": "vllm.v1.worker.gpu.model_runner"}
-ADAPTER = {
-    ("sparrow", "v1"): "sparrow_vllm.serving.vllm.v1_proposer.SparrowProposer",
-    ("sparrow", "v2"): "sparrow_vllm.serving.vllm.v2_speculator.SparrowSpeculator",
-    ("eagle", "v1"): "vllm.v1.spec_decode.eagle.EagleProposer",
-    ("eagle", "v2"): "vllm.v1.worker.gpu.spec_decode.eagle.speculator.EagleSpeculator",
-}
 
 
 def test_7b_config_keeps_the_toy_targets_keys(tmp_path):
@@ -60,8 +54,8 @@ def test_real_geometry_smoke(tmp_path):
         # the engine verified the drafts (vLLM's counters): K drafts per request and step
         assert row["drafts_verified"] >= batch * row["decode_steps"], where
         info = result["runner_info"][f"{method}-{runner}"]
-        assert f"{RUNNER_MODULE[runner]}.GPUModelRunner" in info["runner_bases"], info
-        assert info["adapter"] == ADAPTER[(method, runner)], info
+        assert RUNNERS[runner].runner_class in info["runner_bases"], info
+        assert info["adapter"] == RUNNERS[runner].drafter_class(method), info
     for name, runs in result["runs"].items():
         for run in runs:
             where = (name, run["batch"])

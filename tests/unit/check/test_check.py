@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from sparrow_vllm.check.prompts import build_prompt, prompt_kinds
-from sparrow_vllm.check.run import CheckReport, CheckSettings, _compare, _root_cause, run_check
+from sparrow_vllm.check.run import CheckReport, CheckSettings, _compare, run_check
 from sparrow_vllm.cli.main import main
 from sparrow_vllm.draft.checkpoint import save_draft
 from sparrow_vllm.draft.factory import new_draft
@@ -59,13 +59,3 @@ def test_a_differing_output_is_a_failure_naming_the_prompt_and_token():
     assert [p.equal for p in report.prompts] == [True, False]
     assert report.prompts[1].first_difference == 1
     assert "video prompt" in report.failures[0] and "at token 1 (4 vs 9)" in report.failures[0]
-
-
-def test_an_engine_failure_names_its_root_cause():
-    lines = [
-        "(VllmWorker-0 pid=1) ERROR 12-03 08:19:59 [multiproc_executor.py:953] ValueError: Available memory "
-        "on node 0 (8.86/10.46 GiB) on startup is less than desired CPU memory utilization (0.92, 9.63 GiB).",
-        "RuntimeError: Engine core initialization failed. See root cause above.",
-    ]
-    assert _root_cause(lines).startswith("ValueError: Available memory on node 0")
-    assert _root_cause(["nothing to see"]) == "no error line in the log"
