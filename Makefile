@@ -36,7 +36,7 @@ demo: setup
 	$(PY) -m sparrow_vllm.demo
 
 test: setup lint check-wheel
-	$(PY) -m pytest -q -rs --durations=40
+	$(PY) -m pytest -q -rs --durations=0 --durations-min=0.5
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q

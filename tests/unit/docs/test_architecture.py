@@ -56,3 +56,12 @@ def test_only_serving_vllm_imports_vllm_on_the_serving_path():
     assert not core, f"these modules import vLLM outside sparrow_vllm/serving/vllm/: {core}"
     boundary = [p.name for p in (REPO / "sparrow_vllm" / "serving" / "vllm").glob("*.py") if _imports_vllm(p)]
     assert {"patches.py", "v1_proposer.py", "v2_speculator.py", "plugin.py"} <= set(boundary), boundary
+
+
+def test_a_module_over_400_lines_says_why_at_its_top():
+    long = []
+    for path in [*(REPO / "sparrow_vllm").rglob("*.py"), *(REPO / "kernels").glob("*.py")]:
+        lines = path.read_text().splitlines()
+        if len(lines) > 400 and "400 lines" not in "\n".join(lines[:40]):
+            long.append(f"{path.relative_to(REPO)} ({len(lines)} lines)")
+    assert not long, f"split these, or say at the top why they run past 400 lines: {long}"
