@@ -24,16 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sparrow_vllm.errors import EngineJobError
+
 logger = logging.getLogger(__name__)
 
 # An in-process engine (its core in the job's process, so a worker can be wrapped and read
 # with collective_rpc(function), which needs insecure serialization on).
 IN_PROCESS_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
 TAIL_CHARS = 4000
-
-
-class EngineJobError(RuntimeError):
-    """An engine job failed: it exited non-zero, timed out, or wrote no result."""
 
 
 def job_files(workdir: Path, name: str) -> tuple[Path, Path, Path]:

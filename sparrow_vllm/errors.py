@@ -37,3 +37,8 @@ class UnknownRunnerError(SparrowConfigError):
 
 class UnsupportedVLLMVersion(SparrowError, RuntimeError):
     """The installed vLLM is not a version sparrow-vllm supports."""
+
+
+class EngineJobError(SparrowError, RuntimeError):
+    """A vLLM engine run in its own process (sparrow_vllm/engine_job.py) failed: it exited
+    non-zero, timed out, or wrote no result; the message names the job and quotes its log."""
