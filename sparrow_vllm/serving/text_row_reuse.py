@@ -53,7 +53,7 @@ class RequestContent:
     def from_vllm(cls, new_req: Any) -> RequestContent:
         """From vLLM's NewRequestData: prompt_token_ids, prefill_token_ids (V2 only),
         mm_features (MultiModalFeatureSpec: identifier, mm_position), lora_request, and
-        cache_salt (carried over by vllm_patches entry 12)."""
+        cache_salt (carried over by serving/vllm/patches.py, ledger entry 12)."""
         prompt = tuple(new_req.prompt_token_ids)
         prefill = new_req.prefill_token_ids
         items = tuple(

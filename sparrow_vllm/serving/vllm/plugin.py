@@ -17,7 +17,7 @@ from sparrow_vllm.serving.vllm import logs, patches
 logger = logging.getLogger(__name__)
 
 # vLLM minor releases the plugin is made for; sparrow_vllm/serving/vllm/contract_check.py checks the
-# touch points in serving/vllm_contract.py against each (tests/unit/serving/vllm/test_vllm_contract.py).
+# touch points in serving/vllm/contract.py against each (tests/unit/serving/vllm/test_vllm_contract.py).
 SUPPORTED_VLLM = ("0.32", "0.33")
 CPU_VLLM = "0.32.0"  # the newest CPU build of vLLM (setup.py's [cpu] extra)
 _DRAFT_CLASS = "sparrow_vllm.serving.vllm.draft_architecture:SparrowDraftForCausalLM"

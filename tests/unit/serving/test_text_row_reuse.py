@@ -157,7 +157,7 @@ def _new_request_data(req_id, seq, prompt_len, prefill_len=None, lora=None, salt
         lora_request=lora,
         prefill_token_ids=None if prefill_len is None else seq.x[:prefill_len].tolist(),
     )
-    data.cache_salt = salt  # what vllm_patches entry 12 carries over from vLLM's Request
+    data.cache_salt = salt  # what patches.py (ledger entry 12) carries over from vLLM's Request
     return data
 
 

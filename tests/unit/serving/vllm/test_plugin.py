@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from sparrow_vllm.errors import UnsupportedVLLMVersion
-from sparrow_vllm.serving.vllm import patches as vllm_patches
-from sparrow_vllm.serving.vllm import plugin
+from sparrow_vllm.serving.vllm import patches, plugin
 
 
 def test_entry_point_is_installed():
@@ -20,7 +19,7 @@ def test_entry_point_is_installed():
 
 def test_register_is_idempotent_and_patches_on_import():
     code = (
-        "from sparrow_vllm.serving.vllm import patches as vllm_patches, plugin\n"
+        "from sparrow_vllm.serving.vllm import patches, plugin\n"
         "plugin.register(); plugin.register()\n"
         "import vllm.engine.arg_utils as a, vllm.v1.worker.gpu_model_runner as g\n"
         "import vllm.v1.worker.gpu.model_runner as v2, vllm.utils.cpu_triton_utils as c\n"
@@ -29,7 +28,7 @@ def test_register_is_idempotent_and_patches_on_import():
         "assert sched.Scheduler.update_from_output.__sparrow_patched__\n"
         "assert v2.init_speculator.__sparrow_patched__ and v2.GPUModelRunner._remove_request.__sparrow_patched__\n"
         "from vllm import ModelRegistry\n"
-        "assert all(vllm_patches.applied().values()), vllm_patches.applied()\n"
+        "assert all(patches.applied().values()), patches.applied()\n"
         "assert 'EagleSparrowDraftForCausalLM' in ModelRegistry.get_supported_archs()\n"
         "f = a.EngineArgs.create_speculative_config\n"
         "plugin._registered = False; plugin.register()\n"
@@ -61,10 +60,10 @@ def test_sparrow_draft_is_recognised_by_architecture():
     spec = SimpleNamespace(
         draft_model_config=SimpleNamespace(architectures=["EagleSparrowDraftForCausalLM"])
     )
-    assert vllm_patches.is_sparrow_draft(spec)
+    assert patches.is_sparrow_draft(spec)
     spec.draft_model_config.architectures = ["EagleLlamaForCausalLM"]
-    assert not vllm_patches.is_sparrow_draft(spec)
-    assert not vllm_patches.is_sparrow_draft(None)
+    assert not patches.is_sparrow_draft(spec)
+    assert not patches.is_sparrow_draft(None)
 
 
 def test_a_runner_without_adapter_cannot_run_the_draft_as_eagle():

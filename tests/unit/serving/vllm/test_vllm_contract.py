@@ -1,4 +1,4 @@
-"""sparrow-vllm's contract with vLLM (serving/vllm_contract.py), checked statically
+"""sparrow-vllm's contract with vLLM (serving/vllm/contract.py), checked statically
 (sparrow_vllm/serving/vllm/contract_check.py).
 
 The installed vLLM (0.32 on CPU) is checked from site-packages; vLLM 0.33, which has no
