@@ -41,12 +41,8 @@ from typing import Any
 
 from sparrow_vllm.analysis.gpu_cost import gpu_theta
 from sparrow_vllm.analysis.measured_cost import MeasuredCost, fit_quality
-from sparrow_vllm.analysis.trace_replay import (
-    FEATURES,
-    fit_step_cost,
-    regret,
-    replay_decisions,
-)
+from sparrow_vllm.analysis.step_cost_fit import FEATURES, fit_step_cost
+from sparrow_vllm.analysis.trace_replay import regret, replay_decisions
 from sparrow_vllm.bench.machine import describe_machine
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.serving.step_trace import read_trace

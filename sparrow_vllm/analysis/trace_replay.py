@@ -1,6 +1,4 @@
 """Offline replay of Sparrow's adaptive draft length from step traces (serving/step_trace.py).
-(Past 400 lines: one job, the simulator of draft-length policies with its exact oracle.)
-
 Two jobs, numpy only (no engine, no vLLM):
 
 - `replay_decisions`: feeds an "adaptive" trace's steps, in file order, to a fresh
@@ -19,7 +17,8 @@ Two jobs, numpy only (no engine, no vLLM):
   in hindsight, exact by Dinkelbach iteration: under either cost the trace's tokens and
   seconds are sums of per-decision terms).
 
-gpu_cost.gpu_theta estimates (does not measure) theta for a Qwen2.5-VL-7B target with a
+step_cost_fit.fit_step_cost fits theta to recorded traces; gpu_cost.gpu_theta estimates
+(does not measure) theta for a Qwen2.5-VL-7B target with a
 Sparrow draft on one H100 SXM.
 """
 
@@ -37,8 +36,6 @@ from sparrow_vllm.serving.draft_length import DraftLengthPolicy, StepShape, step
 logger = logging.getLogger(__name__)
 
 Trace = tuple[dict[str, Any], list[dict[str, Any]]]  # (header, events) as read_trace returns
-FEATURES = ("step", "verify tokens/1e3", "verify work/1e6", "prompt tokens/1e3",
-            "prompt work/1e6", "K", "K*B")  # StepShape.features, in order
 
 
 def _constant_clock() -> float:
@@ -107,55 +104,6 @@ def steps_of(events: list[dict[str, Any]]) -> list[Step]:
             step.seconds = event["seconds"]
             step.verified = {r: (d, a) for r, d, a in event["verified"]}
     return list(steps.values())
-
-
-def fit_step_cost(traces: Sequence[Trace]) -> np.ndarray:
-    """theta [7] of T = theta . StepShape.features(K'): least squares on relative error
-    (weights 1 / seconds^2, no forgetting) over every finished step of `traces`, every
-    coefficient >= 0 (each is a cost: a fit free to go negative predicts negative step
-    times at K' the traces seldom ran)."""
-    rows, seconds, skipped = [], [], 0
-    for header, events in traces:
-        for step in steps_of(events):
-            if step.seconds is None:
-                continue
-            if step.seconds <= 0:
-                skipped += 1
-                continue
-            rows.append(step.shape(header["num_speculative_tokens"]).features(step.k))
-            seconds.append(step.seconds)
-    if skipped:
-        logger.warning("fit_step_cost: left out %d steps timed at <= 0 s", skipped)
-    if len(rows) < len(FEATURES):
-        raise ValueError(f"fit_step_cost: {len(rows)} finished steps, at least {len(FEATURES)} needed "
-                         "(record longer traces)")
-    times = np.array(seconds)
-    relative = np.array(rows) / times[:, None]  # (f . theta - s) / s = f / s . theta - 1
-    return nonnegative_least_squares(relative, np.ones(len(times)))
-
-
-def nonnegative_least_squares(a: np.ndarray, b: np.ndarray, tolerance: float = 1e-10) -> np.ndarray:
-    """argmin ||a x - b|| over x >= 0 (Lawson and Hanson's active-set method).
-    a [rows, n], b [rows] -> x [n]."""
-    n = a.shape[1]
-    x, passive = np.zeros(n), np.zeros(n, dtype=bool)
-    for _ in range(3 * n):
-        gradient = a.T @ (b - a @ x)
-        if passive.all() or gradient[~passive].max() <= tolerance:
-            break
-        passive[np.argmax(np.where(passive, -np.inf, gradient))] = True
-        while True:
-            z = np.zeros(n)
-            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
-            if z[passive].min() > 0:
-                x = z
-                break
-            blocked = passive & (z <= 0)
-            step = np.min(x[blocked] / (x[blocked] - z[blocked]))
-            x = x + step * (z - x)
-            passive &= x > tolerance
-            x[~passive] = 0.0
-    return x
 
 
 # ---- counterfactual simulation ------------------------------------------------------------

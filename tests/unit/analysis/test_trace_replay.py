@@ -16,11 +16,10 @@ from vllm.sampling_params import SamplingType
 
 from sparrow_vllm.analysis.gpu_cost import gpu_theta
 from sparrow_vllm.analysis.measured_cost import MeasuredCost, fit_quality
+from sparrow_vllm.analysis.step_cost_fit import fit_step_cost, nonnegative_least_squares
 from sparrow_vllm.analysis.trace_replay import (
     FixedK,
     Planned,
-    fit_step_cost,
-    nonnegative_least_squares,
     oracle,
     regret,
     replay_decisions,
