@@ -71,14 +71,16 @@ def _run(module: ModuleType, args: argparse.Namespace, window: int | None) -> di
     # the prompt: one prefill chunk of `context` text rows per request (synchronising)
     cache.sync(slots, [0] * len(slots))
     cache.reserve(slots, [context] * len(slots), k, active)
-    cache.lengths[slot_index] = context
+    # the device row counts (a revision from before the layout split holds them itself)
+    lengths = getattr(cache, "layout", cache).lengths
+    lengths[slot_index] = context
     cache.after_write()
     held = cache.blocks_held(req_ids[0])
     rng = random.Random(0)
 
     def write() -> None:  # the device's part of a step: each request accepts 1..K+1 rows
         accepted = torch.tensor([rng.randint(1, k + 1) for _ in slots], device=cache.device)
-        cache.lengths[slot_index] += accepted
+        lengths[slot_index] += accepted
 
     repeats = []
     for repeat in range(args.repeats + 1):  # the first repeat warms up

@@ -98,8 +98,8 @@ def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
     width = -(-(rows + 2 * k + 1 + args.reps * (k + 1)) // block) + 1
     cache = TextKVCache(1, args.batch * width, block, args.batch, width, args.kv_heads,
                         args.head_dim, dtype, device)
-    cache.k.normal_()
-    cache.v.normal_()
+    cache.layout.k.normal_()
+    cache.layout.v.normal_()
     drafter = TextAnchoredDrafter(model, cache, None, _visual_rows(filter_visual, device), max_model_len=1 << 20,
                                   num_speculative_tokens=k)
     req_ids = [f"r{i}" for i in range(args.batch)]
@@ -107,9 +107,9 @@ def _filled_drafter(args, model, rows: int, filter_visual: bool, device, dtype):
     slots, _ = cache.prepare_batch(req_ids, zeros, [0] * args.batch, set())
     # every request has seen its V + T prompt rows; `rows` of them are cached (in blocks)
     cache.reserve(slots, [rows] * args.batch, k, set(req_ids))
-    cache.lengths[: args.batch] = rows
+    cache.layout.lengths[: args.batch] = rows
     cache.sync(slots, [rows] * args.batch)
-    cache.next_seq[: args.batch] = args.visual_len_now + args.text_len
+    cache.layout.next_seq[: args.batch] = args.visual_len_now + args.text_len
     return drafter, req_ids
 
 
@@ -135,12 +135,12 @@ def _decode_inputs(args, req_ids, device, dtype) -> StepInputs:
 
 def _step_seconds(args, drafter, req_ids, device, dtype) -> float:
     inputs = _decode_inputs(args, req_ids, device, dtype)
-    lengths = drafter.cache.lengths.clone()
-    next_seq = drafter.cache.next_seq.clone()
+    lengths = drafter.cache.layout.lengths.clone()
+    next_seq = drafter.cache.layout.next_seq.clone()
 
     def step():
-        drafter.cache.lengths.copy_(lengths)  # same cache state every repetition
-        drafter.cache.next_seq.copy_(next_seq)
+        drafter.cache.layout.lengths.copy_(lengths)  # same cache state every repetition
+        drafter.cache.layout.next_seq.copy_(next_seq)
         drafter.step(inputs, args.spec_tokens,
                      lambda h: (drafter.model.compute_logits(h).argmax(-1), None))
 

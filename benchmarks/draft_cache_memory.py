@@ -41,11 +41,11 @@ def old_layout_bytes(max_model_len: int, max_num_seqs: int) -> int:
 
 
 def measured_bytes(plan) -> int:
-    cache = TextKVCache.from_plan(plan, "cpu")
-    tensors = [cache.k, cache.v, cache.block_table, cache.lengths, cache.first_row,
-               cache.next_seq, cache.row_seq, cache.row_token]
+    layout = TextKVCache.from_plan(plan, "cpu").layout
+    tensors = [layout.k, layout.v, layout.block_table, layout.lengths, layout.first_row,
+               layout.next_seq, layout.row_seq, layout.row_token]
     total = sum(t.numel() * t.element_size() for t in tensors)
-    del cache, tensors
+    del layout, tensors
     gc.collect()
     return total
 

@@ -86,12 +86,12 @@ class DecodeCase:
         (slot,), _ = cache.prepare_batch(["r0"], torch.zeros(1, dtype=torch.int64, device=cache.device),
                                          [0], set())
         cache.reserve([slot], [rows], k, {"r0"})
-        cache.k.normal_(generator=g)
-        cache.v.normal_(generator=g)
-        cache.lengths[slot] = rows
+        cache.layout.k.normal_(generator=g)
+        cache.layout.v.normal_(generator=g)
+        cache.layout.lengths[slot] = rows
         cache.sync([slot], [rows])
         start = 25000 + rows  # target index of the step's first row
-        cache.next_seq[slot] = start
+        cache.layout.next_seq[slot] = start
         drafter._last_batch = None
         n = k + 1
         hidden = drafter.model.own_embedding.shape[1]
@@ -110,8 +110,8 @@ class DecodeCase:
             max_query_len=n,
         )
         self.slot = slot
-        self.lengths = cache.lengths.clone()
-        self.next_seq = cache.next_seq.clone()
+        self.lengths = cache.layout.lengths.clone()
+        self.next_seq = cache.layout.next_seq.clone()
         self.sample = lambda h: (drafter.model.compute_logits(h).argmax(-1), None)
         self.run()  # first decode step: host bookkeeping for the batch (not what is timed)
 
@@ -121,8 +121,8 @@ class DecodeCase:
 
     def reset(self) -> None:
         """The same cache state as before the step (device counts and the host's bound)."""
-        self.cache.lengths.copy_(self.lengths)
-        self.cache.next_seq.copy_(self.next_seq)
+        self.cache.layout.lengths.copy_(self.lengths)
+        self.cache.layout.next_seq.copy_(self.next_seq)
         self.cache.sync([self.slot], [self.rows])
 
 

@@ -28,7 +28,7 @@ def paged_cells(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ([...] physical block, [...] offset)
     """Where absolute row a of a slot lives in the block pool: block
     `block_table[slot, (a // S) % M]`, offset `a % S`. The one address formula: the cache
-    (sparrow_vllm/serving/text_kv_cache.py, cache_cells.py) writes through it, this module
+    (sparrow_vllm/serving/text_cache_layout.py) writes through it, this module
     reads through it, and the Triton kernel computes the same (text_window_attention.py)."""
     return block_table[slots, (rows // block_size) % block_table.shape[1]], rows % block_size
 

@@ -5,9 +5,10 @@ Read top-down (the whole path from `vllm serve` to the kernel: docs/architecture
     drafter.py         TextAnchoredDrafter: the one drafting implementation both runner
                        adapters (vllm/v1_proposer.py, vllm/v2_speculator.py) call
     visual_rows.py     which rows are visual, by the target family's rule (never cached)
-    text_kv_cache.py   TextKVCache: the draft's own paged cache of text rows, its allocator
-                       and its writes (commit_rows, scratch_cells, write_rows)
-    cache_cells.py     the cell each of a step's rows is written to (the cache's device math)
+    text_kv_cache.py   TextKVCache: the draft's own paged cache of text rows, the host
+                       allocator of its blocks (slots, reference counts, out of blocks)
+    text_cache_layout.py  TextCacheLayout: the cache's device tensors and writes
+                       (commit_rows, scratch_cells, write_rows) and the cell of each row
     text_cache_plan.py the cache's layout and size, planned at start-up
     attention_op.py    the attention as a registered op (torch.ops.sparrow), what compiles
     attention.py       text-window attention (backend choice, checks)

@@ -11,8 +11,8 @@ One step, for the rows the target verified (EAGLE pairing, row i = (x_{i+1}, h_i
 
 (One job, the step, in its host part and its device part, which torch.compile captures
 whole: why this file runs a little past 400 lines. Where rows go and how they are written
-is the cache's: TextKVCache.commit_rows, scratch_cells and write_rows; the attention op is
-attention_op.py.)
+is the cache's device layout's: TextCacheLayout.commit_rows, scratch_cells and write_rows
+(text_cache_layout.py); the attention op is attention_op.py.)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from sparrow_vllm.draft.model import AttentionFn
 from sparrow_vllm.kernels.reference import TextWindowPlan, plan_text_window
 from sparrow_vllm.serving import attention_op
 from sparrow_vllm.serving.attention import select_backend
-from sparrow_vllm.serving.cache_cells import cumsum0
 from sparrow_vllm.serving.sync_debug import on_decode_steps
+from sparrow_vllm.serving.text_cache_layout import cumsum0
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.text_row_reuse import RequestContent
 from sparrow_vllm.serving.visual_rows import VisualRows
@@ -115,7 +115,7 @@ class TextAnchoredDrafter:
         self.model = model
         self.cache = cache
         self.window = window
-        self.device = cache.k.device
+        self.device = cache.device
         self.visual_rows = visual_rows
         cache.visual_token_mask = visual_rows.token_mask
         self.max_model_len = max_model_len
@@ -135,7 +135,8 @@ class TextAnchoredDrafter:
         if compile_backend is not None:
             # shapes change with the batch and the rows kept: compiled dynamically; the
             # cache's buffers never change shape (no size of theirs becomes a symbol)
-            for buffer in (cache.k, cache.v, cache.block_table, cache.first_row, cache.lengths):
+            layout = cache.layout
+            for buffer in (layout.k, layout.v, layout.block_table, layout.first_row, layout.lengths):
                 torch._dynamo.mark_static(buffer)
             self._forward = torch.compile(self._forward_eager, backend=compile_backend, dynamic=True)
 
@@ -190,7 +191,7 @@ class TextAnchoredDrafter:
         # only the kept rows (visual rows cost nothing further); this synchronises anyway,
         # so read the exact row counts with it
         order = torch.nonzero(sel.keep).squeeze(1)
-        lengths, new_rows = torch.stack((self.cache.lengths[slots], sel.counts)).tolist()
+        lengths, new_rows = torch.stack((self.cache.layout.lengths[slots], sel.counts)).tolist()
         self.cache.sync(self._last_slot_list, lengths)
         self.cache.reserve(self._last_slot_list, new_rows, max(num_draft_tokens - 1, 0), active)
         # the attention pads each request to the most rows one keeps (a 25k-token chunk of
@@ -209,7 +210,7 @@ class TextAnchoredDrafter:
         batch = len(inputs.req_ids)
         n_rows = inputs.token_ids.shape[0]
         qsl = inputs.query_start
-        self.cache.note_holes(slots, inputs.seq_start)
+        self.cache.layout.note_holes(slots, inputs.seq_start)
         # Row i carries token x_{i+1}; each request's sample row carries its next token.
         input_ids = torch.zeros(n_rows, dtype=torch.int64, device=self.device)
         input_ids[: n_rows - 1] = inputs.token_ids[1:n_rows]
@@ -243,7 +244,7 @@ class TextAnchoredDrafter:
         visible_chain_rows: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = len(inputs.req_ids)
-        rows = _NewRows(cumsum0(sel.counts), slots, self.cache.lengths[slots], max_rows)
+        rows = _NewRows(cumsum0(sel.counts), slots, self.cache.layout.lengths[slots], max_rows)
         out, records = self._forward(
             self.model.embed_input_ids(sel.input_ids[order]),
             inputs.hidden_states[order],
@@ -252,9 +253,9 @@ class TextAnchoredDrafter:
             visible_rows,
         )
         commit = (sel.keep & sel.is_text)[order]
-        self.cache.commit_rows(records, rows.slot_ids, rows.prefix_lens, sel.row_req[order], commit,
-                               sel.row_seq[order], sel.input_ids[order])
-        self.cache.expect_next(slots, inputs.seq_start + inputs.num_valid)
+        self.cache.layout.commit_rows(records, rows.slot_ids, rows.prefix_lens, sel.row_req[order], commit,
+                                      sel.row_seq[order], sel.input_ids[order])
+        self.cache.layout.expect_next(slots, inputs.seq_start + inputs.num_valid)
 
         if num_draft_tokens == 0:  # the draft-length policy chose K = 0: rows committed, no chain
             return torch.empty(batch, 0, dtype=torch.int64, device=self.device), None
@@ -366,14 +367,14 @@ class TextAnchoredDrafter:
             # step s (1..K-1) adds absolute row committed + s - 1 at position pos + s
             one_each = torch.arange(batch + 1, device=self.device)
             later = torch.arange(num_draft_tokens - 1, device=self.device)[:, None]  # [K - 1, 1]
-            prefixes = self.cache.lengths[slots] + later  # [K - 1, B]
+            prefixes = self.cache.layout.lengths[slots] + later  # [K - 1, B]
             positions = torch.clamp(pos + 1 + later, max=self.max_model_len - 1)
-            blocks, offsets = self.cache.scratch_cells(slots, prefixes)
+            blocks, offsets = self.cache.layout.scratch_cells(slots, prefixes)
         for step in range(1, num_draft_tokens):
             rows = _NewRows(one_each, slots, prefixes[step - 1], 1, dense=True)
             hidden, records = self._forward(
                 self.model.embed_input_ids(tokens), hidden, positions[step - 1], rows, visible_rows)
-            self.cache.write_rows(records, blocks[step - 1], offsets[step - 1])
+            self.cache.layout.write_rows(records, blocks[step - 1], offsets[step - 1])
             tokens, probs = sample(hidden)
             drafted.append(tokens)
             drafted_probs.append(probs)
@@ -387,13 +388,13 @@ class TextAnchoredDrafter:
         # host: an upper bound of the cached rows any of these rows sees
         visible_rows: int,
     ) -> AttentionFn:
-        cache = self.cache
+        layout = self.cache.layout
         window = self.window
         backend = self.attention_backend
         # the same for every layer of this forward: read once, and the reference backend's
         # gather indices and mask planned once (on the first layer, whose q gives the rows)
         # from host bounds, so nothing is read back
-        first_rows = cache.first_row[rows.slot_ids]
+        first_rows = layout.first_row[rows.slot_ids]
         plan: list[TextWindowPlan | None] = []
 
         def attend(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -401,11 +402,11 @@ class TextAnchoredDrafter:
                 record.append((k, v))
             if not plan:
                 plan.append(None if backend != "reference" else plan_text_window(
-                    rows.cu_seqlens, cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
-                    window, cache.block_size, q.shape[0], visible_rows, rows.max_rows, rows.dense))
+                    rows.cu_seqlens, layout.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
+                    window, layout.block_size, q.shape[0], visible_rows, rows.max_rows, rows.dense))
             return attention_op.attend(
-                q, k, v, rows.cu_seqlens, cache.k[layer_idx], cache.v[layer_idx],
-                cache.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
+                q, k, v, rows.cu_seqlens, layout.k[layer_idx], layout.v[layer_idx],
+                layout.block_table, rows.slot_ids, rows.prefix_lens, first_rows,
                 window, backend, rows.max_rows, plan[0],
             )
 

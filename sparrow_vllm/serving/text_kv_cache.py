@@ -1,18 +1,9 @@
-"""TextKVCache: the draft's own paged KV cache of text rows.
+"""TextKVCache: the draft's own paged KV cache of text rows, as the host allocator of the
+blocks of its device layout (`layout`, a TextCacheLayout: the tensors the attention op
+reads and every write to them, text_cache_layout.py).
 
-Layout (what the attention op and its kernel read):
-
-    k, v         [num_layers, num_blocks + 1, S, num_kv_heads, head_dim]   S rows per block
-    block_table  [num_slots + 1, M]   physical block of each table column of a request slot
-    lengths      [num_slots + 1]      committed text rows per slot (absolute count)
-    first_row    [num_slots + 1]      first absolute row still cached (older ones dropped)
-    next_seq     [num_slots + 1]      target index of the next row each slot expects
-    row_seq      [num_blocks + 1, S]  target sequence index of each stored row
-    row_token    [num_blocks + 1, S]  input token id of each stored row (inspection)
-
-Absolute row a of a slot lives in block `block_table[slot, (a // S) % M]` at offset a % S.
-The last block and the last slot are trash: rows that must not be stored are written
-there, so a decode step needs no data-dependent indexing (no host synchronisation).
+(Past 400 lines: allocation, out-of-blocks policy and sharing keep one invariant together,
+each block's reference count equals its holders, requests and reusable rows.)
 
 Blocks come from one pool sized by the text-row budget, are taken on demand and returned
 when a request finishes, is aborted or is rewound. With a window W, whole blocks that no
@@ -29,10 +20,6 @@ request's blocks stay in the pool as reusable rows (text_row_reuse.py), shared b
 reference count with later requests whose prefix vLLM served from its prefix cache, and
 are evicted least recently used before any live request loses rows. A block shared with
 another holder is copied before a request writes into it.
-
-(One allocator, one module: allocation, out-of-blocks policy and sharing all keep the same
-invariant, each block's reference count equals its holders, which is why this file runs
-past 400 lines.)
 """
 
 from __future__ import annotations
@@ -44,9 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sparrow_vllm.kernels.reference import paged_cells
-from sparrow_vllm.serving.cache_cells import commit_targets, scratch_cells
 from sparrow_vllm.serving.host_mirror import AsyncRead, LengthMirror, to_device
+from sparrow_vllm.serving.text_cache_layout import TextCacheLayout
 from sparrow_vllm.serving.text_cache_plan import TextCachePlan
 from sparrow_vllm.serving.text_row_reuse import (
     RequestContent,
@@ -98,21 +84,11 @@ class TextKVCache:
         window: int | None = None,
         reuse_rows: bool = True,
     ) -> None:
-        shape = (num_layers, num_blocks + 1, block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.device = self.k.device
+        self.layout = TextCacheLayout(num_layers, num_blocks, block_size, num_slots, table_width,
+                                      num_kv_heads, head_dim, dtype, device)
+        self.device = self.layout.device
         self.num_blocks, self.block_size, self.num_slots = num_blocks, block_size, num_slots
         self.table_width, self.window = table_width, window
-        self.trash_block, self.trash_slot = num_blocks, num_slots
-        slots = num_slots + 1
-        self.block_table = torch.full((slots, table_width), num_blocks, dtype=torch.int32,
-                                      device=device)
-        self.lengths = torch.zeros(slots, dtype=torch.int64, device=device)
-        self.first_row = torch.zeros(slots, dtype=torch.int64, device=device)
-        self.next_seq = torch.zeros(slots, dtype=torch.int64, device=device)
-        self.row_seq = torch.full((num_blocks + 1, block_size), -1, dtype=torch.int64, device=device)
-        self.row_token = torch.full_like(self.row_seq, -1)
         self._free_blocks = list(range(num_blocks - 1, -1, -1))
         self._free_slots = list(range(num_slots - 1, -1, -1))
         # req_id -> slot, least recently used first
@@ -122,11 +98,10 @@ class TextKVCache:
         # slot -> row its device first_row is raised to (at least) at the next _flush: one
         # device op per step, not one per request whose window moved
         self._first_row_floors: dict[int, int] = {}
-        self._mirror = LengthMirror(self.lengths)
+        self._mirror = LengthMirror(self.layout.lengths)
         self.starved_requests = 0  # requests that gave up rows for lack of blocks, ever
         # requests whose rows had a gap (a step the drafter never saw), counted on the
-        # device by note_holes() and read back with the row counts; the last reading
-        self.hole_count = torch.zeros((), dtype=torch.int64, device=device)
+        # device by layout.note_holes() and read back with the row counts; the last reading
         self.holed_requests = 0
         # preempted requests (V1 keeps their state to resume them): the only ones whose
         # rows may be dropped whole when blocks or slots run out
@@ -170,8 +145,7 @@ class TextKVCache:
     @property
     def nbytes(self) -> int:
         """Device bytes the cache holds (K/V pools, row bookkeeping, block table)."""
-        tensors = (self.k, self.v, self.row_seq, self.row_token, self.block_table, self.lengths)
-        return sum(t.nbytes for t in tensors)
+        return self.layout.nbytes
 
     def stats(self) -> dict[str, int]:
         """Pool size and use, for logs and tests."""
@@ -183,7 +157,7 @@ class TextKVCache:
             "starved_requests": self.starved_requests,
             "reusable_entries": len(self._reuse.entries),
             "reused_rows": self._reuse.reused_rows,
-            "holed_requests": int(self.hole_count),  # reads the device counter
+            "holed_requests": int(self.layout.hole_count),  # reads the device counter
         }
 
     def register_content(self, req_id: str, content: RequestContent) -> None:
@@ -230,9 +204,9 @@ class TextKVCache:
         if fresh or rewound:
             index = to_device([*fresh, *rewound], self.device)
             fresh_idx, rewound_idx = index[: len(fresh)], index[len(fresh):]
-            self.next_seq[slot_ids[fresh_idx]] = seq_start[fresh_idx]
+            self.layout.expect_next(slot_ids[fresh_idx], seq_start[fresh_idx])
             if rewound:
-                self._rewind(slot_ids[rewound_idx], seq_start[rewound_idx])
+                self.layout.rewind(slot_ids[rewound_idx], seq_start[rewound_idx])
                 for b in rewound:
                     self._rewound_on_device(slots[b], active)
         self._flush()
@@ -243,28 +217,10 @@ class TextKVCache:
         so theirs are the rows to give up first when the pool or the slots run out."""
         self._paused.update(r for r in req_ids if r in self._slot_of)
 
-    def note_holes(
-        self,
-        # [B] pool slot per request
-        slots: torch.Tensor,
-        # [B] target index of each request's first row this step
-        seq_start: torch.Tensor,
-    ) -> None:
-        """Before a write: a request whose rows start past the next row its slot expects
-        missed a step (the runner ran the target without the drafter). Its cached rows
-        end before the gap, so drafting over them would read a wrong context: they are
-        dropped (first_row moves to the current count) and the request drafts from the
-        rows after the gap on, as after a prefix-cache hit. On the device, no sync;
-        counted in `hole_count` and logged when its copy lands (`_apply_reading`)."""
-        hole = seq_start > self.next_seq[slots]
-        lengths = self.lengths[slots]
-        self.first_row[slots] = torch.where(hole, torch.maximum(lengths, self.first_row[slots]),
-                                            self.first_row[slots])
-        self.hole_count += hole.sum()
-
     def _apply_reading(self, values: list[int], slots: list[int]) -> None:
-        """A landed copy of the device's view (`_device_view`), for the `slots` it still
-        describes: rows note_holes() gave up are freed on the host, and new holes logged."""
+        """A landed copy of the device's view (`layout.device_view`), for the `slots` it
+        still describes: rows layout.note_holes() gave up are freed on the host, and new
+        holes logged."""
         width = self.num_slots + 1
         first_rows, holes = values[width: 2 * width], values[-1]
         for slot in slots:
@@ -280,11 +236,6 @@ class TextKVCache:
             )
             self.holed_requests = holes
 
-    def _device_view(self) -> torch.Tensor:  # [2 * (num_slots + 1) + 1] int64
-        """What the host reads back asynchronously after each write: row counts, first
-        cached rows and the hole counter."""
-        return torch.cat((self.lengths, self.first_row, self.hole_count.view(1)))
-
     def release(self, req_id: str, keep_rows: bool = True) -> None:
         """A request finished, was aborted or preempted: free its slot; its rows become
         reusable (at the next `retire_released`) when its content is known."""
@@ -297,9 +248,7 @@ class TextKVCache:
         blocks = [state.blocks.get(j) for j in range(state.hi + 1)]
         if keep_rows and content is not None and state.first_row == 0 and state.blocks and None not in blocks:
             # its row count and rows come back without waiting; retired once they landed
-            index = to_device(blocks, self.device)
-            values = torch.cat((self.lengths[slot].view(1), self.row_seq[index].flatten(),
-                                self.row_token[index].flatten()))
+            values = self.layout.retiring_view(slot, to_device(blocks, self.device))
             self._retiring.append((content, state, blocks, AsyncRead(values, self._writes)))
         else:
             for block in state.blocks.values():
@@ -321,11 +270,7 @@ class TextKVCache:
 
     def committed(self, req_id: str) -> tuple[list[int], list[int]]:
         """(target sequence indices, input token ids) of the rows stored for `req_id`."""
-        slot = self._slot_of[req_id]
-        length = int(self.lengths[slot])
-        first = min(int(self.first_row[slot]), length)
-        blocks, offsets = self._cells(slot, torch.arange(first, length, device=self.device))
-        return self.row_seq[blocks, offsets].tolist(), self.row_token[blocks, offsets].tolist()
+        return self.layout.committed(self._slot_of[req_id])
 
     # ---- allocation ahead of a write ----------------------------------------------------
 
@@ -353,7 +298,7 @@ class TextKVCache:
                 # the bound drifted further than the table's slack (device copies of the
                 # lengths have not landed for many steps): read the exact count once
                 logger.debug("Sparrow draft cache: reading row counts back for slot %d", slot)
-                state.known_len = state.upper_len = int(self.lengths[slot])
+                state.known_len = state.upper_len = int(self.layout.lengths[slot])
                 self._mirror.forget([slot])
                 end = state.upper_len + rows + scratch_rows
             if state.first_row > state.known_len == state.upper_len:
@@ -363,7 +308,7 @@ class TextKVCache:
                 # lowered on the device too: known_len is the exact count, at or above any
                 # gap note_holes() marked, so no row before a gap becomes visible
                 self._first_row_floors.pop(slot, None)
-                self.first_row[slot] = state.known_len
+                self.layout.set_first_row(slot, state.known_len)
             self._drop_unseen(slot, state, end)
             self._back(slot, state, end, active)
             state.upper_len += rows
@@ -381,67 +326,7 @@ class TextKVCache:
     def after_write(self) -> None:
         """Start the asynchronous read-back of `lengths` a later reserve() uses."""
         self._writes += 1
-        self._mirror.snapshot(self._rows, self._device_view())
-
-    # ---- writes (device only: no host read) ----------------------------------------------
-
-    def commit_rows(
-        self,
-        # per layer, ([R, Hkv, D] keys, [R, Hkv, D] values) of a forward's rows
-        records: list[tuple[torch.Tensor, torch.Tensor]],
-        # [B] slot of each request
-        slot_ids: torch.Tensor,
-        # [B] rows each request committed before this write
-        prefix_lens: torch.Tensor,
-        # [R] request of each row
-        req: torch.Tensor,
-        # [R] bool, the row is a verified text row (committed rows first per request)
-        commit: torch.Tensor,
-        # [R] target sequence index of each row
-        seq: torch.Tensor,
-        # [R] input token of each row
-        tokens: torch.Tensor,
-    ) -> None:
-        """Write committed rows to their cells (backed by reserve() beforehand), the others to
-        the trash block, and count them in `lengths`."""
-        block, offset, n_commit = commit_targets(
-            self.block_table, slot_ids, prefix_lens, self.first_row[slot_ids], req, commit,
-            self.block_size, self.trash_block)
-        self.write_rows(records, block, offset)
-        self.row_seq[block, offset] = seq
-        self.row_token[block, offset] = tokens
-        self.lengths.scatter_add_(0, slot_ids, n_commit)
-
-    def scratch_cells(
-        self,
-        # [B] slot of each request
-        slots: torch.Tensor,
-        # [B] (or [steps, B]) absolute row of each request's scratch row
-        rows: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # (block, offset), shaped as rows
-        """Cells of draft-chain rows: never committed, overwritten by the next step."""
-        return scratch_cells(self.block_table, slots, rows, self.first_row[slots], self.block_size,
-                             self.trash_block)
-
-    def write_rows(
-        self,
-        records: list[tuple[torch.Tensor, torch.Tensor]],
-        # [R] block and [R] offset of each row
-        block: torch.Tensor,
-        offset: torch.Tensor,
-    ) -> None:
-        for layer, (k_new, v_new) in enumerate(records):
-            self.k[layer, block, offset] = k_new
-            self.v[layer, block, offset] = v_new
-
-    def expect_next(
-        self,
-        # [B] slot of each request
-        slots: torch.Tensor,
-        # [B] target index of the next row each request's next step starts at
-        seq: torch.Tensor,
-    ) -> None:
-        self.next_seq[slots] = seq
+        self._mirror.snapshot(self._rows, self.layout.device_view())
 
     # ---- reuse ----------------------------------------------------------------------------
 
@@ -487,20 +372,12 @@ class TextKVCache:
             if copy is None:
                 rows = full * self.block_size
             else:
-                self._copy_block(entry.blocks[full], copy)
+                self.layout.copy_block(entry.blocks[full], copy)
                 self._hold(slot, state, full, copy)
         state.known_len = state.upper_len = rows
-        self.lengths[slot] = rows
+        self.layout.set_length(slot, rows)
         self._reuse.reused_rows += rows
         self._flush()
-
-    def _copy_block(self, src: int, dst: int) -> None:
-        if src == dst:
-            return
-        for pool in (self.k, self.v):
-            pool[:, dst] = pool[:, src]
-        for rows in (self.row_seq, self.row_token):
-            rows[dst] = rows[src]
 
     def _own(self, slot: int, state: _SlotRows, logical: int, active: set[str]) -> bool:
         """Make `logical` a block only this request holds before it writes into it."""
@@ -510,7 +387,7 @@ class TextKVCache:
         copy = self._take_block(slot, state, logical, active)
         if copy is None:
             return False
-        self._copy_block(block, copy)
+        self.layout.copy_block(block, copy)
         self._unref(block)
         self._hold(slot, state, logical, copy)
         return True
@@ -532,10 +409,6 @@ class TextKVCache:
         self._refs[block] -= 1
         if self._refs[block] == 0:
             self._free_blocks.append(block)
-
-    def _cells(self, slot: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        block, offset = paged_cells(self.block_table, slot, rows, self.block_size)
-        return block.long(), offset
 
     def _needed_from(self, state: _SlotRows) -> int:
         """The first row a coming query may read."""
@@ -563,7 +436,7 @@ class TextKVCache:
     def _free_block(self, slot: int, state: _SlotRows, logical: int) -> None:
         self._unref(state.blocks.pop(logical))
         del state.taken[logical]
-        self._table_writes[(slot, logical % self.table_width)] = self.trash_block
+        self._table_writes[(slot, logical % self.table_width)] = self.layout.trash_block
         if not state.blocks:
             state.lo, state.hi = 0, -1
         elif logical == state.lo:
@@ -664,12 +537,7 @@ class TextKVCache:
             return
         slots, columns = zip(*writes, strict=True) if writes else ((), ())
         index = to_device([*slots, *columns, *writes.values(), *floors, *floors.values()], self.device)
-        if writes:
-            table = index[: 3 * len(writes)].view(3, -1)
-            self.block_table[table[0], table[1]] = table[2].to(torch.int32)
-        if floors:
-            raised = index[3 * len(writes):].view(2, -1)
-            self.first_row[raised[0]] = torch.maximum(self.first_row[raised[0]], raised[1])
+        self.layout.apply_allocation(index, len(writes), len(floors))
         writes.clear()
         floors.clear()
 
@@ -701,34 +569,11 @@ class TextKVCache:
 
     def _reset_device(self, slot: int) -> None:
         self._first_row_floors.pop(slot, None)
-        self.lengths[slot] = 0
-        self.first_row[slot] = 0
-        self.next_seq[slot] = 0
-        self.block_table[slot] = self.trash_block
+        self.layout.reset(slot)
         self._mirror.forget([slot])
 
-    def _rewind(
-        self,
-        # [R] slots of resumed requests
-        slots: torch.Tensor,
-        # [R] target index each one is recomputed from
-        starts: torch.Tensor,
-    ) -> None:
-        """Forget, on the device, the rows at target index >= starts (preemption then
-        recompute): rows are stored in sequence order, so they are the newest ones."""
-        span = self.table_width * self.block_size  # at most this many rows are cached
-        length = self.lengths[slots]
-        first = torch.minimum(self.first_row[slots], length)
-        rows = length[:, None] - 1 - torch.arange(span, device=self.device)  # newest first
-        columns = (rows.clamp(min=0) // self.block_size) % self.table_width
-        blocks = self.block_table[slots[:, None], columns].long()
-        seq = self.row_seq[blocks, rows.clamp(min=0) % self.block_size]
-        drop = (rows >= first[:, None]) & (seq >= starts[:, None])
-        self.lengths[slots] = length - drop.sum(1)
-        self.next_seq[slots] = starts
-
     def _rewound_on_device(self, slot: int, active: set[str]) -> None:
-        """Host side of `_rewind`: its exact row count is unknown until the next copy
+        """Host side of `layout.rewind`: its exact row count is unknown until the next copy
         lands, so the lower bound drops to what any rewind keeps; the blocks stay held
         (rows past the new count are rewritten before anything reads them), except that
         a block shared with reusable rows is copied before the request writes into it."""
@@ -738,7 +583,7 @@ class TextKVCache:
             if self._refs[state.blocks[logical]] > 1 and not self._own(slot, state, logical, active):
                 # no block to copy it into: the rows from this block on are given up
                 cap = logical * self.block_size
-                self.lengths[slot] = torch.clamp(self.lengths[slot], max=cap)
+                self.layout.cap_length(slot, cap)
                 state.known_len = min(state.known_len, cap)
                 for above in [j for j in state.blocks if j >= logical]:
                     self._free_block(slot, state, above)

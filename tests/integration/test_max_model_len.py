@@ -1,7 +1,7 @@
 """A request reaching max_model_len beside one that does not: the V1 runner skips its
 drafter for the whole batch on such steps (EAGLE's KV cache has no slots past the limit),
 which would leave a gap in every request's text rows. Sparrow keeps drafting (ledger
-entry 11); the drafter's gap detection (TextKVCache.note_holes) must find none."""
+entry 11); the drafter's gap detection (TextCacheLayout.note_holes) must find none."""
 
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ Ledger (what / why / how / what upstream change removes it):
          tokens of max_model_len (EAGLE's own KV cache has no slots past it). The Sparrow
          draft keeps no vLLM KV cache (its positions are clamped below max_model_len), but
          a skipped step leaves a gap in every request's text rows. The drafter detects
-         such gaps anyway (TextKVCache.note_holes: rows before a gap are dropped, counted
+         such gaps anyway (TextCacheLayout.note_holes: rows before a gap are dropped, counted
          and logged); this patch keeps them from happening.
    how:  for a Sparrow drafter, the input fits whenever the runner built drafter
          metadata; otherwise call the original.

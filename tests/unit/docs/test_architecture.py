@@ -10,8 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "architecture.md"
 # the path a request's drafts take, one stage per numbered step of the page
-STAGES = ["plugin.py", "patches.py", "v1_proposer.py", "drafter.py", "text_kv_cache.py", "attention_op.py",
-          "kernels/text_window_attention.py"]
+STAGES = ["plugin.py", "patches.py", "v1_proposer.py", "drafter.py", "text_kv_cache.py", "text_cache_layout.py",
+          "attention_op.py", "kernels/text_window_attention.py"]
 
 
 def _path_section() -> str:

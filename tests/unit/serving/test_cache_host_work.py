@@ -64,7 +64,7 @@ def test_reserve_looks_at_new_blocks_only(window):
     context = CONTEXT_BLOCKS * BLOCK - 2
     cache.sync(slots, [0] * requests)
     cache.reserve(slots, [context] * requests, K, active)  # the prompt
-    cache.lengths[slots] = context
+    cache.layout.lengths[slots] = context
     cache.after_write()
     for slot in slots:
         cache._rows[slot].blocks = CountingDict(cache._rows[slot].blocks)
@@ -80,7 +80,7 @@ def test_reserve_looks_at_new_blocks_only(window):
         cache.reserve(slots, [K + 1] * requests, K - 1, active)
         looked_at.append(CountingDict.looked_at)
         changed.append(len(before ^ held()))  # blocks taken or freed
-        cache.lengths[slots] += torch.tensor([1 + (step + i) % (K + 1) for i in range(requests)])
+        cache.layout.lengths[slots] += torch.tensor([1 + (step + i) % (K + 1) for i in range(requests)])
         cache.after_write()
         _check_cache(cache)
     # a few entries per request, and a few per block the step took or freed (the first

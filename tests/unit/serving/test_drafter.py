@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from sparrow_vllm.draft.model import SparrowDraftModel
-from sparrow_vllm.serving.cache_cells import commit_targets
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
+from sparrow_vllm.serving.text_cache_layout import commit_targets
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
 from sparrow_vllm.serving.visual_rows import VisualRows
 from sparrow_vllm.serving.vllm.draft_architecture import SparrowDraftForCausalLM
@@ -161,7 +161,7 @@ def _check_cache(cache):
     assert sorted(cache._free_blocks) == [b for b in range(cache.num_blocks) if cache._refs[b] == 0]
     for req_id, slot in cache._slot_of.items():
         state = cache._rows[slot]
-        first, length = int(cache.first_row[slot]), int(cache.lengths[slot])
+        first, length = int(cache.layout.first_row[slot]), int(cache.layout.lengths[slot])
         # the host learns of rows note_holes() gave up on the device when its copy lands
         assert state.first_row <= first and state.known_len <= length <= state.upper_len
         # the allocator's bounds of the blocks held, and their order taken
@@ -171,7 +171,7 @@ def _check_cache(cache):
         for row in range(first, length):
             logical = row // cache.block_size
             assert logical in state.blocks, (req_id, row)
-            assert int(cache.block_table[slot, logical % cache.table_width]) == state.blocks[logical]
+            assert int(cache.layout.block_table[slot, logical % cache.table_width]) == state.blocks[logical]
         seq, _ = cache.committed(req_id)
         assert seq == sorted(seq) and len(seq) == max(length - first, 0)
 
@@ -223,10 +223,10 @@ def test_one_write_never_stores_two_rows_in_one_cell():
     seq = drafter.cached_rows()["a"]["seq"]
     assert seq == list(range(50 - len(seq), 50)) and len(seq) >= 4
     slot = cache.slot_of("a")
-    rows = torch.arange(int(cache.first_row[slot]), 50)
-    cells = list(zip(cache.block_table[slot, (rows // 4) % cache.table_width].tolist(),
+    rows = torch.arange(int(cache.layout.first_row[slot]), 50)
+    cells = list(zip(cache.layout.block_table[slot, (rows // 4) % cache.table_width].tolist(),
                      (rows % 4).tolist(), strict=True))
-    assert len(set(cells)) == len(cells) and cache.trash_block not in {b for b, _ in cells}
+    assert len(set(cells)) == len(cells) and cache.layout.trash_block not in {b for b, _ in cells}
     _check_cache(cache)
 
 

@@ -49,7 +49,7 @@ def _rank(late: bool):
     drafter = _drafter(_draft(), slots=8, k=K, blocks=26, block_size=4)
     if late:
         rng = random.Random(7)
-        drafter.cache._mirror = LengthMirror(drafter.cache.lengths, event_factory=lambda: LateCopy(rng))
+        drafter.cache._mirror = LengthMirror(drafter.cache.layout.lengths, event_factory=lambda: LateCopy(rng))
     return drafter
 
 
@@ -58,7 +58,7 @@ def _state(drafter):
     return {
         "rows": drafter.cached_rows(),
         "blocks": {cache._rows[s].req_id: dict(cache._rows[s].blocks) for s in cache._slot_of.values()},
-        "table": cache.block_table.clone(),
+        "table": cache.layout.block_table.clone(),
         "stats": cache.stats(),
     }
 
