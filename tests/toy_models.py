@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -70,9 +71,23 @@ def build_family_models(root: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
+def worker_cpu_env() -> dict[str, str]:
+    """`make test` runs two pytest-xdist workers on the 2-core CI machine: each worker's
+    engines bind their OpenMP threads to a core of its own (vLLM's automatic binding would
+    put both engines' threads on every core). Empty outside xdist; a test that needs
+    several ranks (tensor parallel) sets its own binding."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0))
+    if worker is None or count < 2 or len(cpus) < count:
+        return {}
+    share = len(cpus) // count
+    index = int(worker.removeprefix("gw")) % count
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cpus[index * share:(index + 1) * share])}
+
+
 def runner_env(runner: str) -> dict[str, str]:
     """Environment for an engine (or `vllm serve`) on `runner` ("v1" or "v2")."""
-    return {**ENGINE_ENV, **registry_runner_env(runner, cpu=True)}
+    return {**ENGINE_ENV, **worker_cpu_env(), **registry_runner_env(runner, cpu=True)}
 
 
 def assert_ran_on(result: dict, runner: str, sparrow: bool = True) -> None:
