@@ -6,6 +6,9 @@ The job names the target, the speculative config (or none), engine settings, pro
 (text, optionally with a synthetic video and/or image), and what to record:
   outputs        greedy output token ids per prompt, per round (every second round in
                  reverse order with alternate_order)
+  more_outputs   greedy outputs of further prompt sets, each with its own max_tokens, after
+                 the rounds (more_prompt_sets: one target-alone engine serves the
+                 references of several tests)
   prefix_cache   vLLM's prefix-cache queries and hits (tokens) of each round
   metrics        vLLM's spec-decode counters
   drafts         every [B, K] draft the runner's drafter returned (record_drafts)
@@ -353,6 +356,13 @@ def main(job_path: str, result_path: str) -> None:
         result["outputs"].append([list(g.outputs[0].token_ids) for g in generated])
         result["prefix_cache"].append(metrics_delta(before, prefix_cache_counters(llm)))
         result["prompt_lens"] = [len(g.prompt_token_ids) for g in generated]
+    if job.get("more_prompt_sets"):
+        result["more_outputs"] = {}
+        for name, more in job["more_prompt_sets"].items():
+            more_params = SamplingParams(temperature=0.0, max_tokens=more["max_tokens"], ignore_eos=True)
+            generated = llm.generate([build_prompt(p, llm.get_tokenizer()) for p in more["prompts"]],
+                                     more_params, use_tqdm=False)
+            result["more_outputs"][name] = [list(g.outputs[0].token_ids) for g in generated]
     if job.get("record_drafts"):
         recorded = llm.collective_rpc(_recorded_drafts)[0]
         result["greedy_draft_steps"] = len(recorded)

@@ -27,9 +27,21 @@ HARD_SCHEDULING = {
 PROBABILISTIC_ACCEPTED_SHARE_FLOOR = 0.1
 
 
+# prompt sets of the tests whose Sparrow engines need other settings; the target alone
+# (greedy output does not depend on prefix caching, KV blocks or preemption) answers them
+# all in the one baseline engine
+# 100 shared tokens, then a word: prefix-cache hits on the shared blocks
+PREFIX_PROMPTS = [{"text": " " + " ".join(WORDS * 10) + " " + w} for w in WORDS[:4]]
+# two 20-token prompts answered with 120 tokens each: preemption in 9 KV blocks of 32
+PREEMPT_PROMPTS = [{"text": " " + " ".join(WORDS[i : i + 4] * 5)} for i in range(2)]
+PREEMPT_TOKENS = 120
+
+
 @pytest.fixture(scope="module")
 def baseline(toy_models, runner, tmp_path_factory):
-    job = {"target": str(toy_models["text_target"]), "engine": HARD_SCHEDULING, "prompts": PROMPTS}
+    job = {"target": str(toy_models["text_target"]), "engine": HARD_SCHEDULING, "prompts": PROMPTS,
+           "more_prompt_sets": {"prefix": {"prompts": PREFIX_PROMPTS, "max_tokens": 24},
+                                "preempt": {"prompts": PREEMPT_PROMPTS, "max_tokens": PREEMPT_TOKENS}}}
     return run_engine_job(job, tmp_path_factory.mktemp("baseline"), runner=runner)
 
 
@@ -112,25 +124,18 @@ def test_drafts_equal_vllm_eagle_for_the_same_weights(toy_models, sparrow_run, r
     assert eagle["outputs"] == sparrow_run["outputs"]
 
 
-def test_prefix_cache_hits_keep_output_exact(toy_models, runner, tmp_path):
+def test_prefix_cache_hits_keep_output_exact(toy_models, baseline, runner, tmp_path):
     # 100 shared tokens in KV blocks of 32 (the CPU default, 128, would hold none): at
     # least two full blocks, since vLLM recomputes the last matched block for EAGLE-style
     # drafts
-    shared = " " + " ".join(WORDS * 10)
-    prompts = [{"text": shared + " " + w} for w in WORDS[:4]]
     engine = {**HARD_SCHEDULING, "enable_prefix_caching": True, "num_gpu_blocks_override": 32,
               "block_size": 32}
-    base = run_engine_job(
-        {"target": str(toy_models["text_target"]), "engine": engine, "prompts": prompts},
-        tmp_path,
-        runner=runner,
-    )
     spec = run_engine_job(
         {
             "target": str(toy_models["text_target"]),
             "speculative_config": sparrow(toy_models["text_draft"]),
             "engine": engine,
-            "prompts": prompts,
+            "prompts": PREFIX_PROMPTS,
             "rounds": 2,
         },
         tmp_path,
@@ -139,16 +144,15 @@ def test_prefix_cache_hits_keep_output_exact(toy_models, runner, tmp_path):
     assert_ran_on(spec, runner)
     # vLLM's prefix cache served the shared blocks: to the later prompts of round 1 and to
     # all of round 2 (2 blocks of 32 tokens each, the 3rd recomputed for EAGLE-style drafts)
-    assert base["prefix_cache"][0]["hits"] > 0, base["prefix_cache"]
     first, second = spec["prefix_cache"]
-    assert first["hits"] > 0 and second["hits"] >= 64 * len(prompts), spec["prefix_cache"]
-    assert spec["outputs"][0] == base["outputs"][0]
-    assert spec["outputs"][1] == base["outputs"][0]
+    assert first["hits"] > 0 and second["hits"] >= 64 * len(PREFIX_PROMPTS), spec["prefix_cache"]
+    assert spec["outputs"][0] == baseline["more_outputs"]["prefix"]
+    assert spec["outputs"][1] == baseline["more_outputs"]["prefix"]
     # round 2's prefix hits start the draft from round 1's rows, not from scratch
     assert spec["runner_info"]["draft_cache"]["reused_rows"] > 0, spec["runner_info"]
 
 
-def test_preempted_request_gets_its_rows_back(toy_models, runner, tmp_path):
+def test_preempted_request_gets_its_rows_back(toy_models, baseline, runner, tmp_path):
     """Two 20-token prompts, 120 tokens each, in 9 KV blocks of 32: the second request is
     preempted after ~100 generated tokens and resumes when the first finishes, vLLM's
     prefix cache serving its first 64 tokens (EAGLE-style drafts recompute the last
@@ -156,19 +160,14 @@ def test_preempted_request_gets_its_rows_back(toy_models, runner, tmp_path):
     keeps its slot and rewinds it; Model Runner V2 re-sends it as new with the tokens it
     generated, and it adopts the rows it left (keyed by the tokens prefilled, not by its
     prompt alone, which stopped at row 18)."""
-    prompts = [{"text": " " + " ".join(WORDS[i : i + 4] * 5)} for i in range(2)]
     engine = {**HARD_SCHEDULING, "enable_prefix_caching": True, "block_size": 32,
               "num_gpu_blocks_override": 9}
-    job = {"target": str(toy_models["text_target"]), "engine": engine, "prompts": prompts,
-           "max_tokens": 120}
-    base = run_engine_job(job, tmp_path, runner=runner)
-    spec = run_engine_job(
-        {**job, "speculative_config": sparrow(toy_models["text_draft"]), "record_late_starts": True},
-        tmp_path,
-        runner=runner,
-    )
+    job = {"target": str(toy_models["text_target"]), "engine": engine, "prompts": PREEMPT_PROMPTS,
+           "max_tokens": PREEMPT_TOKENS, "speculative_config": sparrow(toy_models["text_draft"]),
+           "record_late_starts": True}
+    spec = run_engine_job(job, tmp_path, runner=runner)
     assert_ran_on(spec, runner)
-    assert spec["outputs"] == base["outputs"]
+    assert spec["outputs"] == [baseline["more_outputs"]["preempt"]]
     prompt_lens = spec["prompt_lens"]
     resumed = [s for s in spec["late_starts"]
                if s["seq_start"] > prompt_lens[int(s["req_id"].split("-")[0])] + 1]
