@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 from sparrow_vllm.draft.config import SparrowConfig
 
 # SparrowConfig fields a user sets when making a draft.
-DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "frame_text", "fc_bias")
+DRAFT_FIELDS = ("num_layers", "feature_layer", "window", "frame_text", "visual_budget", "fc_bias")
 # Settings schemas filled from options: their validation errors are usage mistakes.
 OPTION_SCHEMAS = frozenset({"TrainSettings", "CheckSettings", "SparrowConfig", "AnalyzeSettings"})
 
@@ -30,14 +30,17 @@ def flag_of(schema: type[BaseModel], name: str) -> str:
     return str(extra.get("cli", "--" + name.replace("_", "-")))
 
 
-def _literal_or_int(choices: tuple[Any, ...]) -> Callable[[str], Any]:
-    """A value that is an int or one of `choices` (e.g. --feature 7 or --feature final)."""
+def _literal_or_int(choices: tuple[Any, ...], minimum: int | None = None) -> Callable[[str], Any]:
+    """A value that is an int (at least `minimum`, if given) or one of `choices` (e.g.
+    --feature 7 or --feature final, --visual-budget 512 or --visual-budget none)."""
+    integer = "an integer" if minimum is None else f"an integer >= {minimum}"
+
     def convert(value: str) -> Any:
-        if value.lstrip("-").isdigit():
+        if value.lstrip("-").isdigit() and (minimum is None or int(value) >= minimum):
             return int(value)
         if value in choices:
             return value
-        raise argparse.ArgumentTypeError(f"expected an integer or one of {', '.join(map(str, choices))}: {value!r}")
+        raise argparse.ArgumentTypeError(f"expected {integer} or one of {', '.join(map(str, choices))}: {value!r}")
     return convert
 
 
@@ -52,7 +55,9 @@ def _argparse_kwargs(info: FieldInfo) -> dict[str, Any]:
         members = [a for a in get_args(annotation) if a is not type(None)]
         literals = tuple(c for a in members if get_origin(a) is Literal for c in get_args(a))
         if literals and int in members:
-            return {"type": _literal_or_int(literals)}
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            minimum = extra.get("cli_min")
+            return {"type": _literal_or_int(literals, int(minimum) if isinstance(minimum, int) else None)}
         if literals:
             return {"choices": literals}
         return {"type": members[0]}

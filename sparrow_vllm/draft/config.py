@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sparrow_vllm.draft.visual_budget import VisualBudget
 from sparrow_vllm.errors import SparrowConfigError
 
 DRAFT_ARCHITECTURE = "SparrowDraftForCausalLM"
@@ -64,6 +65,19 @@ class SparrowConfig(BaseModel):
         "without such text. Training and serving read the same value.",
         json_schema_extra={"cli": "--frame-text"},
     )
+    visual_budget: VisualBudget = Field(
+        "none",
+        description="Visual rows the draft keeps, per image or video (each maximal run of "
+        "visual tokens, frame text included when --frame-text is 'visual'): 'none' keeps no "
+        "visual row (the paper's Sparrow: text rows only, cost flat in video length); 'all' "
+        "keeps every visual row (a Sparrow-form draft that sees the video like an EAGLE "
+        "draft); an integer N >= 1 keeps all rows of an image or video of at most N tokens "
+        "and N rows spread uniformly over a longer one, so a draft query attends to at most "
+        "N rows per image or video plus its text rows. Kept visual rows are FC rows "
+        "counted in --window like text rows. Not the trainer's --visual-rows (text | full, "
+        "the form a draft is saved in).",
+        json_schema_extra={"cli": "--visual-budget", "cli_min": 1},
+    )
     fc_bias: bool = Field(
         True,
         description="Whether the input projection FC(2H -> H) has a bias. vLLM's built-in "
@@ -82,6 +96,24 @@ class SparrowConfig(BaseModel):
     target_architecture: str = Field(
         ..., description="Architecture name of the target the draft was made for."
     )
+
+    @field_validator("visual_budget", mode="before")
+    @classmethod
+    def _visual_budget_not_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # an int to pydantic; true would read as a budget of 1
+            raise ValueError(f"visual_budget={value!r}: use 'none', 'all' or an integer N >= 1")
+        return value
+
+    @field_validator("visual_budget")
+    @classmethod
+    def _visual_budget_positive(cls, value: VisualBudget) -> VisualBudget:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(
+                f"visual_budget={value}: a budget is at least 1 visual row per image or "
+                "video; use 'none' to keep no visual row, 'all' to keep every one, or an "
+                "integer N >= 1"
+            )
+        return value
 
     @model_validator(mode="after")
     def _feature_layer_in_range(self) -> SparrowConfig:

@@ -188,3 +188,32 @@ def test_draft_options_are_the_schema_fields_everywhere():
     args = commands["init-draft"].parse_args(["--target", "t", "--out", "o", "--feature", "penultimate", "--layers", "2"])
     assert (args.feature_layer, args.num_layers) == ("penultimate", 2)
     assert commands["init-draft"].parse_args(["--target", "t", "--out", "o", "--feature", "5"]).feature_layer == 5
+
+
+def test_visual_budget_option_on_init_draft_and_train(capsys):
+    commands = build_parser()._subparsers._group_actions[0].choices
+    base = {"init-draft": ["--target", "t", "--out", "o"], "train": ["--target", "t", "--features", "f", "--out", "o"]}
+    for command, argv in base.items():
+        sub = commands[command]
+        assert sub.parse_args(argv).visual_budget == "none"
+        assert sub.parse_args([*argv, "--visual-budget", "512"]).visual_budget == 512
+        assert sub.parse_args([*argv, "--visual-budget", "all"]).visual_budget == "all"
+        assert sub.parse_args([*argv, "--visual-budget", "none"]).visual_budget == "none"
+        # the trainer's own --visual-rows keeps its dest
+        args = sub.parse_args([*argv, "--visual-budget", "8", *(["--visual-rows", "full"] if command == "train" else [])])
+        assert args.visual_budget == 8 and getattr(args, "visual_rows", "full") == "full"
+        for bad in ("-3", "0", "some"):
+            with pytest.raises(SystemExit):
+                sub.parse_args([*argv, "--visual-budget", bad])
+            err = capsys.readouterr().err
+            assert f"argument --visual-budget: expected an integer >= 1 or one of none, all: '{bad}'" in err
+        text = " ".join(sub.format_help().split())
+        assert "--visual-budget" in text and "at most N rows per image or video" in text
+
+
+def test_init_draft_writes_the_visual_budget(tmp_path):
+    target, draft = tmp_path / "target", tmp_path / "draft"
+    main(["toy-target", "--arch", "qwen2_5_vl", "--out", str(target)])
+    main(["init-draft", "--target", str(target), "--out", str(draft), "--visual-budget", "512"])
+    assert check_draft_for_target(draft, load_family(target)).sparrow.visual_budget == 512
+    assert json.loads((draft / "config.json").read_text())["sparrow"]["visual_budget"] == 512

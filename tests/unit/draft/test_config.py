@@ -165,3 +165,33 @@ def test_truncated_weights_name_the_draft_and_the_fix(draft_dir, keep):
     weights.write_bytes(data[: max(9, int(len(data) * keep))])
     with pytest.raises(SparrowConfigError, match="model.safetensors is not a readable safetensors file.*Copy the draft again"):
         check_draft_for_target(draft_dir, text_family())
+
+
+@pytest.mark.parametrize("budget", ["none", "all", 512])
+def test_visual_budget_round_trips_through_the_checkpoint(tmp_path, budget):
+    model = new_draft(text_family(), visual_budget=budget)
+    path = save_draft(tmp_path / "d", model)
+    assert json.loads((path / "config.json").read_text())["sparrow"]["visual_budget"] == budget
+    assert read_draft_config(path)[1].visual_budget == budget
+    assert check_draft_for_target(path, text_family()).sparrow.visual_budget == budget
+
+
+def test_a_checkpoint_without_visual_budget_reads_none(draft_dir):
+    raw = json.loads((draft_dir / "config.json").read_text())
+    del raw["sparrow"]["visual_budget"]
+    (draft_dir / "config.json").write_text(json.dumps(raw))
+    assert read_draft_config(draft_dir)[1].visual_budget == "none"
+    assert sparrow_config().visual_budget == "none"
+
+
+@pytest.mark.parametrize("budget", [0, -1, True, "some", 2.5])
+def test_bad_visual_budget_is_refused(budget):
+    with pytest.raises(ValueError, match="visual_budget"):
+        sparrow_config(visual_budget=budget)
+
+
+def test_bad_visual_budget_in_config_json_names_the_values():
+    raw = build_config_json(layer_config(), sparrow_config())
+    raw["sparrow"]["visual_budget"] = 0
+    with pytest.raises(SparrowConfigError, match="use 'none' to keep no visual row, 'all' to keep every one, or an integer N >= 1"):
+        parse_config_json(raw, "draft/config.json")
