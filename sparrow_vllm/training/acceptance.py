@@ -58,7 +58,8 @@ class _ChainAttention:
 
     def __init__(self, rows: DraftRows, window: int | None, starts: torch.Tensor) -> None:
         self.rows, self.window, self.starts = rows, window, starts
-        self.rank = torch.cumsum((~rows.is_visual).long(), 0)
+        # the window counts FC rows (text and kept visual), as the serving cache does
+        self.rank = torch.cumsum((~rows.is_bridge).long(), 0)
         self.base: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.chain: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.depth = 0
@@ -70,7 +71,7 @@ class _ChainAttention:
         if self.window is None:
             return allowed
         distance = self.rank[queries][:, None] - self.rank[None, :] + self.depth
-        return allowed & ((distance < self.window) | self.rows.is_visual[None, :])
+        return allowed & ((distance < self.window) | self.rows.is_bridge[None, :])
 
     def _attend(self, q: torch.Tensor, queries: torch.Tensor, layer: int) -> torch.Tensor:
         k, v = self.base[layer]

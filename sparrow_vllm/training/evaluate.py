@@ -71,6 +71,7 @@ def evaluate_acceptance(
     """Acceptance of greedy K-chains over every record of `features` (in total, and
     [drafts, accepted] per sequence). mode defaults to the
     draft's serving form: 'text' for Sparrow (VATA), 'full' for an EAGLE-form draft.
+    Text-mode rows keep the visual rows of the draft's visual budget.
     Refuses a draft made for another target and features made for another draft."""
     check_trained_draft_for_target(draft_dir, load_family(str(target_dir)))
     draft, form = load_trained_draft(draft_dir)
@@ -84,6 +85,7 @@ def evaluate_acceptance(
         stats = validate(draft, target.model.get_input_embeddings(), target.model.get_output_embeddings(),
                          records, mode, k, per_sequence)
     visual = [int(r["visual_mask"].sum()) for r in records]
-    return {"draft": str(draft_dir), "form": form, "mode": mode, "k": k, "sequences": len(records),
+    return {"draft": str(draft_dir), "form": form, "mode": mode,
+            "visual_budget": draft.sparrow_config.visual_budget, "k": k, "sequences": len(records),
             "mean_visual_tokens": sum(visual) / max(len(visual), 1), **stats.as_dict(),
             "per_sequence": per_sequence}

@@ -5,9 +5,12 @@ the target's hidden state h_i at position pos(i), and its output predicts h_{i+1
 target's next token after x_{i+1}. A row is visual iff x_{i+1} is a visual placeholder.
 What happens to visual rows is the `RowMode`:
 
-- "text": visual rows are dropped (VATA; the Sparrow drafter at serving time).
+- "text": visual rows are dropped (VATA; the Sparrow drafter at serving time), except
+  those the draft's visual budget keeps (`draft.visual_budget`: none, all or N per image
+  or video): a kept visual row is an FC row like a text row (no loss on it, never fed by
+  multi-token prediction) and counts in the window like any cached row.
 - "bridge": visual rows carry the target's layer-m* state of x_{i+1}, not through FC
-  (IVSB; training only). Text rows attend to them; the text window counts text rows.
+  (IVSB; training only). Text rows attend to them; the text window counts the other rows.
 - "full": every row is FC([embed(x_{i+1}); h_i]), a visual row embedding the placeholder
   token, as vLLM's built-in `eagle` method feeds a draft; no window.
 """
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from sparrow_vllm.draft.visual_budget import VisualBudget, kept_token_mask
 
 RowMode = Literal["text", "bridge", "full"]
 
@@ -49,8 +54,9 @@ class DraftRows:
         return int(self.token_ids.shape[0])
 
 
-def build_rows(record: dict[str, torch.Tensor], mode: RowMode) -> DraftRows:
-    """Draft rows of a feature record (see features.FeatureRecord keys)."""
+def build_rows(record: dict[str, torch.Tensor], mode: RowMode, keep: VisualBudget = "none") -> DraftRows:
+    """Draft rows of a feature record (see features.FeatureRecord keys); in "text" mode the
+    visual rows whose token the budget `keep` keeps stay (row i carries token i + 1)."""
     ids, visual = record["input_ids"], record["visual_mask"].bool()
     features = record["features"]
     n = int(ids.shape[0])
@@ -79,22 +85,25 @@ def build_rows(record: dict[str, torch.Tensor], mode: RowMode) -> DraftRows:
         loss_mask=loss_mask,
     )
     if mode == "text":
-        keep = ~row_visual
-        rows = DraftRows(**{k: v[keep] for k, v in vars(rows).items()})
+        kept = ~row_visual
+        if keep != "none":
+            kept |= torch.tensor(kept_token_mask(visual.tolist(), keep)[1:], dtype=torch.bool)
+        rows = DraftRows(**{k: v[kept] for k, v in vars(rows).items()})
     return rows
 
 
 def attention_mask(rows: DraftRows, window: int | None) -> torch.Tensor:
-    """[R, R] bool, True where row q may attend to row k: k <= q and, for text keys, within
-    the last `window` text rows (visual keys are always visible)."""
+    """[R, R] bool, True where row q may attend to row k: k <= q and, for FC keys (text
+    rows and kept visual rows), within the last `window` of them (bridge keys are always
+    visible)."""
     r = len(rows)
     q_idx = torch.arange(r)[:, None]
     k_idx = torch.arange(r)[None, :]
     mask = k_idx <= q_idx
     if window is not None:
-        text_rank = torch.cumsum((~rows.is_visual).long(), 0)
-        near = text_rank[:, None] - text_rank[None, :] < window
-        mask &= near | rows.is_visual[None, :]
+        rank = torch.cumsum((~rows.is_bridge).long(), 0)
+        near = rank[:, None] - rank[None, :] < window
+        mask &= near | rows.is_bridge[None, :]
     return mask
 
 

@@ -94,8 +94,9 @@ def validate(
     draft.eval()
     total = AcceptanceStats(k=k)
     window = draft.sparrow_config.window if mode != "full" else None
+    budget = draft.sparrow_config.visual_budget
     for record in records:
-        rows = build_rows(record, mode)
+        rows = build_rows(record, mode, budget)
         starts = answer_rows(rows, int(record["loss_start"]))
         drafts = chain_drafts(draft, embed, lm_head, rows, window, k, starts)
         stats = simulate(rows, starts, drafts, record["target_next"], int(record["loss_start"]))
@@ -106,6 +107,24 @@ def validate(
     return total
 
 
+def check_draft_for_settings(draft: SparrowDraftModel, settings: TrainSettings) -> None:
+    """Refuse training settings the draft's own fields rule out."""
+    config = draft.sparrow_config
+    if settings.visual_rows == "full" and config.window is not None:
+        raise UsageError("--visual-rows full makes a draft for vLLM's eagle method, which has no window; drop --window")
+    if settings.visual_rows == "full" and config.visual_budget != "none":
+        raise UsageError(
+            f"--visual-rows full saves vLLM's eagle form, which has no visual budget, but the draft has "
+            f"--visual-budget {config.visual_budget}; for a Sparrow draft that keeps visual rows use "
+            "--visual-rows text --visual-budget all (or N), or drop --visual-budget for an EAGLE-form draft"
+        )
+    if settings.ivsb and config.visual_budget != "none":
+        raise UsageError(
+            f"--ivsb with --visual-budget {config.visual_budget}: kept visual rows are FC rows, and "
+            "bridge-sourced kept rows are not supported yet; drop --ivsb, or use --visual-budget none"
+        )
+
+
 class Trainer:
     def __init__(
         self, draft: SparrowDraftModel, embed: Any, lm_head: Any, source: RecordSource,
@@ -114,8 +133,7 @@ class Trainer:
     ) -> None:
         self.settings, self.source, self.out = settings, source, Path(out_dir)
         self.env = env or Distributed(0, 1, torch.device("cpu"))
-        if settings.visual_rows == "full" and draft.sparrow_config.window is not None:
-            raise UsageError("--visual-rows full makes a draft for vLLM's eagle method, which has no window; drop --window")
+        check_draft_for_settings(draft, settings)
         torch.manual_seed(settings.seed)
         self.objective = DraftObjective(draft, embed, lm_head).to(self.env.device)
         self.model: Any = self.objective
@@ -185,7 +203,8 @@ class Trainer:
         modes = s.step_row_modes(self.step, s.batch_size)[self.env.rank :: self.env.world]
         indices = batch_indices(self.step, s, self.num_train, self.env)
         pairs = [(self.source[i], mode) for i, mode in zip(indices, modes, strict=True)]
-        rows = [build_rows(record, mode) for record, mode in pairs if record is not None]
+        budget = self.draft.sparrow_config.visual_budget
+        rows = [build_rows(record, mode, budget) for record, mode in pairs if record is not None]
         autocast = self.env.device.type == "cuda" and s.bf16
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss, metrics = self.model(rows, self.draft.sparrow_config.window, s.step_weights(), s.ce_weight)
@@ -215,8 +234,10 @@ class Trainer:
 
         s = self.settings
         if self.env.is_main:
-            logger.info("training a %s draft (%s rows) on %d process(es), %d train / %d validation sequences",
-                        s.visual_rows, s.train_row_mode(), self.env.world, self.num_train, len(self.val_indices))
+            logger.info("training a %s draft (%s rows, visual budget %s) on %d process(es), %d train / %d "
+                        "validation sequences", s.visual_rows, s.train_row_mode(),
+                        self.draft.sparrow_config.visual_budget, self.env.world, self.num_train,
+                        len(self.val_indices))
         log: list[dict[str, float]] = []
         bar = tqdm(total=s.steps, initial=self.step, disable=not self.env.is_main, desc="train", file=sys.stderr,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)

@@ -33,3 +33,26 @@ def test_bridge_dropout_is_seeded_per_step_and_drops_about_its_share():
 def test_bridge_options_without_ivsb_are_refused(field):
     with pytest.raises(ValidationError, match="add --ivsb or drop them"):
         TrainSettings(ivsb=False, **field)
+
+
+@pytest.mark.parametrize(
+    "settings, budget, message",
+    [
+        (TrainSettings(visual_rows="full"), 64, "use --visual-rows text --visual-budget all"),
+        (TrainSettings(visual_rows="full"), "all", "use --visual-rows text --visual-budget all"),
+        (TrainSettings(ivsb=True), 64, "bridge-sourced kept rows are not supported yet; drop --ivsb"),
+        (TrainSettings(ivsb=True), "all", "bridge-sourced kept rows are not supported yet; drop --ivsb"),
+    ],
+)
+def test_visual_budget_is_refused_where_it_does_not_apply(settings, budget, message, tmp_path):
+    from sparrow_vllm.draft.factory import new_draft
+    from sparrow_vllm.errors import UsageError
+    from sparrow_vllm.training.trainer import Trainer, check_draft_for_settings
+    from tests.unit.helpers import text_family
+
+    draft = new_draft(text_family(), visual_budget=budget)
+    with pytest.raises(UsageError, match=message):
+        Trainer(draft, None, None, [], settings, tmp_path)
+    for fine in (TrainSettings(), TrainSettings(visual_rows="full"), TrainSettings(ivsb=True)):
+        check_draft_for_settings(new_draft(text_family()), fine)
+    check_draft_for_settings(draft, TrainSettings())

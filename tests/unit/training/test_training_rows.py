@@ -148,3 +148,61 @@ def test_chunked_base_pass_equals_one_chunk(monkeypatch):
     monkeypatch.setattr(acceptance._ChainAttention, "CHUNK", 4)
     chunked = chain_drafts(model.draft, model.embed_input_ids, model.compute_logits, rows, None, 3)
     assert torch.equal(whole, chunked)
+
+
+def _two_videos():
+    # two visual runs of 7 tokens: x_3..x_9 and x_15..x_21
+    return Sequence(30, visual=[(3, 10), (15, 22)], seed=4)
+
+
+def test_visual_budget_keeps_the_rows_whose_next_token_it_keeps():
+    from sparrow_vllm.draft.visual_budget import kept_token_mask
+
+    seq = _two_videos()
+    record = _record(seq)
+    visual = record["visual_mask"].tolist()
+    full = build_rows(record, "full")
+    # none: today's text rows, bit for bit (the full row set less every visual row)
+    text = build_rows(record, "text", "none")
+    for name, value in vars(build_rows(record, "text")).items():
+        assert torch.equal(getattr(text, name), value)
+        assert torch.equal(getattr(text, name), getattr(full, name)[~full.is_visual])
+    # 3: row i stays iff token i + 1 is text or one of the 3 kept tokens of its run
+    kept_tokens = kept_token_mask(visual, 3)
+    assert sum(kept_tokens[3:10]) == sum(kept_tokens[15:22]) == 3 and sum(kept_tokens) == 6
+    three = build_rows(record, "text", 3)
+    expected = [i for i in range(29) if not visual[i + 1] or kept_tokens[i + 1]]
+    assert three.source.tolist() == expected
+    kept_visual = three.source[three.is_visual].tolist()
+    assert kept_visual == [i for i in range(29) if kept_tokens[i + 1]] and len(kept_visual) == 6
+    # kept visual rows are FC rows at their own positions, with no loss and no MTP feed
+    assert not bool(three.is_bridge.any()) and not bool(three.loss_mask[three.is_visual].any())
+    assert torch.equal(three.token_ids, seq.x[three.source + 1])
+    assert torch.equal(three.hidden, seq.h[three.source])
+    assert torch.equal(three.positions, three.source)
+    assert not bool(previous_text_row(three)[three.is_visual].any())
+    for name, value in vars(three).items():
+        assert torch.equal(value, getattr(full, name)[expected])
+    # all: every visual row, the full row set in Sparrow form
+    every = build_rows(record, "text", "all")
+    for name, value in vars(every).items():
+        assert torch.equal(value, getattr(full, name))
+    # bridge and full rows do not depend on the budget
+    assert torch.equal(build_rows(record, "full", 3).source, full.source)
+
+
+def test_kept_visual_rows_count_in_the_window_in_training_and_chains():
+    from sparrow_vllm.training.acceptance import _ChainAttention
+
+    rows = build_rows(_record(_two_videos()), "text", 3)
+    mask = attention_mask(rows, window=2)
+    # every row sees itself and the row before it, kept visual or text alike
+    assert torch.equal(mask, torch.ones_like(mask).tril() & ~torch.ones_like(mask).tril(-2))
+    chain = _ChainAttention(rows, 2, torch.arange(len(rows)))
+    assert torch.equal(chain._mask(torch.arange(len(rows))), mask)
+    # without kept rows (text mode) and for bridge rows the rule is the one it was
+    seq = _two_videos()
+    bridge = build_rows(_record(seq, bridge_dim=seq.h.shape[1]), "bridge")
+    old_rank = torch.cumsum((~bridge.is_visual).long(), 0)
+    old = (old_rank[:, None] - old_rank[None, :] < 3) | bridge.is_visual[None, :]
+    assert torch.equal(attention_mask(bridge, 3), old & torch.ones_like(old).tril())
