@@ -66,7 +66,8 @@ def build(k: int, compile_backend: str | None = None) -> TextAnchoredDrafter:
     table_width = -(-(MAX_MODEL_LEN + 2 * k + 1 + DRIFT_STEPS * (k + 1)) // BLOCK_SIZE) + 1
     cache = TextKVCache(layers.num_hidden_layers, table_width, BLOCK_SIZE, 2, table_width,
                         layers.num_key_value_heads, layers.head_dim, torch.float32, "cpu")
-    visual = VisualRows(family, checkpoint.sparrow.frame_text, torch.device("cpu"))
+    visual = VisualRows(family, checkpoint.sparrow.frame_text, torch.device("cpu"),
+                        visual_budget=checkpoint.sparrow.visual_budget)
     drafter = TextAnchoredDrafter(model, cache, checkpoint.sparrow.window, visual, MAX_MODEL_LEN, k,
                                   compile_backend=compile_backend)
     if compile_backend is not None:  # as the engine's warm-up does

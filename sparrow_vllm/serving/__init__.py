@@ -4,7 +4,8 @@ Read top-down (the whole path from `vllm serve` to the kernel: docs/architecture
 
     drafter.py         TextAnchoredDrafter: the one drafting implementation both runner
                        adapters (vllm/v1_proposer.py, vllm/v2_speculator.py) call
-    visual_rows.py     which rows are visual, by the target family's rule (never cached)
+    visual_rows.py     which rows the draft commits: text, or visual (by the target family's
+                       rule) and kept by the draft's visual budget (none: never cached)
     text_kv_cache.py   TextKVCache: the draft's own paged cache of text rows, the host
                        allocator of its blocks (slots, reference counts, out of blocks)
     text_cache_layout.py  TextCacheLayout: the cache's device tensors and writes

@@ -1,12 +1,13 @@
 """TextAnchoredDrafter: the Sparrow drafting step, independent of vLLM's runner.
 
 One step, for the rows the target verified (EAGLE pairing, row i = (x_{i+1}, h_i)):
-  1. keep valid rows (not rejected) whose input token is text, plus each request's
-     sample row (its last valid row, which carries the next token);
-  2. run the draft on them, attending over the request's cached text rows (only the last
+  1. keep valid rows (not rejected) whose input token is text, or a visual token the
+     draft's visual budget keeps (VisualRows), plus each request's sample row (its last
+     valid row, which carries the next token);
+  2. run the draft on them, attending over the request's cached rows (only the last
      W with a window) and causally among themselves;
-  3. commit the text rows' K/V to the paged TextKVCache (visual rows never enter it; the
-     host backs the rows with blocks before the write, from host-known bounds);
+  3. commit those rows' K/V to the paged TextKVCache (other visual rows never enter it;
+     the host backs the rows with blocks before the write, from host-known bounds);
   4. draft a chain of K tokens from the sample rows; chain rows are scratch.
 
 (One job, the step, in its host part and its device part, which torch.compile captures
@@ -91,10 +92,10 @@ class _Selection:
     row_req: torch.Tensor
     # [N] target sequence index of each row
     row_seq: torch.Tensor
-    # [N] bool, the draft runs on the row (valid and text, or a sample row)
+    # [N] bool, the draft runs on the row (valid and committed, or a sample row)
     keep: torch.Tensor
-    # [N] bool, the row's input token is text
-    is_text: torch.Tensor
+    # [N] bool, the row's input token is text or a visual token the budget keeps
+    is_committed: torch.Tensor
     # [B] kept rows per request
     counts: torch.Tensor
 
@@ -126,7 +127,7 @@ class TextAnchoredDrafter:
         self._last_batch: tuple[str, ...] | None = None
         self._last_slot_list: list[int] = []
         self._last_slots = torch.empty(0, dtype=torch.int64, device=self.device)
-        self._last_spans: torch.Tensor | None = None  # [B, R, 2] frame-text segments
+        self._last_spans: torch.Tensor | None = None  # [B, R, 3] (start, end, kept) segments
         self._resumed: set[str] = set()  # preempted requests back, to rewind at their next step
         self.attention_backend = select_backend(self.device)
         self.compile_backend = compile_backend
@@ -145,7 +146,8 @@ class TextAnchoredDrafter:
     def step(
         self, inputs: StepInputs, num_draft_tokens: int, sample: SampleFn
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Commit this step's verified text rows and draft `num_draft_tokens` tokens per request.
+        """Commit this step's verified rows (text, and visual rows the draft's budget keeps) and
+        draft `num_draft_tokens` tokens per request.
 
         Returns drafts [B, K] and, when `sample` gives them, probabilities [B, K, vocab].
         A decode step (at most K + 1 rows per request) runs without host synchronisation,
@@ -188,7 +190,7 @@ class TextAnchoredDrafter:
         self, inputs: StepInputs, slots: torch.Tensor, num_draft_tokens: int, sample: SampleFn, active: set[str]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         sel = self._select(inputs, slots)
-        # only the kept rows (visual rows cost nothing further); this synchronises anyway,
+        # only the kept rows (other visual rows cost nothing further); this synchronises anyway,
         # so read the exact row counts with it
         order = torch.nonzero(sel.keep).squeeze(1)
         lengths, new_rows = torch.stack((self.cache.layout.lengths[slots], sel.counts)).tolist()
@@ -221,13 +223,13 @@ class TextAnchoredDrafter:
         local = torch.arange(n_rows, device=self.device) - qsl[:-1][row_req]
         is_valid = local < inputs.num_valid[row_req]
         row_seq = inputs.seq_start[row_req] + local
-        is_text = self.visual_rows.is_text(input_ids, row_seq + 1, row_req, self._last_spans)
+        is_committed = self.visual_rows.is_committed(input_ids, row_seq + 1, row_req, self._last_spans)
         is_sample = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
         is_sample[inputs.sample_idx] = True
-        keep = is_valid & (is_text | is_sample)
+        keep = is_valid & (is_committed | is_sample)
         counts = torch.zeros(batch, dtype=torch.int64, device=self.device)
         counts.scatter_add_(0, row_req, keep.long())
-        return _Selection(input_ids, row_req, row_seq, keep, is_text, counts)
+        return _Selection(input_ids, row_req, row_seq, keep, is_committed, counts)
 
     def _write_and_draft(
         self,
@@ -252,7 +254,7 @@ class TextAnchoredDrafter:
             rows,
             visible_rows,
         )
-        commit = (sel.keep & sel.is_text)[order]
+        commit = (sel.keep & sel.is_committed)[order]
         self.cache.layout.commit_rows(records, rows.slot_ids, rows.prefix_lens, sel.row_req[order], commit,
                                       sel.row_seq[order], sel.input_ids[order])
         self.cache.layout.expect_next(slots, inputs.seq_start + inputs.num_valid)

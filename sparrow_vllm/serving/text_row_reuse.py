@@ -85,8 +85,9 @@ def row_keys(
     namespace: tuple[tuple[str, ...], ...],
 ) -> list[tuple[int, int]]:
     """(target index i, content key) of each text row i with i + 1 < end, in order. Row i is
-    a text row when its input token tokens[i + 1] is not visual (`visual`, per token, the
-    family's rule: the rows the drafter commits). `namespace` (RequestContent.namespace)
+    a text row when its input token tokens[i + 1] is not visual (`visual`, per token: the
+    family's rule less the visual tokens the draft's visual budget keeps, VisualRows.token_mask;
+    the rows the drafter commits). `namespace` (RequestContent.namespace)
     seeds the chain: requests of other LoRA adapters or cache salts share no key."""
     identifiers = {offset: ident for offset, _, ident in mm_items}
     keys: list[tuple[int, int]] = []

@@ -107,9 +107,9 @@ def test_visual_rows_keep_one_span_per_video():
     rows.add_request("a", [7, START, *video, END, 8, START, *video, END])
     rows.add_request("b", [7, 8, 9])
     spans = rows.batch_spans(["b", "a"])
-    assert spans.shape == (2, 2, 2)
-    assert spans[0].tolist() == [[0, 0], [0, 0]]
-    assert spans[1, 0].tolist() == [2 + 3, 2 + len(video) - 1]
+    assert spans.shape == (2, 2, 3)  # (start, end, kept): budget "none" keeps no row
+    assert spans[0].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert spans[1, 0].tolist() == [2 + 3, 2 + len(video) - 1, 0]
     assert rows.batch_spans(["b"]) is None
 
 

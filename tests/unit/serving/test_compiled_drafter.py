@@ -4,6 +4,7 @@ what the eager one drafts, through every kind of batch change."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
@@ -33,21 +34,24 @@ def _same(a, b):
         assert rows_a == rows_b, f"cached rows, step {step}"
 
 
-def _pair(compile_backend=None):
+def _pair(compile_backend=None, visual_budget="none"):
     """An eager drafter and a second one over the same weights (compiled if asked)."""
     torch._dynamo.reset()
     model = _draft(None)
-    eager = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS)
-    other = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS, compile_backend=compile_backend)
+    eager = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS, visual_budget=visual_budget)
+    other = _drafter(model, None, k=K, drift_steps=DRIFT_STEPS, compile_backend=compile_backend,
+                     visual_budget=visual_budget)
     return model, eager, other
 
 
-def test_decode_step_compiles_as_one_graph():
+@pytest.mark.parametrize("visual_budget", ["none", 4])
+def test_decode_step_compiles_as_one_graph(visual_budget):
     """fullgraph=True raises on any graph break: the whole decode step (row selection,
     the draft forward with its attention op, the cache writes, the K-token chain) is one
     graph per shape family. Dynamo with the eager backend: the capture is what is tested.
-    (A window adds no branch the trace could break on.)"""
-    model, eager, compiled = _pair()
+    (A window adds no branch the trace could break on; budget 4 adds a's video spans to
+    the row selection.)"""
+    model, eager, compiled = _pair(visual_budget=visual_budget)
     compiled.decode_step = torch.compile(compiled.decode_step, fullgraph=True, backend="eager", dynamic=True)
     _same(_run(eager, model), _run(compiled, model))
 

@@ -109,9 +109,11 @@ def _stream():
 
 
 @pytest.mark.parametrize("window", [None, 8])
-def test_decode_steps_record_no_sync_op(recorder, window):
+@pytest.mark.parametrize("visual_budget", ["none", 4])  # 4: a's video rows tested against its spans on the device
+def test_decode_steps_record_no_sync_op(recorder, window, visual_budget):
     model = _draft(window)
-    drafter = _drafter(model, window, slots=4, k=K, blocks=64, block_size=4, drift_steps=DRIFT_STEPS)
+    drafter = _drafter(model, window, slots=4, k=K, blocks=64, block_size=4, drift_steps=DRIFT_STEPS,
+                       visual_budget=visual_budget)
     sample = lambda h: (model.compute_logits(h).argmax(-1), None)  # noqa: E731
     per_step: list[tuple[int, Counter[str]]] = []
     for event, payload in _stream():
@@ -131,6 +133,9 @@ def test_decode_steps_record_no_sync_op(recorder, window):
     # the stream reached the batch changes it is meant to cover
     stats = drafter.cache.stats()
     assert stats["reused_rows"] > 0, stats
+    if window is None:  # (a window has left a's video behind)
+        kept_video_rows = [i for i in drafter.cached_rows()["a"]["seq"] if 4 <= i < 16]
+        assert len(kept_video_rows) == (0 if visual_budget == "none" else 4), kept_video_rows
 
 
 def test_the_recorder_sees_what_synchronises(recorder):

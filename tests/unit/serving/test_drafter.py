@@ -34,17 +34,18 @@ def _draft(window=None, layers=2):
     return model
 
 
-def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4, drift_steps=0, compile_backend=None):
+def _drafter(model, window=None, slots=4, k=3, blocks=64, block_size=4, drift_steps=0, compile_backend=None,
+             visual_budget="none"):
     """drift_steps: table slack for the host's bound running ahead (serving has DRIFT_STEPS)."""
     rows = (window if window is not None else 256) + 2 * k + 1 + drift_steps * (k + 1)
     cache = TextKVCache(model.draft.layer_config.num_hidden_layers, blocks, block_size, slots,
                         -(-rows // block_size) + 1, 2, 8, torch.float32, "cpu", window=window)
-    return TextAnchoredDrafter(model, cache, window, _visual_rows(), max_model_len=512, num_speculative_tokens=k,
-                               compile_backend=compile_backend)
+    return TextAnchoredDrafter(model, cache, window, _visual_rows(visual_budget=visual_budget), max_model_len=512,
+                               num_speculative_tokens=k, compile_backend=compile_backend)
 
 
-def _visual_rows(family=None, frame_text="visual", device="cpu"):
-    return VisualRows(family or vl_family(VISUAL), frame_text, torch.device(device))
+def _visual_rows(family=None, frame_text="visual", device="cpu", visual_budget="none"):
+    return VisualRows(family or vl_family(VISUAL), frame_text, torch.device(device), visual_budget=visual_budget)
 
 
 class Sequence:
