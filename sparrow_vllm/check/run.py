@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from sparrow_vllm.check.prompts import prompt_kinds
 from sparrow_vllm.draft.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.draft.visual_budget import kept_token_mask
 from sparrow_vllm.engine_job import EngineJobError, run_engine_job
 from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, load_family
@@ -72,7 +73,11 @@ class CheckReport(BaseModel):
     adapter: str | None = None
     attention_backend_calls: dict[str, int] = Field(default_factory=dict)
     draft_cache: dict[str, int] | None = None
-    visual_rows_in_draft_cache: int | None = Field(None, description="Visual rows cached after a visual prefill (0 is right).")
+    visual_rows_in_draft_cache: int | None = Field(
+        None, description="Visual rows cached after a visual prefill that the draft's visual_budget does not keep "
+                          "(0 is right).")
+    kept_visual_rows_in_draft_cache: int | None = Field(
+        None, description="Visual rows cached after that prefill that the draft's visual_budget keeps (0 for 'none').")
     text_rows_in_draft_cache: int | None = Field(None, description="Text rows cached after that prefill.")
 
     def summary(self) -> str:
@@ -123,10 +128,16 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _visual_rows_cached(family: TargetFamily, checkpoint: DraftCheckpoint, inspected: dict[str, Any]) -> int:
-    """Cached rows whose input token the family's rule calls visual (row i carries token i + 1)."""
+def _visual_rows_cached(
+    family: TargetFamily, checkpoint: DraftCheckpoint, inspected: dict[str, Any]
+) -> tuple[int, int]:
+    """Cached rows whose input token the family's rule calls visual (row i carries token
+    i + 1): (those the draft's visual_budget does not keep, those it keeps)."""
     visual = family.visual_token_mask(inspected["prompt_token_ids"], checkpoint.sparrow.frame_text)
-    return sum(1 for i in inspected["seq"] if i + 1 < len(visual) and visual[i + 1])
+    kept = kept_token_mask(visual, checkpoint.sparrow.visual_budget)
+    cached = [i + 1 for i in inspected["seq"] if i + 1 < len(visual) and visual[i + 1]]
+    n_kept = sum(1 for j in cached if kept[j])
+    return len(cached) - n_kept, n_kept
 
 
 def run_check(target: str | Path, draft: str | Path, settings: CheckSettings | None = None,
@@ -193,8 +204,11 @@ def _read_worker(report: CheckReport, family: TargetFamily, checkpoint: DraftChe
                 "target, so Sparrow costs time without saving any; train it for this target "
                 "(`sparrow-vllm train` on video data; docs/training.md)")
     if "inspected" in sparrow:
-        report.visual_rows_in_draft_cache = _visual_rows_cached(family, checkpoint, sparrow["inspected"])
-        report.text_rows_in_draft_cache = len(sparrow["inspected"]["seq"]) - report.visual_rows_in_draft_cache
+        not_kept, kept = _visual_rows_cached(family, checkpoint, sparrow["inspected"])
+        report.visual_rows_in_draft_cache, report.kept_visual_rows_in_draft_cache = not_kept, kept
+        report.text_rows_in_draft_cache = len(sparrow["inspected"]["seq"]) - not_kept - kept
         if report.visual_rows_in_draft_cache:
             report.failures.append(f"the draft cache held {report.visual_rows_in_draft_cache} visual rows after "
-                                   f"a {sparrow['inspected']['kind']} prefill; Sparrow's draft must cache text rows only")
+                                   f"a {sparrow['inspected']['kind']} prefill that its visual_budget "
+                                   f"({checkpoint.sparrow.visual_budget}) does not keep; Sparrow's draft caches only "
+                                   "text rows and the visual rows its budget keeps")

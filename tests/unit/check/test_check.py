@@ -8,12 +8,19 @@ from types import SimpleNamespace
 import pytest
 
 from sparrow_vllm.check.prompts import build_prompt, prompt_kinds
-from sparrow_vllm.check.run import CheckReport, CheckSettings, _compare, run_check
+from sparrow_vllm.check.run import (
+    CheckReport,
+    CheckSettings,
+    _compare,
+    _visual_rows_cached,
+    run_check,
+)
 from sparrow_vllm.cli.main import main
 from sparrow_vllm.draft.checkpoint import save_draft
 from sparrow_vllm.draft.factory import new_draft
 from sparrow_vllm.families import load_family, resolve_family
 from sparrow_vllm.toy_targets import build_toy_target
+from tests.unit.helpers import vl_family
 
 
 def test_prompt_kinds_follow_the_family():
@@ -59,3 +66,11 @@ def test_a_differing_output_is_a_failure_naming_the_prompt_and_token():
     assert [p.equal for p in report.prompts] == [True, False]
     assert report.prompts[1].first_difference == 1
     assert "video prompt" in report.failures[0] and "at token 1 (4 vs 9)" in report.failures[0]
+
+
+@pytest.mark.parametrize(("budget", "expected"), [("none", (4, 0)), (2, (2, 2)), ("all", (0, 4))])
+def test_cached_visual_rows_count_against_the_draft_only_when_its_budget_does_not_keep_them(budget, expected):
+    """Rows 1..4 carry the four video tokens 2..5 (budget 2 keeps tokens 3 and 5)."""
+    checkpoint = SimpleNamespace(sparrow=SimpleNamespace(frame_text="visual", visual_budget=budget))
+    inspected = {"prompt_token_ids": [1, 1, 60, 60, 60, 60, 2], "seq": [0, 1, 2, 3, 4, 5]}
+    assert _visual_rows_cached(vl_family(60), checkpoint, inspected) == expected
