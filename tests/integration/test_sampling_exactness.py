@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sparrow_vllm.bench.two_sample import compare, detectable_shift
+from tests.draft_copies import with_visual_budget
 from tests.toy_models import assert_ran_on, run_engine_job, sparrow
 
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
@@ -39,7 +40,11 @@ METHODS = {
     # 4 drafts every step
     "sparrow-probabilistic": {**sparrow(TOY_WORLD / "sparrow-draft", k=4), "draft_sample_method": "probabilistic"},
     "eagle": {"method": "eagle", "model": str(TOY_WORLD / "eagle-draft"), "num_speculative_tokens": 4},
+    # a visual budget (issue 31): the draft also caches 8 rows of the clip (a copy of the
+    # draft with visual_budget 8, made in the test)
+    "sparrow-budget": sparrow(TOY_WORLD / "sparrow-draft", k=4, adaptive=True),
 }
+VISUAL_BUDGETS = {"sparrow-budget": 8}
 
 
 def _sample(tmp_path: Path, runner: str, samples: int, seed: int, speculative_config: dict | None = None) -> dict:
@@ -95,7 +100,10 @@ def test_speculation_keeps_the_target_distribution(runner, method, reference, nu
                     "it runs on a GPU")
     for ref, run in zip(reference, null, strict=True):  # else this test cannot judge
         assert not compare(run["outputs"], ref["outputs"], joint=JOINT).differs(ALPHA), "null control differs"
-    result = _sample(tmp_path, runner, SAMPLES[runner], seed=3, speculative_config=METHODS[method])
+    config = METHODS[method]
+    if method in VISUAL_BUDGETS:
+        config = {**config, "model": str(with_visual_budget(TOY_WORLD / "sparrow-draft", tmp_path, VISUAL_BUDGETS[method]))}
+    result = _sample(tmp_path, runner, SAMPLES[runner], seed=3, speculative_config=config)
     assert_ran_on(result, runner, sparrow=method.startswith("sparrow"))
     for ref, run in zip(reference, result["distribution"], strict=True):
         # drafts are both accepted and rejected: acceptance length well above 1 (above 2 at

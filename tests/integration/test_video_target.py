@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from sparrow_vllm.draft.visual_budget import kept_token_mask
+from tests.draft_copies import with_visual_budget
 from tests.toy_models import assert_ran_on, run_engine_job, sparrow
 
 VIDEO_TOKEN = "<|video_pad|>"
@@ -88,3 +90,57 @@ def test_draft_cache_after_video_prefill_holds_no_visual_rows(toy_models, sparro
 def test_aborted_request_leaves_the_draft_cache(sparrow_run):
     # the inspected request was aborted; the following generate round freed its slot
     assert not any(r.startswith("inspect") for r in sparrow_run["cached_rows_after"])
+
+
+# ---- a draft with a visual budget (issue 31): kept visual rows are cached like text rows --
+
+BUDGET = 8
+
+
+@pytest.fixture(scope="module")
+def budget_run(toy_models, runner, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vl-budget")
+    job = {
+        "target": str(toy_models["vl_target"]),
+        # no window: every cached row stays visible, so the inspection sees every kept row
+        "speculative_config": sparrow(with_visual_budget(toy_models["vl_draft"], root, BUDGET, window=None)),
+        "engine": ENGINE,
+        "prompts": PROMPTS,
+        "inspect_after_prefill": 0,
+        "rounds": 2,
+    }
+    return run_engine_job(job, root, runner=runner)
+
+
+def test_budget_draft_keeps_greedy_output_and_reuses_rows(baseline, budget_run, runner):
+    """With visual_budget 8 the draft caches 8 rows of each image or video: the output is
+    the target's on every prompt kind, through chunked prefill and prefix-cache hits, and
+    round 2 starts from round 1's rows, kept visual rows included."""
+    assert_ran_on(budget_run, runner)
+    assert budget_run["outputs"] == baseline["outputs"]
+    assert budget_run["metrics"]["vllm:spec_decode_num_drafts"] > 0
+    first, second = budget_run["prefix_cache"]
+    assert first["hits"] > 0 and second["hits"] > 0, budget_run["prefix_cache"]
+    assert budget_run["runner_info"]["draft_cache"]["reused_rows"] > 0, budget_run["runner_info"]
+
+
+def test_budget_draft_caches_text_rows_and_the_kept_visual_rows(toy_models, budget_run):
+    from transformers import AutoTokenizer
+
+    from sparrow_vllm.families import load_family
+
+    tok = AutoTokenizer.from_pretrained(str(toy_models["vl_target"]))
+    video_id = tok.convert_tokens_to_ids(VIDEO_TOKEN)
+    prompt = budget_run["inspected_prompt_ids"]
+    at = prompt.index(video_id)
+    expanded = prompt[:at] + [video_id] * 64 + prompt[at + 1 :]
+    visual = load_family(toy_models["vl_target"]).visual_token_mask(expanded, "visual")
+    kept = kept_token_mask(visual, BUDGET)
+    assert sum(kept) == BUDGET
+    (cached,) = budget_run["cached_rows"].values()
+    # row i carries token i + 1 (the last row the first generated token): committed when
+    # that token is text or one the budget keeps
+    rows = [i for i in range(len(expanded)) if i + 1 == len(expanded) or not visual[i + 1] or kept[i + 1]]
+    assert cached["seq"] == rows
+    assert cached["tokens"][:-1] == [expanded[i + 1] for i in rows[:-1]]
+    assert cached["tokens"].count(video_id) == BUDGET
