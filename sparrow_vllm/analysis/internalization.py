@@ -15,6 +15,16 @@ Cut L is the full model (agreement 1, KL 0); cut 0 leaves the video's informatio
 text row. The internalization layer is the smallest x from which agreement stays within
 `tolerance` of 1 for every deeper cut: from there on the text rows already carry what the
 answer needs from the video, which is the premise of Sparrow's text-only draft.
+
+The budget probe asks what a draft that keeps N visual rows per image or video
+(`visual_budget` N, `kept_token_mask`) would leave the text rows: for each N of a ladder
+the target runs with its text rows seeing, from layer 0 on, only the visual rows the
+budget keeps (the kept rows themselves keep their full view), compared with the full
+model as above. A sample counts at N only when one of its images or videos is longer than
+N (otherwise the budget keeps every row: the full model); the ladder stops at the first N
+no sample exceeds. `recommend_visual_budget` turns the two curves into the draft's
+`--visual-budget`: none for a target that internalizes the video early, else the smallest
+N that leaves the predictions unchanged.
 """
 
 from __future__ import annotations
@@ -26,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparrow_vllm.analysis.visual_cutoff import VisualCutoff
 from sparrow_vllm.draft.config import FrameText
+from sparrow_vllm.draft.visual_budget import VisualBudget, kept_token_mask, segments
 from sparrow_vllm.errors import UsageError
 from sparrow_vllm.training.data import ConversationDataset, ConversationSample
 from sparrow_vllm.training.features import FeatureExtractor, FeatureSpec
@@ -63,6 +74,39 @@ class AnalyzeSettings(BaseModel):
         "video_seconds (M-RoPE time positions).",
     )
     max_seq_len: int = Field(32768, ge=1, description="Skip (and count) longer sequences.")
+    budget_ladder: tuple[int, ...] = Field(
+        (4, 8, 16, 32, 64, 128, 256, 512), min_length=1, description="Visual budgets N the budget "
+        "probe tries (text rows see only the N visual rows per image or video a draft with "
+        "--visual-budget N keeps); the ladder stops at the first N no sample's image or video exceeds.",
+    )
+    budget_samples: int | None = Field(
+        None, ge=1, description="Run the budget probe on the first this many analyzed samples only "
+        "(default: all; it costs one forward per sample and budget, the cut sweep two per layer).",
+    )
+    budget_tolerance: float = Field(
+        0.02, ge=0, lt=1, description="The recommended --visual-budget is the smallest N whose "
+        "next-token agreement with the full model is at least 1 - budget_tolerance. Looser than "
+        "--tolerance (0.01): agreement is how often the target still predicts its own next token when "
+        "its text rows see only the kept rows, about the best a draft reading those rows can match; "
+        "0.02 gives up about 2 positions in 100, while each halving of N halves the visual rows a "
+        "draft step reads.",
+    )
+    premise_depth: float = Field(
+        0.75, gt=0, le=1, description="Recommend --visual-budget none when predictions are unchanged "
+        "with the visual rows removed from layer premise_depth * L on (the paper's premise: the "
+        "target has internalized the video by then, so its text rows carry it to the draft).",
+    )
+    max_budget: int = Field(
+        512, ge=1, description="Largest --visual-budget recommended (and tried): a draft step reads "
+        "at most this many visual rows per image or video, so its cost stays bounded on long videos.",
+    )
+
+    @field_validator("budget_ladder")
+    @classmethod
+    def _ladder_positive(cls, ladder: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 1 for n in ladder):
+            raise ValueError(f"budgets must be >= 1, got {ladder}")
+        return tuple(sorted(set(ladder)))
 
 
 @dataclass
@@ -90,6 +134,25 @@ class CutTotals:
             "kl": self.kl / max(self.positions, 1),
             "accuracy": self.correct / self.answered if self.answered else None,
             "accuracy_by_question": {q: c / n for q, (c, n) in sorted(self.by_question.items())},
+        }
+
+
+@dataclass
+class BudgetTotals:
+    """Sums over the analyzed positions of the samples that count at one budget N."""
+
+    agree: int = 0
+    positions: int = 0
+    kl: float = 0.0
+    samples: int = 0
+
+    def as_dict(self, budget: int) -> dict[str, Any]:
+        return {
+            "budget": budget,
+            "samples": self.samples,
+            "positions": self.positions,
+            "agreement": self.agree / max(self.positions, 1),
+            "kl": self.kl / max(self.positions, 1),
         }
 
 
@@ -154,15 +217,22 @@ class InternalizationProbe:
         mask = self.target.family.visual_token_mask(ids, self.settings.frame_text)
         return torch.tensor(mask, dtype=torch.bool, device=inputs["input_ids"].device)
 
-    def _logits(self, inputs: dict[str, Any], cut: int, visual: torch.Tensor, start: int) -> torch.Tensor:
+    def _logits(self, inputs: dict[str, Any], cut: int, visual: torch.Tensor, start: int,
+                removed: torch.Tensor | None = None) -> torch.Tensor:
         """[a, V] float32 logits of the rows that predict the answer tokens [start, n)."""
-        with self.cutoff.at(cut, visual):
+        with self.cutoff.at(cut, visual, removed):
             logits = self.target.model(**inputs).logits[0]
         return logits[start - 1 : -1].float()
 
+    def budgets(self) -> list[int]:
+        """The ladder the budget probe tries (none above max_budget)."""
+        return [n for n in self.settings.budget_ladder if n <= self.settings.max_budget]
+
     @torch.no_grad()
-    def probe(self, sample: ConversationSample, totals: list[CutTotals]) -> None:
-        """Add this sample's comparison at every cut to `totals` ([L + 1])."""
+    def probe(self, sample: ConversationSample, totals: list[CutTotals],
+              budget_totals: dict[int, BudgetTotals] | None = None) -> None:
+        """Add this sample's comparison at every cut to `totals` ([L + 1]), and at every
+        budget of the ladder below its longest image or video to `budget_totals`."""
         own = self.extractor.hf_greedy_answer(sample, self.settings.max_new_tokens)
         inputs, start = self.extractor.conversation_inputs(sample, own)
         visual = self._visual(inputs)
@@ -180,14 +250,32 @@ class InternalizationProbe:
             ref_ids = torch.tensor(ref_tokens, device=full.device)
         for cut in range(self.num_layers + 1):
             logits = full if cut == self.num_layers else self._logits(inputs, cut, visual, start)
-            log_p = torch.log_softmax(logits, -1)
             total = totals[cut]
-            total.agree += int((logits.argmax(-1) == full_top).sum())
-            total.positions += int(full_top.shape[0])
-            total.kl += float((full_log_p.exp() * (full_log_p - log_p)).sum())
+            self._compare(total, logits, full_top, full_log_p)
             if ref_inputs is not None:
                 ref_top = self._logits(ref_inputs, cut, ref_visual, ref_start).argmax(-1)
                 total.add_reference(question_of(sample), bool((ref_top == ref_ids).all()))
+        if budget_totals is None:
+            return
+        flags = visual.tolist()
+        longest = max(end - begin for begin, end, _ in segments(flags, "all"))
+        for n in self.budgets():
+            if longest <= n:  # the budget keeps every visual row: the full model
+                break
+            kept = torch.tensor(kept_token_mask(flags, n), dtype=torch.bool, device=visual.device)
+            logits = self._logits(inputs, 0, visual, start, removed=visual & ~kept)
+            budget = budget_totals.setdefault(n, BudgetTotals())
+            self._compare(budget, logits, full_top, full_log_p)
+            budget.samples += 1
+
+    @staticmethod
+    def _compare(total: CutTotals | BudgetTotals, logits: torch.Tensor, full_top: torch.Tensor,
+                 full_log_p: torch.Tensor) -> None:
+        """Add agreement and KL(full || this) of these logits' rows to `total`."""
+        log_p = torch.log_softmax(logits, -1)
+        total.agree += int((logits.argmax(-1) == full_top).sum())
+        total.positions += int(full_top.shape[0])
+        total.kl += float((full_log_p.exp() * (full_log_p - log_p)).sum())
 
 
 def internalization_layer(agreement: list[float], tolerance: float) -> int:
@@ -198,12 +286,65 @@ def internalization_layer(agreement: list[float], tolerance: float) -> int:
     return layer
 
 
+def budget_curve(totals: dict[int, BudgetTotals], ladder: list[int]) -> tuple[list[dict[str, Any]], int | None]:
+    """The budget curve in ladder order, and the N it stopped at (the first N no sample's
+    image or video exceeds; None when every N of the ladder was measured)."""
+    curve = []
+    for n in ladder:
+        if n not in totals or totals[n].samples == 0:
+            return curve, n
+        curve.append(totals[n].as_dict(n))
+    return curve, None
+
+
+def recommend_visual_budget(
+    internalization: int, num_layers: int, curve: list[dict[str, Any]], stopped_at: int | None, *,
+    premise_depth: float, tolerance: float, max_budget: int,
+) -> tuple[VisualBudget, str]:
+    """The draft's --visual-budget from the measured curves, and why.
+
+    - "none" when predictions are unchanged with the visual rows removed from layer x* <=
+      premise_depth * L on: the text rows carry the video, a text-only draft suffices;
+    - else the smallest N of the budget curve whose agreement is >= 1 - tolerance;
+    - else the N the ladder stopped at (it keeps every visual row of the analyzed samples,
+      so it equals the full model on them), or else the largest N tried;
+    - never above max_budget."""
+    depth = premise_depth * num_layers
+    if internalization <= depth:
+        return "none", (f"predictions unchanged with the visual rows removed from layer x* = {internalization} "
+                        f"of L = {num_layers} on (<= {premise_depth:g} L = {depth:g}): the text rows carry "
+                        "the video, so the draft needs no visual row")
+    reads = f"the target reads its visual rows up to layer x* = {internalization} of L = {num_layers} " \
+            f"(> {premise_depth:g} L = {depth:g})"
+    for point in curve:
+        if point["agreement"] >= 1 - tolerance:
+            n = min(int(point["budget"]), max_budget)
+            return n, (f"{reads}; with {point['budget']} visual rows per image/video the text rows agree "
+                       f"with the full model at {point['agreement']:.3f} of positions (full model 1, "
+                       f"tolerance {tolerance:g}; {point['samples']} samples)"
+                       + (f", capped at max_budget {max_budget}" if n < point["budget"] else ""))
+    below = (f"no N up to {curve[-1]['budget']} reaches agreement >= {1 - tolerance:.3f} "
+             f"(agreement {curve[-1]['agreement']:.3f} at N = {curve[-1]['budget']})" if curve else "")
+    if stopped_at is not None:
+        n = min(stopped_at, max_budget)
+        return n, (f"{reads}; {below + '; ' if below else ''}no analyzed image or video is longer than "
+                   f"{stopped_at} rows, so N = {stopped_at} keeps them all (the full model on this data; "
+                   "analyze longer videos to measure larger budgets)"
+                   + (f", capped at max_budget {max_budget}" if n < stopped_at else ""))
+    if not curve:
+        return max_budget, f"{reads}; no budget was measured, so max_budget {max_budget}"
+    n = min(int(curve[-1]["budget"]), max_budget)
+    return n, f"{reads}; {below}, so the largest N tried" + (
+        f", capped at max_budget {max_budget}" if n < curve[-1]["budget"] else "")
+
+
 def analyze(target: TargetFeatures, dataset: ConversationDataset, settings: AnalyzeSettings) -> dict[str, Any]:
     """The per-cut curves of `target` over `dataset` and the layers they suggest."""
     from tqdm import tqdm
 
     probe = InternalizationProbe(target, settings)
     totals = [CutTotals() for _ in range(probe.num_layers + 1)]
+    budget_totals: dict[int, BudgetTotals] = {}
     skips = SkipReport()
     wanted = settings.samples or len(dataset)
     done = 0
@@ -214,7 +355,8 @@ def analyze(target: TargetFeatures, dataset: ConversationDataset, settings: Anal
             if done >= wanted:
                 break
             try:
-                probe.probe(dataset.load(index), totals)
+                probing = settings.budget_samples is None or done < settings.budget_samples
+                probe.probe(dataset.load(index), totals, budget_totals if probing else None)
             except SampleError as error:
                 skips.add(f"row{index}", error)
                 logger.warning("skipping row %d (%s): %s", index, error.reason, error)
@@ -227,6 +369,10 @@ def analyze(target: TargetFeatures, dataset: ConversationDataset, settings: Anal
                          f"({skips.summary()}); `sparrow-vllm analyze` needs visual input")
     curves = [t.as_dict(layer) for layer, t in enumerate(totals)]
     layer = internalization_layer([c["agreement"] for c in curves], settings.tolerance)
+    budgets, stopped_at = budget_curve(budget_totals, probe.budgets())
+    budget, reason = recommend_visual_budget(
+        layer, probe.num_layers, budgets, stopped_at, premise_depth=settings.premise_depth,
+        tolerance=settings.budget_tolerance, max_budget=settings.max_budget)
     return {
         "num_layers": probe.num_layers,
         "samples": done,
@@ -238,6 +384,10 @@ def analyze(target: TargetFeatures, dataset: ConversationDataset, settings: Anal
         "internalization_layer": layer,
         "suggested_bridge_layer": suggested_bridge_layer(layer),
         "curves": curves,
+        "budget_curve": budgets,
+        "budget_ladder_stopped_at": stopped_at,
+        "recommended_visual_budget": budget,
+        "recommendation_reason": reason,
     }
 
 
@@ -271,6 +421,12 @@ def summary(result: dict[str, Any], target_dir: str | Path) -> str:
     else:
         lines.append(f"suggested --bridge-layer {bridge} (the deepest visual states text rows still read; "
                      f"L // 2 = {n // 2})")
+    budgets = result.get("budget_curve") or []
+    if budgets:
+        lines.append("text rows seeing N visual rows per image/video from layer 0 on: " + ", ".join(
+            f"N={p['budget']} agreement {p['agreement']:.3f} ({p['samples']} samples)" for p in budgets))
+    lines.append(f"recommended: sparrow-vllm train ... --visual-budget {result['recommended_visual_budget']} "
+                 f"({result['recommendation_reason']})")
     return "\n".join(lines)
 
 

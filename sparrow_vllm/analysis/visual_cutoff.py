@@ -9,6 +9,10 @@ that, with a forward pre-hook on each decoder layer that swaps the layer's atten
 mask. Cut L is the full model; cut 0 is the target with the video's information gone
 from every text row (the visual rows never reach a text row).
 
+A cut can also remove only some visual rows (`at(cut, visual, removed)`): text rows then
+see the visual rows not in `removed` (e.g. the rows a draft's `visual_budget` keeps),
+while every visual row keeps its full view, so a kept row carries the target's own state.
+
 The mask is a 4-D tensor the layer's attention adds or applies, so the target must run
 with transformers' "sdpa" or "eager" attention; anything else stops here.
 """
@@ -46,15 +50,18 @@ def attention_implementation(model: Any) -> str:
     return str(getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", "eager"))
 
 
-def cutoff_mask(visual: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+def cutoff_mask(visual: torch.Tensor, implementation: str, dtype: torch.dtype,
+                removed: torch.Tensor | None = None) -> torch.Tensor:
     """[1, 1, n, n] attention mask for layers at or after the cut: causal, and no text
-    query sees a visual key. visual: [n] bool, rows that are removed.
+    query sees a removed key. visual: [n] bool, the visual rows (the others are text);
+    removed: [n] bool, the visual rows text queries no longer see (default: all of them).
 
     "sdpa" takes a bool mask (True = attend); "eager" adds a float mask (0 or the most
     negative value)."""
     n = int(visual.shape[0])
+    removed = visual if removed is None else removed & visual
     causal = torch.ones(n, n, dtype=torch.bool, device=visual.device).tril()
-    hidden = ~visual[:, None] & visual[None, :]
+    hidden = ~visual[:, None] & removed[None, :]
     allowed = (causal & ~hidden)[None, None]
     if implementation == "sdpa":
         return allowed
@@ -83,8 +90,8 @@ class VisualCutoff:
         self._mask: torch.Tensor | None = None
         self._cut = len(self.layers)
         self._handles: list[Any] = []
-        # the masks of the last two `visual` tensors seen (kept alive, so `is` is safe)
-        self._recent: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # the masks of the last two (visual, removed) tensors seen (kept alive, so `is` is safe)
+        self._recent: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
 
     @property
     def num_layers(self) -> int:
@@ -115,26 +122,28 @@ class VisualCutoff:
 
         return swap_mask
 
-    def _mask_for(self, visual: torch.Tensor) -> torch.Tensor:
-        """The cutoff mask of `visual`, built once per sequence: a probe sweeps every cut of
-        one or two sequences in turn, and at 25k tokens a mask is 625 MB."""
-        for seen, mask in self._recent:
-            if seen is visual:
+    def _mask_for(self, visual: torch.Tensor, removed: torch.Tensor | None) -> torch.Tensor:
+        """The cutoff mask of `visual` (and `removed`), built once per sequence: a probe
+        sweeps every cut of one or two sequences in turn, and at 25k tokens a mask is 625 MB."""
+        for seen, seen_removed, mask in self._recent:
+            if seen is visual and seen_removed is removed:
                 return mask
-        mask = cutoff_mask(visual.bool(), self.implementation, next(self.model.parameters()).dtype)
-        self._recent = [*self._recent[-1:], (visual, mask)]
+        mask = cutoff_mask(visual.bool(), self.implementation, next(self.model.parameters()).dtype,
+                           None if removed is None else removed.bool())
+        self._recent = [*self._recent[-1:], (visual, removed, mask)]
         return mask
 
     @contextmanager
-    def at(self, cut: int, visual: torch.Tensor) -> Iterator[None]:
+    def at(self, cut: int, visual: torch.Tensor, removed: torch.Tensor | None = None) -> Iterator[None]:
         """Within the block, forwards remove `visual` ([n] bool) rows from layer `cut` on
-        (0 <= cut <= num_layers; num_layers = the full model)."""
+        (0 <= cut <= num_layers; num_layers = the full model), or only the `removed` ones
+        ([n] bool) where given: text rows keep seeing the other visual rows."""
         if not 0 <= cut <= self.num_layers:
             raise ValueError(f"cut must be in [0, {self.num_layers}], got {cut}")
         if not self._handles:
             raise RuntimeError("use VisualCutoff as a context manager before .at()")
         self._cut = cut
-        self._mask = self._mask_for(visual) if cut < self.num_layers else None
+        self._mask = self._mask_for(visual, removed) if cut < self.num_layers else None
         try:
             yield
         finally:

@@ -51,6 +51,8 @@ def _argparse_kwargs(info: FieldInfo) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if get_origin(annotation) is Literal:
         return {"choices": get_args(annotation)}
+    if get_origin(annotation) is tuple:  # tuple[int, ...]: --option 4 8 16
+        return {"nargs": "+", "type": get_args(annotation)[0]}
     if get_origin(annotation) in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
         literals = tuple(c for a in members if get_origin(a) is Literal for c in get_args(a))

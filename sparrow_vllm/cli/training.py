@@ -182,12 +182,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "analyze",
-        help="from which layer does the target no longer need its visual rows? (and --bridge-layer)",
+        help="from which layer does the target no longer need its visual rows? (--bridge-layer, --visual-budget)",
         description="For every layer x, runs the target with its visual rows removed from layer x on "
         "(text rows keep their positions), teacher-forced on its own greedy answers, and compares "
         "it with the full model: next-token agreement, KL divergence, and answer accuracy where the "
         "manifest has reference answers. Writes OUT/analysis.json and OUT/analysis.png and prints "
-        "the smallest layer from which predictions are unchanged and a suggested --bridge-layer.",
+        "the smallest layer from which predictions are unchanged and a suggested --bridge-layer. A "
+        "budget probe runs the text rows with only N visual rows per image/video (the rows a draft "
+        "with --visual-budget N keeps) for each N of --budget-ladder; the log ends with the "
+        "--visual-budget to train with (none when the target internalizes the video early).",
     )
     p.add_argument("--target", required=True, help="target model directory (HF format, a vision-language model)")
     p.add_argument("--data", required=True, help="dataset manifest (as extract-features takes it)")

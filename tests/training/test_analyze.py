@@ -1,6 +1,7 @@
 """`sparrow-vllm analyze`: the per-layer visual cut against an explicit removal of the visual
 rows on every family's tiny target, and on the committed toy-world target the claims a user
-reads off the curve (cut L is the full model; cut 0 leaves a video-only question at chance)."""
+reads off the curve (cut L is the full model; cut 0 leaves a video-only question at chance;
+a target that reads its video to the last layer gets a visual budget)."""
 
 from __future__ import annotations
 
@@ -112,10 +113,15 @@ def test_internalization_layer_is_the_start_of_the_unchanged_tail():
 
 
 def test_toy_world_target_cut_at_zero_leaves_a_video_only_question_at_chance(tmp_path):
-    """'what is the number ?' is answered from the digit in the frames alone (10 answers)."""
+    """'what is the number ?' is answered from the digit in the frames alone (10 answers).
+    The toy target reads its video to the last layer (x* = L), so analyze recommends a visual
+    budget: the smallest N of the ladder within budget_tolerance of the full model. On these
+    8-frame clips (64 visual rows) 32 rows leave the text rows no better than no video; 60 do
+    not change them (a budget probe over 4 clips: one cut-0 forward per clip and rung)."""
     manifest = write_dataset(tmp_path / "data", num=16, frames=[8], questions=["number"], seed=4)
     target = load_hf_target(TOY_WORLD, attn_implementation="sdpa")
-    result = analyze(target, ConversationDataset(manifest), AnalyzeSettings())
+    settings = AnalyzeSettings(budget_ladder=(32, 60), budget_samples=4)
+    result = analyze(target, ConversationDataset(manifest), settings)
     curves, layers = result["curves"], result["num_layers"]
     assert result["samples"] == 16 and layers == 8 and len(curves) == 9
     full, zero = curves[layers], curves[0]
@@ -126,14 +132,26 @@ def test_toy_world_target_cut_at_zero_leaves_a_video_only_question_at_chance(tmp
     digits = collections.Counter(sample_scene(4, i).digit for i in range(16))
     assert zero["accuracy"] <= max(digits.values()) / 16 < 0.5
     assert zero["kl"] > 0.1 and zero["agreement"] < full["agreement"]
+    assert result["internalization_layer"] == layers
+    budgets = {p["budget"]: p for p in result["budget_curve"]}
+    assert list(budgets) == [32, 60] and result["budget_ladder_stopped_at"] is None
+    assert all(p["samples"] == 4 and p["positions"] > 0 for p in budgets.values())
+    assert result["recommended_visual_budget"] == 60, result["recommendation_reason"]
+    assert budgets[60]["agreement"] >= 1 - settings.budget_tolerance
+    assert budgets[32]["agreement"] < 1 - settings.budget_tolerance
 
 
 def test_analyze_command_writes_json_and_plot_and_refuses_text_targets(tmp_path, capsys):
     manifest = write_dataset(tmp_path / "data", num=3, frames=[4], questions=["count"], seed=4)
     out = tmp_path / "analysis"
-    main(["analyze", "--target", str(TOY_WORLD), "--data", str(manifest), "--out", str(out), "--samples", "2"])
+    main(["analyze", "--target", str(TOY_WORLD), "--data", str(manifest), "--out", str(out), "--samples", "2",
+          "--budget-ladder", "64", "16"])
     result = json.loads((out / "analysis.json").read_text())
     assert result["samples"] == 2 and result["family"] == "qwen2_5_vl"
+    # 4-frame clips have 32 visual rows: N = 16 is measured, the ladder stops at 64
+    assert [(p["budget"], p["samples"]) for p in result["budget_curve"]] == [(16, 2)]
+    assert result["budget_ladder_stopped_at"] == 64 and result["settings"]["budget_ladder"] == [16, 64]
+    assert result["recommended_visual_budget"] in ("none", 16, 64) and result["recommendation_reason"]
     assert [c["layer"] for c in result["curves"]] == list(range(9))
     assert result["provenance"]["command"] and (out / "analysis.png").stat().st_size > 0
     text_target = build_toy_target("qwen2", tmp_path / "text")
