@@ -9,13 +9,8 @@ import argparse
 import pytest
 import torch
 
-from sparrow_vllm.analysis.internalization import (
-    AnalyzeSettings,
-    BudgetTotals,
-    budget_curve,
-    recommend_visual_budget,
-    summary,
-)
+from sparrow_vllm.analysis.budget_advice import BudgetTotals, budget_curve, recommend_visual_budget
+from sparrow_vllm.analysis.internalization import AnalyzeSettings, summary
 from sparrow_vllm.analysis.visual_cutoff import cutoff_mask
 from sparrow_vllm.cli.options import add_schema_arguments, settings_from
 
