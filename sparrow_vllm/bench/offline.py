@@ -181,7 +181,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                            "loop need the engine in this process")
     spec = job.get("speculative_config")
     llm = LLM(model=job["target"], speculative_config=spec, seed=0, disable_log_stats=False,
-              limit_mm_per_prompt={"video": 1}, **job.get("engine", {}))
+              limit_mm_per_prompt={"video": 1, "image": 1}, **job.get("engine", {}))
     if spec:
         llm.collective_rpc(_install_drafter_timer, kwargs={"flush_mb": job.get("flush_cache_mb", 0)})
     tokenizer = llm.get_tokenizer()

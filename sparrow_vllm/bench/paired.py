@@ -1,0 +1,61 @@
+"""Paired bootstrap intervals for comparing two speculative methods on the same requests.
+
+Every request of a benchmark runs under each method, so request i's content (scene,
+length, answer) is shared: resampling request indices jointly for both methods cancels it,
+and an interval of the difference resolves far smaller gaps than two separate intervals.
+This is how the IVSB study (benchmarks/ablation.py) compares drafts over held-out
+sequences; here the sequences are a benchmark's requests and their spec-decode counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+DRAFTS = "vllm:spec_decode_num_drafts"
+ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
+
+
+def drafts_accepted(counters: Sequence[Mapping[str, object]]) -> np.ndarray:
+    """[R, 2] (drafts, accepted tokens) per request from per-request spec-decode counters."""
+    return np.array([[float(c.get(DRAFTS) or 0), float(c.get(ACCEPTED) or 0)] for c in counters], dtype=float)
+
+
+def _tau(rows: np.ndarray) -> np.ndarray:
+    """Acceptance length 1 + accepted / drafts of [..., R, 2] rows, summed over R."""
+    return 1.0 + rows[..., 1].sum(-1) / np.maximum(rows[..., 0].sum(-1), 1.0)
+
+
+def _picks(n: int, draws: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
+
+
+def _ci(values: np.ndarray) -> list[float]:
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def acceptance_difference(a: np.ndarray, b: np.ndarray, draws: int = 4000, seed: int = 0) -> dict[str, object]:
+    """Acceptance length of method a and b (each [R, 2] drafts/accepted for the same R
+    requests) and a - b, each with a 95% interval, requests resampled jointly."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired acceptance needs the same requests for both methods: {a.shape} vs {b.shape}")
+    picks = _picks(len(a), draws, seed)
+    tau_a, tau_b = _tau(a[picks]), _tau(b[picks])
+    return {"a": float(_tau(a)), "b": float(_tau(b)), "a_ci95": _ci(tau_a), "b_ci95": _ci(tau_b),
+            "diff": float(_tau(a) - _tau(b)), "diff_ci95": _ci(tau_a - tau_b)}
+
+
+def speedup_ratio(base: Sequence[float], a: Sequence[float], b: Sequence[float], draws: int = 4000,
+                  seed: int = 0) -> dict[str, object]:
+    """Decode speedups of methods a and b over `base` (per-request decode seconds of the
+    same requests: DSR = sum(base) / sum(method)) and DSR_a / DSR_b = sum(b) / sum(a), each
+    with a 95% interval, requests resampled jointly."""
+    x, y, z = (np.asarray(v, dtype=float) for v in (base, a, b))
+    if not len(x) == len(y) == len(z):
+        raise ValueError(f"paired speedups need the same requests: {len(x)}, {len(y)}, {len(z)}")
+    picks = _picks(len(x), draws, seed)
+    base_s, a_s, b_s = x[picks].sum(1), y[picks].sum(1), z[picks].sum(1)
+    return {"dsr_a": float(x.sum() / y.sum()), "dsr_b": float(x.sum() / z.sum()),
+            "dsr_a_ci95": _ci(base_s / a_s), "dsr_b_ci95": _ci(base_s / b_s),
+            "ratio": float(z.sum() / y.sum()), "ratio_ci95": _ci(b_s / a_s)}
