@@ -55,6 +55,7 @@ from sparrow_vllm.bench.sweep_report import (
     summarise,
     video_point,
 )
+from sparrow_vllm.engine_job import job_files
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens
 
@@ -94,6 +95,17 @@ def _job(args: argparse.Namespace, method: str, requests: list[dict]) -> dict:
             "requests": requests, "batch": args.batch}
 
 
+def _kept_result(workdir: Path, method: str, job: dict) -> dict | None:
+    """The result a previous run of exactly this job left in workdir, or None."""
+    job_file, result_file, _ = job_files(workdir, method)
+    if not (job_file.is_file() and result_file.is_file()):
+        return None
+    if json.loads(job_file.read_text()) != json.loads(json.dumps(job, default=str)):
+        logger.info("method %s: %s holds a different job; running it again", method, job_file)
+        return None
+    return json.loads(result_file.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=Path, default=TOY_WORLD / "target", help="the video LLM")
@@ -106,6 +118,9 @@ def main() -> None:
                         help="Sparrow draft trained with --visual-budget all (method sparrow-all)")
     parser.add_argument("--methods", default="none,eagle,sparrow",
                         help=f"comma list of {', '.join(METHODS)}; none first (speedups are measured against it)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a method's result from OUT-runs/ when its job there is the same one "
+                             "(same requests, draft and engine settings): add a method without rerunning the rest")
     parser.add_argument("--image", action="store_true",
                         help="one more point: the same questions about one image (the scene's first frame)")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="visual tokens, comma list")
@@ -146,8 +161,14 @@ def main() -> None:
     runs, seconds = {}, {}
     for method in methods:
         start = time.time()
+        job, workdir = _job(args, method, requests), Path(f"{args.out}-runs")
+        kept = _kept_result(workdir, method, job) if args.reuse else None
+        if kept is not None:
+            logger.info("method %s: the result of the same job in %s is reused (--reuse)", method, workdir)
+            runs[method], seconds[method] = kept, None
+            continue
         logger.info("method %s: %d requests", method, len(requests))
-        runs[method] = run_in_subprocess(_job(args, method, requests), Path(f"{args.out}-runs"), method)
+        runs[method] = run_in_subprocess(job, workdir, method)
         seconds[method] = time.time() - start
     cold = {}
     if args.cold_cache_mb:

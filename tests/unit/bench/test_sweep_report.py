@@ -42,12 +42,14 @@ def test_paired_acceptance_refuses_different_requests():
         acceptance_difference(np.ones((3, 2)), np.ones((4, 2)))
 
 
-def test_speedup_ratio_is_the_ratio_of_decode_sums():
-    result = speedup_ratio([4.0, 8.0], [1.0, 3.0], [2.0, 2.0])
-    assert result["dsr_a"] == pytest.approx(3.0) and result["dsr_b"] == pytest.approx(3.0)
-    assert result["ratio"] == pytest.approx(1.0)
+def test_speedup_ratio_is_a_median_over_requests_that_one_slow_request_does_not_decide():
+    base, a, b = [4.0, 4.0, 4.0, 4.0, 4.0], [1.0, 1.0, 1.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0, 2.0]
+    result = speedup_ratio(base, a, b)
+    assert result["dsr_a"] == pytest.approx(4.0) and result["dsr_b"] == pytest.approx(2.0)
+    assert result["ratio"] == pytest.approx(2.0)  # a is twice as fast on four of five requests
+    assert result["dsr_a_sum"] == pytest.approx(20 / 13)  # the sum is dominated by the slow one
     lo, hi = result["ratio_ci95"]
-    assert lo <= 1.0 <= hi
+    assert lo <= 2.0 <= hi
 
 
 def test_drafts_accepted_reads_per_request_counters():
@@ -93,6 +95,7 @@ def test_budget_goals_judge_every_goal_with_paired_intervals(tmp_path):
     assert goals["draft_step_long_over_short"]["ratio"] == pytest.approx(1.05)
     assert goals["draft_step_long_over_short"]["met"]
     assert goals["dsr_vs_eagle"]["image"]["ratio"] == pytest.approx(0.6 / 0.5)
+    assert goals["dsr_vs_eagle"]["image"]["dsr_a"] == pytest.approx(1.5 / 0.5)
     assert goals["dsr_ge_eagle_at_every_video_length"] and goals["dsr_ge_eagle_on_image"]
     text = budget_goals_markdown(goals)
     assert "acceptance >= eagle's at 512 visual tokens" in text and "on one image" in text
