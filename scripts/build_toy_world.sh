@@ -37,6 +37,11 @@ COMMON=(--target "$WORK/target" --features "$WORK/features" --steps "$STEPS_DRAF
         --lr 2e-3 --ce-weight 1.0 --mtp-steps 2 --val-samples 32 --val-k 4 --val-every 400)
 $RUN train "${COMMON[@]}" --out "$WORK/sparrow-draft" --no-ivsb
 $RUN train "${COMMON[@]}" --out "$WORK/eagle-draft" --visual-rows full --no-ivsb --no-fc-bias
+#    and Sparrow drafts that keep visual rows in their own cache: the budget `sparrow-vllm
+#    analyze` recommends for this target (64: every row of an 8-frame clip, 64 uniform rows
+#    of a longer one; benchmarks/results/analyze_toy_world.json), and every visual row.
+$RUN train "${COMMON[@]}" --out "$WORK/budget-draft" --no-ivsb --visual-budget 64
+$RUN train "${COMMON[@]}" --out "$WORK/all-draft" --no-ivsb --visual-budget all
 
 # 4. acceptance at the shortest and longest visual lengths of the benchmarks
 for TOKENS in 512 25000; do
@@ -44,7 +49,7 @@ for TOKENS in 512 25000; do
   $RUN toy-world data --out "$WORK/val-$TOKENS" --num "$NUM" --visual-tokens "$TOKENS" --questions describe --seed 3
   $RUN extract-features --target "$WORK/target" --data "$WORK/val-$TOKENS/train.jsonl" \
       --out "$WORK/val-$TOKENS-features" --regenerate 64 --max-seq-len 40000
-  for DRAFT in sparrow-draft eagle-draft; do
+  for DRAFT in sparrow-draft eagle-draft budget-draft all-draft; do
     $RUN eval-acceptance --target "$WORK/target" --draft "$WORK/$DRAFT" --k 4 \
         --features "$WORK/val-$TOKENS-features" --out "$WORK/acceptance-$DRAFT-$TOKENS.json"
   done
@@ -56,7 +61,7 @@ import json, shutil, sys
 from pathlib import Path
 from safetensors.torch import load_file, save_file
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-for name in ("target", "sparrow-draft", "eagle-draft"):
+for name in ("target", "sparrow-draft", "eagle-draft", "budget-draft", "all-draft"):
     src, dst = work / name, out / name
     if dst.exists():
         shutil.rmtree(dst)

@@ -16,15 +16,18 @@ ACCEPTANCE_FLOOR = 2.0
 
 def test_visual_length_sweep_smoke(tmp_path):
     out = tmp_path / "sweep"
+    methods = ("none", "eagle", "sparrow", "sparrow-budget")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "visual_length_sweep.py"), "--lengths", "64,128",
-           "--scenes", "1", "--max-tokens", "8", "--out", str(out)]
+           "--scenes", "1", "--max-tokens", "8", "--image", "--methods", ",".join(methods), "--out", str(out)]
     proc = subprocess.run(cmd, env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "| sparrow | 128 |" in out.with_suffix(".md").read_text()
-    rows = {(r["method"], r["visual_tokens"]): r for r in result["rows"]}
-    assert set(rows) == {(m, n) for m in ("none", "eagle", "sparrow") for n in (64, 128)}
+    text = out.with_suffix(".md").read_text()
+    assert "| sparrow | video | 128 |" in text and "| sparrow-budget | image | 16 |" in text
+    assert "DSR >= eagle's on one image" in text
+    rows = {(r["method"], r["point"]): r for r in result["rows"]}
+    assert set(rows) == {(m, p) for m in methods for p in ("64", "128", "image")}
     for (method, n), row in rows.items():
         assert row["text_equal_to_none"], (method, n)
         assert row["prefill_s"] > 0 and row["decode_s"] > 0
@@ -33,8 +36,14 @@ def test_visual_length_sweep_smoke(tmp_path):
             # garbage stays at ~1.0
             assert row["acceptance_length"] > ACCEPTANCE_FLOOR, (method, n, row["acceptance_length"])
             assert len(row["per_position_rate"]) == 4 and row["draft_ms_per_step"] > 0
-    assert rows[("none", 64)]["dsr"] == 1.0
-    assert set(result["targets"]) >= {"draft_step_within_1.1x", "sparrow_dsr_above_1_and_eagle"}
+    assert rows[("none", "64")]["dsr"] == 1.0
+    assert set(result["targets"]) == {"sparrow", "sparrow-budget", "visual_budget"}
+    goals = result["targets"]["visual_budget"]
+    assert set(goals["dsr_vs_eagle"]) == {"64", "128", "image"}
+    assert goals["acceptance_short_vs_eagle"]["point"] == "64"
     # every request ran with the same prompt in each method, with the requested visual length
     prompts = {m: [r["prompt_tokens"] for r in reqs] for m, reqs in result["requests"].items()}
-    assert prompts["none"] == prompts["eagle"] == prompts["sparrow"]
+    assert all(p == prompts["none"] for p in prompts.values())
+    # the image request's prompt holds its 16 image tokens, not a video's
+    image = next(r for r in result["requests"]["none"] if r["kind"] == "image")
+    assert image["frames"] == 1 and image["prompt_tokens"] < rows[("none", "64")]["prompt_tokens"]
