@@ -13,6 +13,8 @@ each variant, every draft trained with `sparrow-vllm train` on the same training
     all three, drop 0.5  IVSB, each sequence drops its bridge rows with chance 0.5 per step
     all three, IVSB 1/3  IVSB in the first third of the steps, text rows only after
     all three, m*=X, drop 0.5
+    VATA+MTP, budget 64  text rows plus at most 64 visual rows per image/video, MTP   the same kept
+    VATA+MTP, all rows   text rows plus every visual row, MTP      kept (Sparrow's cache)
 
 Each length reports tau with a 95% bootstrap interval over held-out sequences, and the
 paired difference to VATA+MTP (same sequences resampled for both), so a difference is
@@ -63,6 +65,10 @@ def variants(suggested: int | None) -> dict[str, Variant]:
         "all three": Variant(IVSB, "text"),
         "all three, drop 0.5": Variant({**IVSB, "bridge_dropout": 0.5}, "text"),
         "all three, IVSB 1/3": Variant({**IVSB, "ivsb_fraction": 1 / 3}, "text"),
+        # Sparrow drafts that keep visual rows in their own cache (--visual-budget): kept
+        # rows are FC rows like text rows, in training and when measuring
+        "VATA+MTP, budget 64": Variant({"visual_rows": "text", "ivsb": False}, "text", {"visual_budget": 64}),
+        "VATA+MTP, all rows": Variant({"visual_rows": "text", "ivsb": False}, "text", {"visual_budget": "all"}),
     }
     if suggested is not None:
         table[f"all three, m*={suggested}"] = Variant(IVSB, "text", bridge_layer=str(suggested))
