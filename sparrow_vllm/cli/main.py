@@ -7,12 +7,12 @@ import logging
 
 from pydantic import ValidationError
 
-from sparrow_vllm.cli import check, draft, toy, training
+from sparrow_vllm.cli import bench, check, draft, toy, training
 from sparrow_vllm.cli.options import OPTION_SCHEMAS, validation_words
 from sparrow_vllm.errors import RunStopped, SparrowConfigError, UsageError
 
 # one module per command group, in the order `--help` lists them
-COMMAND_GROUPS = (toy, draft, training, check)
+COMMAND_GROUPS = (toy, draft, training, check, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
