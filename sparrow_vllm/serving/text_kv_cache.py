@@ -143,6 +143,11 @@ class TextKVCache:
         return len(self._free_blocks)
 
     @property
+    def reused_rows(self) -> int:
+        """Rows handed to later requests after a prefix-cache hit, ever (a host count)."""
+        return self._reuse.reused_rows
+
+    @property
     def nbytes(self) -> int:
         """Device bytes the cache holds (K/V pools, row bookkeeping, block table)."""
         return self.layout.nbytes

@@ -1,7 +1,8 @@
 """What sparrow-vllm relies on in vLLM: one `TouchPoint` per name it patches, subclasses,
 overrides, calls or reads.
 
-This module is data only (no vLLM import, nothing parsed at import time).
+This module is data only (no vLLM import, nothing parsed at import time); over 400 lines
+because it is one list, kept whole so that it reads as the plugin's whole contract.
 `sparrow_vllm.serving.vllm.contract_check` checks `TOUCH_POINTS` statically against a vLLM source
 tree (parsed with `ast`, never imported): the installed vLLM, or a release the plugin has
 never run on (vLLM 0.33 has no CPU build) from its wheel's Python source;
@@ -388,6 +389,30 @@ TOUCH_POINTS: list[TouchPoint] = [
     ),
     TP("vllm.config.compilation", "CUDAGraphMode.FULL", "attribute",
        "entry 14 widens the FULL candidates only"),
+    # ---- serving/vllm/patches.py 15: Sparrow's metrics on /metrics ------------------------------
+    *(
+        TP(module, "GPUModelRunner.sample_tokens", "method",
+           "patched: the adapter's metrics report goes on the output", ("self", "grammar_output"))
+        for module in ("vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.gpu.model_runner")
+    ),
+    TP("vllm.v1.worker.gpu_model_runner", "AsyncGPUModelRunnerOutput._model_runner_output", "attribute",
+       "entry 15: the V1 runner's output inside its asynchronous output"),
+    TP("vllm.v1.worker.gpu.async_utils", "AsyncOutput.model_runner_output", "attribute",
+       "entry 15: Model Runner V2's output inside its asynchronous output"),
+    *(TP("vllm.v1.outputs", name, "module-name", "entry 15 finds the output to report on")
+      for name in ("ModelRunnerOutput", "AsyncModelRunnerOutput", "EMPTY_MODEL_RUNNER_OUTPUT")),
+    TP("vllm.v1.engine", "EngineCoreOutputs.scheduler_stats", "attribute",
+       "entry 15 puts the report on the step's SchedulerStats"),
+    TP("vllm.v1.metrics.stats", "SchedulerStats", "class",
+       "entry 15 adds the dataclass field sparrow_draft_metrics"),
+    TP("vllm.v1.metrics.loggers", "PrometheusStatLogger.__init__", "method",
+       "patched: Sparrow's metrics beside vLLM's", ("self", "vllm_config", "engine_indexes")),
+    TP("vllm.v1.metrics.loggers", "PrometheusStatLogger.record", "method",
+       "patched: each step's report is recorded",
+       ("self", "scheduler_stats", "iteration_stats", "mm_cache_stats", "engine_idx")),
+    *(TP("vllm.v1.metrics.loggers", f"PrometheusStatLogger.{attr}", "attribute",
+         "entry 15 builds Sparrow's metrics with it, as vLLM builds its own")
+      for attr in ("_gauge_cls", "_counter_cls", "_histogram_cls", "per_engine_labelvalues")),
     # ---- serving/vllm/patches.py 8 and 9: CPU build's sampling fixes --------------------------
     TP("vllm.utils.cpu_triton_utils", "_expand_kernel_impl", "function",
        "replaced by expand_per_request, which must take the same arguments",

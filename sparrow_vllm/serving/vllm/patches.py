@@ -190,6 +190,28 @@ Ledger (what / why / how / what upstream change removes it):
    gone: when vLLM's dispatch searches past the smallest size for a graph of the batch's
          query length.
 
+15. Sparrow's metrics on /metrics: GPUModelRunner.sample_tokens (V1 runner and Model Runner V2),
+    Scheduler.update_from_output (entry 10's wrapper), SchedulerStats (vllm/v1/metrics/stats.py),
+    PrometheusStatLogger.__init__ and record (vllm/v1/metrics/loggers.py)
+   why:  the numbers live in each worker's drafter (draft cache, draft steps), /metrics is
+         served by the API server process, and vLLM's stat path carries only its own
+         fields: ModelRunnerOutput and SchedulerStats have no place for a plugin's stats,
+         and msgspec drops attributes that are not dataclass fields on the way out of the
+         engine-core process. vLLM's stat-logger plugins (`vllm.stat_logger_plugins`) are
+         loaded by AsyncLLM only (not by LLM(...)) and turn stats on for every engine of the
+         environment whatever --disable-log-stats says; Prometheus' multiprocess mode is set
+         up by `vllm serve` only with api_server_count > 1.
+   how:  after sample_tokens, the adapter's DraftStepMetrics.report() (host values only,
+         serving/draft_metrics.py) goes on the returned ModelRunnerOutput as
+         `sparrow_draft_metrics` (pickled from a worker process; under tensor parallelism
+         the executor returns rank 0's output, so rank 0 reports); update_from_output moves
+         it onto the SchedulerStats it made; SchedulerStats gains the dataclass field
+         `sparrow_draft_metrics` (default None) so msgspec carries it to the API server;
+         PrometheusStatLogger builds Sparrow's metrics beside vLLM's for a Sparrow engine,
+         with vLLM's labels, and records each step's report (serving/vllm/metrics.py).
+   gone: when vLLM's ModelRunnerOutput and SchedulerStats carry plugin stats, or its
+         stat-logger plugins load for LLM(...) too and can read worker-side values.
+
 Any path not listed here that reaches the draft (another runner, a renamed factory) ends in
 SparrowDraftForCausalLM's constructor with a vLLM config, which raises
 errors.UnknownRunnerError naming the fix: a Sparrow checkpoint never runs as plain EAGLE.
@@ -212,6 +234,11 @@ from typing import Any
 import torch
 
 from sparrow_vllm.serving.step_trace import StepTrace
+from sparrow_vllm.serving.vllm.metrics import (
+    REPORT_ATTRIBUTE,
+    attach_report,
+    carry_to_scheduler_stats,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +392,7 @@ def _patch_model_runner(module: ModuleType) -> None:
     original_removed = runner_cls._on_request_state_removed
     original_update = runner_cls._update_states
     original_fits = runner_cls._input_fits_in_drafter
+    original_sample = runner_cls.sample_tokens
 
     @functools.wraps(original_init)
     def __init__(self: Any, vllm_config: Any, device: Any) -> None:
@@ -400,12 +428,14 @@ def _patch_model_runner(module: ModuleType) -> None:
             return common_attn_metadata is not None  # entry 11: Sparrow drafts every step
         return original_fits(self, common_attn_metadata)
 
+    sample_tokens = _reporting_sample_tokens(original_sample, "drafter")
     for fn in (__init__, _on_request_state_removed, _update_states, _input_fits_in_drafter):
         setattr(fn, _MARK, True)
     runner_cls.__init__ = __init__
     runner_cls._on_request_state_removed = _on_request_state_removed
     runner_cls._update_states = _update_states
     runner_cls._input_fits_in_drafter = _input_fits_in_drafter
+    runner_cls.sample_tokens = sample_tokens
 
 
 # ---- 5 and 6. Model Runner V2 ---------------------------------------------------------
@@ -417,6 +447,7 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
     original_init = runner_cls.__init__
     original_remove = runner_cls._remove_request
     original_add = runner_cls.add_requests
+    original_sample = runner_cls.sample_tokens
 
     @functools.wraps(original_factory)
     def init_speculator(vllm_config: Any, device: Any, req_states: Any) -> Any:
@@ -455,6 +486,7 @@ def _patch_v2_model_runner(module: ModuleType) -> None:
     runner_cls.__init__ = __init__
     runner_cls._remove_request = _remove_request
     runner_cls.add_requests = add_requests
+    runner_cls.sample_tokens = _reporting_sample_tokens(original_sample, "speculator")
 
 
 # ---- 10. scheduler: the draft length of each step --------------------------------------
@@ -504,7 +536,11 @@ def _patch_scheduler(module: ModuleType) -> None:
         policy = getattr(self, "sparrow_draft_length", None)
         if policy is not None:
             policy.on_output(scheduler_output, model_runner_output)
-        return original_update(self, scheduler_output, model_runner_output)
+        report = getattr(model_runner_output, REPORT_ATTRIBUTE, None)  # entry 15
+        outputs = original_update(self, scheduler_output, model_runner_output)
+        if report is not None:
+            carry_to_scheduler_stats(outputs, report)
+        return outputs
 
     for fn in (__init__, _update_after_schedule, update_from_output):
         setattr(fn, _MARK, True)
@@ -664,6 +700,78 @@ def _patch_v2_cudagraph_utils(module: ModuleType) -> None:
     manager_cls._init_candidates = _init_candidates
 
 
+# ---- 15. Sparrow's metrics on /metrics ------------------------------------------------------
+
+
+def _reporting_sample_tokens(original: Callable[..., Any], adapter_attribute: str) -> Callable[..., Any]:
+    """A runner's sample_tokens that puts its Sparrow adapter's metrics report on the
+    ModelRunnerOutput it returns (V1: the `drafter`, V2: the `speculator`)."""
+
+    @functools.wraps(original)
+    def sample_tokens(self: Any, grammar_output: Any) -> Any:
+        result = original(self, grammar_output)
+        metrics = getattr(getattr(self, adapter_attribute, None), "draft_metrics", None)
+        if metrics is not None:
+            attach_report(result, metrics)
+        return result
+
+    setattr(sample_tokens, _MARK, True)
+    return sample_tokens
+
+
+def _patch_metrics_stats(module: ModuleType) -> None:
+    """SchedulerStats gains the dataclass field `sparrow_draft_metrics` (default None): msgspec
+    encodes and decodes a dataclass's fields only. The class is changed in place: vLLM's
+    modules hold it by reference (EngineCoreOutputs' annotation among them)."""
+    import dataclasses
+
+    stats_cls = module.SchedulerStats
+    if REPORT_ATTRIBUTE in stats_cls.__dataclass_fields__:
+        return
+
+    @dataclasses.dataclass
+    class _Carrier:
+        sparrow_draft_metrics: dict[str, Any] | None = None
+
+    [field] = dataclasses.fields(_Carrier)
+    assert field.name == REPORT_ATTRIBUTE
+    stats_cls.__dataclass_fields__[REPORT_ATTRIBUTE] = field
+    stats_cls.__annotations__[REPORT_ATTRIBUTE] = dict[str, Any] | None
+    setattr(stats_cls, REPORT_ATTRIBUTE, None)
+
+
+def _patch_stat_loggers(module: ModuleType) -> None:
+    logger_cls = module.PrometheusStatLogger
+    original_init = logger_cls.__init__
+    original_record = logger_cls.record
+
+    @functools.wraps(original_init)
+    def __init__(self: Any, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+        original_init(self, vllm_config, engine_indexes)
+        self.sparrow_prom = None
+        spec = vllm_config.speculative_config
+        if spec is not None and is_sparrow_draft(spec):
+            from sparrow_vllm.serving.vllm.metrics import SparrowPrometheus
+
+            self.sparrow_prom = SparrowPrometheus(
+                self._gauge_cls, self._counter_cls, self._histogram_cls, self.per_engine_labelvalues,
+                spec.num_speculative_tokens)
+
+    @functools.wraps(original_record)
+    def record(self: Any, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        original_record(self, scheduler_stats, iteration_stats, mm_cache_stats, engine_idx)
+        prom = getattr(self, "sparrow_prom", None)
+        report = getattr(scheduler_stats, REPORT_ATTRIBUTE, None)
+        if prom is not None and report is not None:
+            prom.observe(report, engine_idx)
+
+    for fn in (__init__, record):
+        setattr(fn, _MARK, True)
+    logger_cls.__init__ = __init__
+    logger_cls.record = record
+
+
 # ---- 8. CPU build: the rejection sampler's per-token expansion ----------------------------
 
 
@@ -739,6 +847,8 @@ _PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "vllm.v1.core.sched.output": _patch_sched_output,
     "vllm.config.vllm": _patch_vllm_config,
     "vllm.v1.worker.gpu.cudagraph_utils": _patch_v2_cudagraph_utils,
+    "vllm.v1.metrics.stats": _patch_metrics_stats,
+    "vllm.v1.metrics.loggers": _patch_stat_loggers,
 }
 
 

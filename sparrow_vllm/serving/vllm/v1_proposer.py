@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from vllm.v1.spec_decode.eagle import EagleProposer
 
+from sparrow_vllm.serving.draft_metrics import DraftStepMetrics
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_row_reuse import request_contents
 from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
@@ -39,6 +40,7 @@ class SparrowProposer(EagleProposer):
         self.kv_cache_gid = 0
         self._draft_attn_layer_names: set[str] = set()
         self.drafter: TextAnchoredDrafter | None = None
+        self.draft_metrics: DraftStepMetrics | None = None  # for /metrics (ledger entry 15)
         logger.info("Sparrow runner adapter: V1 model runner (SparrowProposer)")
 
     # ---- set-up -------------------------------------------------------------------------
@@ -46,6 +48,8 @@ class SparrowProposer(EagleProposer):
     def load_model(self, target_model: Any) -> None:
         self.drafter = self.setup.build_drafter(target_model, self.dtype, self.device)
         self.model = self.drafter.model
+        self.draft_metrics = DraftStepMetrics(self.drafter.cache, self.adapter_name,
+                                              f"{type(self).__module__}.{type(self).__qualname__}", self.device)
 
     def validate_same_kv_cache_group(self, kv_cache_config: Any) -> None:
         """The Sparrow draft has no paged KV layers, so there is no group to check."""
@@ -140,10 +144,13 @@ class SparrowProposer(EagleProposer):
             num_valid=qlen - rejected,
             max_query_len=int(cad.max_query_len),
         )
+        assert self.draft_metrics is not None
+        started = self.draft_metrics.start()
         drafts, probs = self.drafter.step(
             inputs,
             num_speculative_tokens,  # this step's drafts (vLLM's keyword)
             lambda hidden: self._sample_draft_tokens(hidden, sampling_metadata),
         )
+        self.draft_metrics.stop(started, num_speculative_tokens)
         self._last_draft_probs = probs
         return drafts

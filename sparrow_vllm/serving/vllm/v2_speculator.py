@@ -35,6 +35,7 @@ from torch import nn
 from vllm.config.compilation import CUDAGraphMode
 from vllm.v1.worker.gpu.spec_decode.speculator import DraftModelSpeculator
 
+from sparrow_vllm.serving.draft_metrics import DraftStepMetrics
 from sparrow_vllm.serving.drafter import StepInputs, TextAnchoredDrafter
 from sparrow_vllm.serving.text_row_reuse import request_contents
 from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
@@ -52,6 +53,7 @@ class SparrowSpeculator(DraftModelSpeculator):
         self.setup = SparrowDraftSetup(vllm_config)
         self.draft_attn_layer_names: set[str] = set()
         self.drafter: TextAnchoredDrafter | None = None
+        self.draft_metrics: DraftStepMetrics | None = None  # for /metrics (ledger entry 15)
         self.model_state: Any = None
         # [K] column index of each chain step in the draft-logits cache
         self._draft_steps = torch.arange(max(self.num_speculative_steps, 1), device=device)
@@ -62,6 +64,8 @@ class SparrowSpeculator(DraftModelSpeculator):
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         del target_attn_layer_names
         self.drafter = self.setup.build_drafter(target_model, self.dtype, self.device)
+        self.draft_metrics = DraftStepMetrics(self.drafter.cache, self.adapter_name,
+                                              f"{type(self).__module__}.{type(self).__qualname__}", self.device)
         return self.drafter.model
 
     def load_model(self, target_model: nn.Module) -> None:
@@ -205,7 +209,10 @@ class SparrowSpeculator(DraftModelSpeculator):
             )
             return tokens, None
 
+        assert self.draft_metrics is not None
+        started = self.draft_metrics.start()
         chain, _ = self.drafter.step(inputs, num_draft_tokens, sample)
+        self.draft_metrics.stop(started, num_draft_tokens)
         drafts[:, :num_draft_tokens] = chain
         return drafts
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparrow_vllm.serving import host_mirror
+from sparrow_vllm.serving.draft_metrics import DraftStepMetrics
 from sparrow_vllm.serving.vllm.draft_loading import DRIFT_STEPS
 from tests.unit.serving.test_drafter import Sequence, _draft, _drafter, _inputs, apply_event
 from tests.unit.serving.test_text_row_reuse import _content
@@ -115,6 +116,7 @@ def test_decode_steps_record_no_sync_op(recorder, window, visual_budget):
     drafter = _drafter(model, window, slots=4, k=K, blocks=64, block_size=4, drift_steps=DRIFT_STEPS,
                        visual_budget=visual_budget)
     sample = lambda h: (model.compute_logits(h).argmax(-1), None)  # noqa: E731
+    metrics = DraftStepMetrics(drafter.cache, "v1", "test", drafter.device)
     per_step: list[tuple[int, Counter[str]]] = []
     for event, payload in _stream():
         if apply_event(drafter, event, payload):
@@ -122,8 +124,11 @@ def test_decode_steps_record_no_sync_op(recorder, window, visual_budget):
         parts, k = payload
         inputs = _inputs(parts)
         recorder.ops.clear()
-        with recorder:
+        with recorder:  # with what the adapters record for /metrics around each step
+            started = metrics.start()
             drafter.step(inputs, k, sample)
+            metrics.stop(started, k)
+            report = metrics.report()
         per_step.append((inputs.max_query_len, Counter(recorder.ops)))
     decode = [(i, ops) for i, (rows, ops) in enumerate(per_step) if rows <= K + 1]
     assert len(decode) == len(per_step) - 1
@@ -133,6 +138,7 @@ def test_decode_steps_record_no_sync_op(recorder, window, visual_budget):
     # the stream reached the batch changes it is meant to cover
     stats = drafter.cache.stats()
     assert stats["reused_rows"] > 0, stats
+    assert report["reused_rows"] == stats["reused_rows"] and report["drafts_per_step"] == [K], report
     if window is None:  # (a window has left a's video behind)
         kept_video_rows = [i for i in drafter.cached_rows()["a"]["seq"] if 4 <= i < 16]
         assert len(kept_video_rows) == (0 if visual_budget == "none" else 4), kept_video_rows

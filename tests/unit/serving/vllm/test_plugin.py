@@ -25,6 +25,8 @@ def test_register_is_idempotent_and_patches_on_import():
         "import vllm.v1.worker.gpu.model_runner as v2, vllm.utils.cpu_triton_utils as c\n"
         "import vllm.v1.sample.ops.topk_topp_sampler as topk\n"
         "import vllm.v1.core.sched.scheduler as sched\n"
+        "import vllm.v1.metrics.loggers as loggers\n"
+        "assert loggers.PrometheusStatLogger.record.__sparrow_patched__\n"
         "assert sched.Scheduler.update_from_output.__sparrow_patched__\n"
         "assert v2.init_speculator.__sparrow_patched__ and v2.GPUModelRunner._remove_request.__sparrow_patched__\n"
         "from vllm import ModelRegistry\n"
