@@ -9,7 +9,10 @@ vLLM 0.32's ShareGPTDataset (vllm/benchmarks/datasets/datasets.py) is the only d
 images only); it sends the first turn as the question, takes the second as the answer (for
 its length only), and one ``"image"`` or ``"video"`` per entry, a local path as a file://
 URL that the server reads only under ``--allowed-local-media-path``. With ``--backend
-openai-chat`` the question and the video go as one user message, the question first.
+openai-chat`` the question and the video go as one user message, the question first. The
+toy-world target was trained on the video first and, asked the other way round, often
+stops after its first sentence: its server gets the target's chat template with media
+parts moved before text parts (OUT/chat_template.jinja, `--chat-template`).
 
 vLLM drops an entry whose question is under 4 or over 1024 tokens and, unless told
 ``--no-oversample``, repeats others to make up ``--num-prompts``: the printed command passes
@@ -29,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sparrow_vllm.bench.server import video_serve_args
-from sparrow_vllm.errors import MissingInput
+from sparrow_vllm.errors import MissingInput, UsageError
 from sparrow_vllm.training.data import _media_paths, _parse_turns, _read_manifest
 from sparrow_vllm.training.skips import SampleError, SkipReport
 
@@ -37,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
 DATASET_FILE = "dataset.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# the toy-world target's chat template walks a message's parts in order; the served copy
+# walks its media parts first
+_PARTS_LOOP = "{% for part in message['content'] %}"
+_MEDIA_FIRST_LOOP = ("{% for part in (message['content'] | rejectattr('type', 'equalto', 'text') | list)"
+                     " + (message['content'] | selectattr('type', 'equalto', 'text') | list) %}")
 DEFAULT_TOY_NUM = 16
 ToyQuestionName = Literal["describe", "count", "number", "first"]  # sparrow_vllm/toy_world/scene.py: QUESTIONS
 
@@ -86,6 +95,7 @@ class BenchDataset:
     entries: list[dict[str, Any]]
     media_dir: Path | None  # every media file lies under it: the server's --allowed-local-media-path
     toy_visual_tokens: int | None = None  # toy world: video tokens of each clip
+    chat_template: Path | None = None  # toy world: the target's template, media parts first
     skips: SkipReport = field(default_factory=SkipReport)
     later_turns_dropped: int = 0  # rows whose turns past the first exchange vLLM does not send
 
@@ -124,7 +134,19 @@ def _toy_world(out: Path, settings: BenchDatasetSettings) -> BenchDataset:
     if tokens != settings.visual_tokens:
         logger.info("toy world: %d frames per clip, %d video tokens (asked %d)", frames, tokens,
                     settings.visual_tokens)
-    return BenchDataset(out / DATASET_FILE, entries, videos, toy_visual_tokens=tokens)
+    target = Path(settings.target) if settings.target else TOY_WORLD / "target"
+    template = out / CHAT_TEMPLATE_FILE
+    template.write_text(media_first_chat_template((target / CHAT_TEMPLATE_FILE).read_text()))
+    return BenchDataset(out / DATASET_FILE, entries, videos, toy_visual_tokens=tokens, chat_template=template)
+
+
+def media_first_chat_template(template: str) -> str:
+    """The toy-world target's chat template with each message's media parts rendered
+    before its text parts, whatever order a client sends them in."""
+    if template.count(_PARTS_LOOP) != 1:
+        raise UsageError(f"the toy-world chat template does not walk message parts with {_PARTS_LOOP!r} once; "
+                         "media_first_chat_template (sparrow_vllm/bench/bench_dataset.py) needs updating")
+    return template.replace(_PARTS_LOOP, _MEDIA_FIRST_LOOP)
 
 
 def _from_manifest(out: Path, settings: BenchDatasetSettings) -> BenchDataset:
@@ -203,6 +225,8 @@ def serve_command(dataset: BenchDataset, settings: BenchDatasetSettings) -> list
     spec = speculative_config(settings)
     if dataset.toy_visual_tokens is not None:
         args = video_serve_args(dataset.toy_visual_tokens, settings.max_concurrency, spec, extra=[])
+        assert dataset.chat_template is not None
+        args += ["--chat-template", str(dataset.chat_template), "--chat-template-content-format", "openai"]
     else:
         limits = {kind: 1 for kind, count in dataset.media_counts().items() if count}
         args = ["--speculative-config", json.dumps(spec)]

@@ -17,13 +17,14 @@ from sparrow_vllm.bench.bench_dataset import (
     BenchDatasetSettings,
     ToyQuestionName,
     bench_command,
+    media_first_chat_template,
     serve_command,
     write_bench_dataset,
 )
 from sparrow_vllm.bench.server import ALL_FRAMES_ARGS
 from sparrow_vllm.bench.toy_requests import ToyQuestion
 from sparrow_vllm.cli.main import main
-from sparrow_vllm.errors import MissingInput
+from sparrow_vllm.errors import MissingInput, UsageError
 from sparrow_vllm.toy_world.scene import QUESTIONS
 from sparrow_vllm.toy_world.target import CLIP_SECONDS
 from sparrow_vllm.training.data import ConversationDataset
@@ -113,6 +114,28 @@ def test_printed_commands(tmp_path):
     assert serve[serve.index("--allowed-local-media-path") + 1] == str(dataset.media_dir)
     spec = json.loads(serve[serve.index("--speculative-config") + 1])
     assert spec == {"method": "sparrow", "model": str(TOY_WORLD / "sparrow-draft"), "num_speculative_tokens": 4}
+    assert serve[serve.index("--chat-template") + 1] == str(dataset.chat_template)
+    assert serve[serve.index("--chat-template-content-format") + 1] == "openai"
+
+
+def test_toy_server_template_puts_the_video_first_as_the_target_was_trained(tmp_path):
+    """vLLM's ShareGPT loader sends the question, then the video; the served template
+    renders them as the toy world's training prompt (video, then question)."""
+    from transformers import AutoTokenizer
+
+    from sparrow_vllm.toy_world.target import prompt_messages
+
+    dataset, _ = _toy(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(TOY_WORLD / "target")
+    trained = tokenizer.apply_chat_template(prompt_messages("describe"), add_generation_prompt=True, tokenize=False)
+    sent = [{"role": "user", "content": [{"type": "text", "text": QUESTIONS["describe"]},
+                                         {"type": "video_url", "video_url": {"url": "file:///v.mp4"}}]}]
+    assert tokenizer.apply_chat_template(sent, add_generation_prompt=True, tokenize=False) != trained
+    served = tokenizer.apply_chat_template(sent, add_generation_prompt=True, tokenize=False,
+                                           chat_template=dataset.chat_template.read_text())
+    assert served == trained
+    with pytest.raises(UsageError, match="needs updating"):
+        media_first_chat_template("{% for c in message.content %}{% endfor %}")
 
 
 def _write_manifest(root: Path, rows: list) -> Path:
