@@ -240,3 +240,44 @@ def test_cli_refuses_what_does_not_fit(tmp_path, capsys, argv, message):
 
 def test_question_choices_are_the_toy_worlds():
     assert get_args(ToyQuestionName) == tuple(QUESTIONS)
+
+
+def test_bench_serve_reads_vllms_counters_beside_sparrows_own():
+    """`vllm bench serve` sums every `vllm:spec_decode*_total` sample whose name holds
+    `num_drafts`, `num_accepted_tokens`, ...: Sparrow's own metrics on the same /metrics
+    must not be among them."""
+    import asyncio
+
+    from vllm.benchmarks.serve import fetch_spec_decode_metrics
+
+    from sparrow_vllm.serving.vllm.metrics import METRICS
+
+    labels = '{engine="0",model_name="m"}'
+    text = "\n".join([
+        f"vllm:spec_decode_num_drafts_total{labels} 10.0",
+        f"vllm:spec_decode_num_draft_tokens_total{labels} 40.0",
+        f"vllm:spec_decode_num_accepted_tokens_total{labels} 25.0",
+        *(f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",model_name="m",position="{p}"}} {n}'
+          for p, n in enumerate((9.0, 7.0, 6.0, 3.0))),
+        *(f"{name}{labels} 1000.0" for metric in METRICS for name in metric.exposed_names()),
+    ])
+
+    class Response:
+        status = 200
+
+        async def text(self) -> str:
+            return text
+
+        async def __aenter__(self) -> Response:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    class Session:
+        def get(self, url: str) -> Response:
+            return Response()
+
+    metrics = asyncio.run(fetch_spec_decode_metrics("http://x", Session()))
+    assert (metrics.num_drafts, metrics.num_draft_tokens, metrics.num_accepted_tokens) == (10, 40, 25)
+    assert metrics.accepted_per_pos == {0: 9, 1: 7, 2: 6, 3: 3}
