@@ -206,8 +206,9 @@ def budget_goals_markdown(goals: dict) -> str:
                  f"{_interval(step['ci95'])} | {_met(step['met'])} | {_decided(step['ci95'], STEP_RATIO_GOAL)} |")
     for label, g in goals.get("dsr_vs_eagle", {}).items():
         where = "on one image" if label == "image" else f"at {label} visual tokens"
-        lines.append(f"| DSR >= eagle's {where} (medians over requests) | {g['dsr_a']:.2f} vs {g['dsr_b']:.2f}, ratio {g['ratio']:.2f} "
-                     f"{_interval(g['ratio_ci95'])} | {_met(g['met'])} |")
+        lines.append(f"| DSR >= eagle's {where} (medians over requests) | {g['dsr_a']:.2f} vs {g['dsr_b']:.2f}, "
+                     f"ratio {g['ratio']:.2f} {_interval(g['ratio_ci95'])} | {_met(g['met'])} "
+                     f"| {_decided(g['ratio_ci95'], 1.0)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -100,6 +100,7 @@ def test_budget_goals_judge_every_goal_with_paired_intervals(tmp_path):
     text = budget_goals_markdown(goals)
     assert "acceptance >= eagle's at 512 visual tokens" in text and "on one image" in text
     assert "NOT met" not in text
+    assert all(line.count("|") == 5 for line in text.splitlines() if line.startswith("| "))
     assert "| sparrow-budget | image | 16 |" in markdown(rows)
     plot(rows, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
