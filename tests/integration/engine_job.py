@@ -268,6 +268,22 @@ def spec_metrics(llm) -> dict:
     return out
 
 
+def sparrow_metrics(llm) -> dict:
+    """Sparrow's own metrics (vllm:sparrow_*) as LLM.get_metrics() reads them: the value of a
+    gauge or counter, count, sum and buckets of a histogram, the labels of the info metric."""
+    out: dict = {}
+    for metric in llm.get_metrics():
+        if not metric.name.startswith("vllm:sparrow_"):
+            continue
+        if hasattr(metric, "buckets"):
+            out[metric.name] = {"count": metric.count, "sum": metric.sum, "buckets": metric.buckets}
+        elif metric.name.endswith("_info"):
+            out[metric.name] = metric.labels
+        else:
+            out[metric.name] = metric.value
+    return out
+
+
 def prefix_cache_counters(llm) -> dict:
     """vLLM's prefix-cache counters (tokens queried and tokens found cached) so far."""
     names = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
@@ -402,6 +418,7 @@ def main(job_path: str, result_path: str) -> None:
         result["step_inputs"] = llm.collective_rpc(_recorded_step_inputs)[0]
         result["prompt_token_ids"] = [list(g.prompt_token_ids) for g in generated]
     result["metrics"] = spec_metrics(llm)
+    result["sparrow_metrics"] = sparrow_metrics(llm)
     result["draft_lengths"] = draft_lengths_chosen(llm)
     result["runner_info"] = llm.collective_rpc(_runner_info)[0]
     if job.get("record_late_starts"):

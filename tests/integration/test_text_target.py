@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from sparrow_vllm.serving.vllm.runners import RUNNERS as MODEL_RUNNERS
 from tests.toy_models import assert_ran_on, run_engine_job, sparrow
 
 WORDS = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st"]
@@ -198,6 +199,15 @@ def test_text_budget_smaller_than_the_requests_keeps_output_exact(toy_models, ba
     assert (cache["num_blocks"], cache["block_size"]) == (12, 16)
     assert cache["starved_requests"] > 0, cache
     assert run["metrics"]["vllm:spec_decode_num_accepted_tokens"] > 0
+    # Sparrow's metrics in one process (the engine core in the LLM's process): the draft
+    # cache's counts and the steps drafted, beside vLLM's spec-decode counters
+    ours = run["sparrow_metrics"]
+    assert ours["vllm:sparrow_draft_cache_blocks"] == 12, ours
+    assert ours["vllm:sparrow_starved_requests"] == cache["starved_requests"], ours
+    drafts = ours["vllm:sparrow_drafts_per_step"]
+    assert drafts["count"] > 0 and drafts["buckets"]["3.0"] == drafts["count"], ours  # K = 3 at most
+    assert ours["vllm:sparrow_draft_step_seconds"]["sum"] > 0, ours
+    assert ours["vllm:sparrow_adapter_info"]["adapter"] == MODEL_RUNNERS[runner].adapter, ours
 
 
 def test_probabilistic_drafting_keeps_greedy_output(toy_models, baseline, runner, tmp_path):
