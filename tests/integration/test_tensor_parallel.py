@@ -53,3 +53,12 @@ def test_ranks_agree_and_output_is_exact_at_tp2(toy_models, runner, tmp_path):
     # 0.19 (most rows starved, prompts unlike the draft's training); a broken draft ~0
     accepted = run["metrics"]["vllm:spec_decode_num_accepted_tokens"]
     assert accepted / run["metrics"]["vllm:spec_decode_num_drafts"] > 0.1, run["metrics"]
+    # Sparrow's metrics come from rank 0's drafter (the executor returns rank 0's output),
+    # across the worker processes, into vLLM's metrics (LLM.get_metrics)
+    ours = run["sparrow_metrics"]
+    assert ours["vllm:sparrow_draft_cache_blocks"] == stats["num_blocks"], ours
+    assert ours["vllm:sparrow_starved_requests"] == stats["starved_requests"], ours
+    assert ours["vllm:sparrow_reused_rows"] == stats["reused_rows"], ours
+    assert ours["vllm:sparrow_drafts_per_step"]["count"] > 0, ours
+    assert ours["vllm:sparrow_draft_step_seconds"]["count"] > 0, ours
+    assert ours["vllm:sparrow_adapter_info"]["runner"] == runner, ours
