@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from sparrow_vllm.check.prompts import prompt_kinds
 from sparrow_vllm.draft.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.draft.locate import locate_draft
 from sparrow_vllm.draft.visual_budget import kept_token_mask
 from sparrow_vllm.engine_job import EngineJobError, run_engine_job
 from sparrow_vllm.errors import SparrowConfigError
@@ -61,6 +62,9 @@ class PromptResult(BaseModel):
 class CheckReport(BaseModel):
     target: str
     draft: str
+    draft_revision: str | None = Field(None, description="The revision asked for when the draft is a hub id.")
+    draft_dir: str | None = Field(None, description="The directory the draft was read from (for a hub id, its "
+                                  "snapshot in the Hugging Face cache).")
     family: str = ""
     settings: CheckSettings
     passed: bool = False
@@ -81,7 +85,9 @@ class CheckReport(BaseModel):
     text_rows_in_draft_cache: int | None = Field(None, description="Text rows cached after that prefill.")
 
     def summary(self) -> str:
-        lines = [f"sparrow-vllm check: {'PASSED' if self.passed else 'FAILED'}  target={self.target}  draft={self.draft}",
+        resolved = f" ({self.draft_dir})" if self.draft_dir not in (None, self.draft) else ""
+        lines = [f"sparrow-vllm check: {'PASSED' if self.passed else 'FAILED'}  target={self.target}  "
+                 f"draft={self.draft}{resolved}",
                  f"  family {self.family}", f"  runner {self.runner_class}; Sparrow adapter {self.drafted_on}"]
         for p in self.prompts:
             lines.append(f"  {p.kind:<12} {p.prompt_tokens:>6} prompt tokens  "
@@ -141,12 +147,16 @@ def _visual_rows_cached(
 
 
 def run_check(target: str | Path, draft: str | Path, settings: CheckSettings | None = None,
-              workdir: str | Path | None = None) -> CheckReport:
+              workdir: str | Path | None = None, draft_revision: str | None = None) -> CheckReport:
+    """`draft`: a directory or a Hugging Face hub id (at `draft_revision`), resolved as the
+    server resolves it (draft/locate.py); both engines get the resolved directory."""
     settings = settings or CheckSettings()
-    report = CheckReport(target=str(target), draft=str(draft), settings=settings)
+    report = CheckReport(target=str(target), draft=str(draft), draft_revision=draft_revision, settings=settings)
     try:
+        draft_dir = locate_draft(draft, draft_revision)
+        report.draft_dir = str(draft_dir)
         family = load_family(str(target))
-        checkpoint = check_draft_for_target(draft, family)
+        checkpoint = check_draft_for_target(draft_dir, family)
     except SparrowConfigError as error:
         report.failures.append(str(error))
         return report
@@ -156,7 +166,7 @@ def run_check(target: str | Path, draft: str | Path, settings: CheckSettings | N
            "engine": _engine_args(family, settings)}
     # K drafts every step: the check judges the draft (exact output, acceptance at every
     # position); the adaptive draft length would stop drafting a weak draft
-    spec = {"method": "sparrow", "model": str(draft), "num_speculative_tokens": settings.num_speculative_tokens,
+    spec = {"method": "sparrow", "model": str(draft_dir), "num_speculative_tokens": settings.num_speculative_tokens,
             "adaptive_draft_length": False}
     with tempfile.TemporaryDirectory(prefix="sparrow-check-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)

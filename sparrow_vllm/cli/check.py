@@ -6,13 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from sparrow_vllm.cli.options import add_schema_arguments, settings_from
+from sparrow_vllm.cli.options import (
+    add_draft_location_arguments,
+    add_schema_arguments,
+    settings_from,
+)
 
 
 def _cmd_check(args: argparse.Namespace) -> None:
     from sparrow_vllm.check import CheckSettings, run_check
 
-    report = run_check(args.target, args.draft, settings_from(args, CheckSettings), workdir=args.workdir)
+    report = run_check(args.target, args.draft, settings_from(args, CheckSettings), workdir=args.workdir,
+                       draft_revision=args.draft_revision)
     if args.json:
         Path(args.json).write_text(report.model_dump_json(indent=2) + "\n")
     print(report.summary())
@@ -34,7 +39,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "Exits 1 with the reasons on any mismatch.",
     )
     p.add_argument("--target", required=True, help="target model directory (HF format)")
-    p.add_argument("--draft", required=True, help="Sparrow draft directory")
+    add_draft_location_arguments(p, "Sparrow draft")
     p.add_argument("--json", help="also write the report as JSON here")
     p.add_argument("--workdir", help="keep the engines' jobs, results and logs here")
     add_schema_arguments(p, CheckSettings)

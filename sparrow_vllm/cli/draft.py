@@ -7,7 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from sparrow_vllm.cli.options import add_draft_arguments, draft_fields_from
+from sparrow_vllm.cli.options import (
+    add_draft_arguments,
+    add_draft_location_arguments,
+    draft_fields_from,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def _cmd_self_distill(args: argparse.Namespace) -> None:
 def _cmd_export_eagle(args: argparse.Namespace) -> None:
     from sparrow_vllm.draft.eagle_export import export_eagle
 
-    out = export_eagle(Path(args.draft), Path(args.out))
+    out = export_eagle(args.draft, Path(args.out), draft_revision=args.draft_revision)
     logger.info("EAGLE checkpoint for vLLM's built-in `eagle` method written to %s", out)
 
 
@@ -63,6 +67,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-eagle", help="write a Sparrow draft in the form vLLM's `eagle` method loads"
     )
-    p.add_argument("--draft", required=True, help="Sparrow draft directory")
+    add_draft_location_arguments(p, "Sparrow draft")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_export_eagle)

@@ -120,6 +120,15 @@ def add_sequence_arguments(parser: argparse.ArgumentParser) -> None:
                         "what the server sees")
 
 
+def add_draft_location_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--draft (a directory or a Hugging Face hub id) and --draft-revision, resolved as
+    `vllm serve` resolves a draft's "model" and "revision" (sparrow_vllm/draft/locate.py)."""
+    parser.add_argument("--draft", required=True, help=f"{what}: a directory, or a Hugging Face hub id "
+                        "(org/name) found in the Hugging Face cache (downloaded unless HF_HUB_OFFLINE is set)")
+    parser.add_argument("--draft-revision", help="with a hub id --draft: a branch, tag or commit hash "
+                        "(default: main)")
+
+
 def bridge_layer(value: str) -> int | str:
     """A --bridge-layer value: a target layer index, 'default' (L // 2) or 'none'."""
     if value in ("default", "none"):

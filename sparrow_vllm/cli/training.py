@@ -12,6 +12,7 @@ from typing import Any
 
 from sparrow_vllm.cli.options import (
     add_draft_arguments,
+    add_draft_location_arguments,
     add_media_arguments,
     add_schema_arguments,
     add_sequence_arguments,
@@ -72,7 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval_acceptance(args: argparse.Namespace) -> None:
     from sparrow_vllm.training.evaluate import evaluate_acceptance
 
-    result = evaluate_acceptance(args.target, args.draft, args.features, args.k, args.visual_rows)
+    result = evaluate_acceptance(args.target, args.draft, args.features, args.k, args.visual_rows,
+                                 draft_revision=args.draft_revision)
     text = json.dumps(result, indent=2)
     logger.info("%s", text)
     if args.out:
@@ -170,7 +172,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "vLLM steps (acceptance length = 1 + accepted / drafts, per-position rates).",
     )
     p.add_argument("--target", required=True, help="target model directory (HF format)")
-    p.add_argument("--draft", required=True, help="draft directory (Sparrow or EAGLE form)")
+    add_draft_location_arguments(p, "draft (Sparrow or EAGLE form)")
     p.add_argument("--features", required=True, help="directory written by extract-features")
     p.add_argument("--k", type=int, default=4, help="draft chain length (num_speculative_tokens)")
     p.add_argument("--visual-rows", choices=["text", "bridge", "full"],

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sparrow_vllm.draft.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_draft_config
 from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.draft.locate import locate_draft
 from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.provenance import provenance
@@ -66,8 +67,10 @@ def _write(out_dir: Path, config: dict[str, Any], tensors: dict[str, torch.Tenso
     return out_dir
 
 
-def export_eagle(draft_dir: Path, out_dir: Path) -> Path:
-    """Rewrite a Sparrow draft checkpoint directory in vLLM's `eagle` form."""
+def export_eagle(draft: str | Path, out_dir: Path, draft_revision: str | None = None) -> Path:
+    """Rewrite a Sparrow draft checkpoint in vLLM's `eagle` form. `draft`: its directory, or a
+    Hugging Face hub id (at `draft_revision`) resolved through the cache (draft/locate.py)."""
+    draft_dir = locate_draft(draft, draft_revision)
     layers, sparrow = read_draft_config(draft_dir)
     tensors = _eagle_tensors(load_file(str(draft_dir / WEIGHTS_FILE)), str(draft_dir))
     return _write(Path(out_dir), eagle_config(layers, sparrow), tensors)

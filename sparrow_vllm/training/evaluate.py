@@ -18,6 +18,7 @@ from sparrow_vllm.draft.checkpoint import (
     read_draft_config,
 )
 from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
+from sparrow_vllm.draft.locate import locate_draft
 from sparrow_vllm.draft.model import SparrowDraftModel
 from sparrow_vllm.errors import SparrowConfigError, UsageError
 from sparrow_vllm.families import TargetFamily, load_family
@@ -66,13 +67,17 @@ def load_trained_draft(path: str | Path) -> tuple[SparrowDraftModel, str]:
 
 
 def evaluate_acceptance(
-    target_dir: str | Path, draft_dir: str | Path, features: str | Path, k: int, mode: RowMode | None = None
+    target_dir: str | Path, draft: str | Path, features: str | Path, k: int, mode: RowMode | None = None,
+    draft_revision: str | None = None,
 ) -> dict[str, Any]:
     """Acceptance of greedy K-chains over every record of `features` (in total, and
     [drafts, accepted] per sequence). mode defaults to the
     draft's serving form: 'text' for Sparrow (VATA), 'full' for an EAGLE-form draft.
     Text-mode rows keep the visual rows of the draft's visual budget.
+    `draft`: a directory, or a Hugging Face hub id (at `draft_revision`) resolved through
+    the cache as the server resolves it (draft/locate.py).
     Refuses a draft made for another target and features made for another draft."""
+    given, draft_dir = str(draft), locate_draft(draft, draft_revision)
     check_trained_draft_for_target(draft_dir, load_family(str(target_dir)))
     draft, form = load_trained_draft(draft_dir)
     shards = FeatureShards(features)
@@ -85,7 +90,7 @@ def evaluate_acceptance(
         stats = validate(draft, target.model.get_input_embeddings(), target.model.get_output_embeddings(),
                          records, mode, k, per_sequence)
     visual = [int(r["visual_mask"].sum()) for r in records]
-    return {"draft": str(draft_dir), "form": form, "mode": mode,
+    return {"draft": given, "draft_dir": str(draft_dir), "form": form, "mode": mode,
             "visual_budget": draft.sparrow_config.visual_budget, "k": k, "sequences": len(records),
             "mean_visual_tokens": sum(visual) / max(len(visual), 1), **stats.as_dict(),
             "per_sequence": per_sequence}

@@ -115,10 +115,17 @@ def _runner_info(worker) -> dict:
         "adapter": None if adapter is None else f"{type(adapter).__module__}.{type(adapter).__name__}",
         "sparrow_adapter": getattr(adapter, "adapter_name", None),
         "sparrow_steps": getattr(getattr(adapter, "drafter", None), "steps", None),
+        # the directory the Sparrow adapter loaded its draft from (a hub id's snapshot)
+        "draft_path": _sparrow_draft_path(adapter),
         "draft_cache": (adapter.drafter.cache.stats()
                         if getattr(adapter, "drafter", None) is not None else None),
         **_draft_compilation(adapter),
     }
+
+
+def _sparrow_draft_path(adapter) -> str | None:
+    checkpoint = getattr(getattr(adapter, "setup", None), "checkpoint", None)
+    return None if checkpoint is None else str(checkpoint.path)
 
 
 def _draft_compilation(adapter) -> dict:

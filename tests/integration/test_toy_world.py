@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from sparrow_vllm.analysis.trace_replay import replay_decisions
+from sparrow_vllm.engine_job import EngineJobError
+from sparrow_vllm.engine_job import run_engine_job as run_job_process
 from sparrow_vllm.serving.step_trace import TRACE_ENV, read_trace
-from tests.toy_models import assert_ran_on, run_engine_job, sparrow
+from tests.hub_cache import lay_out_hub_cache, offline_hub_env
+from tests.toy_models import JOB, assert_ran_on, run_engine_job, runner_env, sparrow
 
 TOY_WORLD = Path(__file__).resolve().parents[2] / "models" / "toy-world"
 PROMPTS = [
@@ -106,6 +109,38 @@ def test_local_argmax_reduction_drafts_the_same_tokens(baseline, runner, tmp_pat
     assert result["outputs"] == baseline["outputs"]
     assert result["drafts"] == expected["drafts"] and result["greedy_draft_steps"] > 10
     assert 1 + _accepted(result) > 2.0
+
+
+def test_draft_by_hub_id_from_an_offline_cache(baseline, runner, tmp_path):
+    """"model": "org/name" with a "revision" resolves through the Hugging Face cache
+    (HF_HOME, offline): the workers load the draft from its snapshot there, and the output
+    is the target's."""
+    hf_home = tmp_path / "hf-home"
+    snapshot = lay_out_hub_cache(hf_home, "sparrow-tests/toy-world-draft", TOY_WORLD / "sparrow-draft",
+                                 refs=("main", "v1"))
+    spec = {**sparrow("sparrow-tests/toy-world-draft", k=4), "revision": "v1"}
+    result = run_engine_job(_job(spec), tmp_path, runner=runner, env=offline_hub_env(hf_home))
+    assert_ran_on(result, runner)
+    assert result["outputs"] == baseline["outputs"]
+    loaded = Path(result["runner_info"]["draft_path"]).resolve()
+    assert loaded == snapshot.resolve() and loaded.is_relative_to((hf_home / "hub").resolve())
+    assert 1 + _accepted(result) > 2.0
+
+
+def test_a_missing_hub_id_stops_the_engine_at_start_up(tmp_path):
+    """Engine construction (LLM(...)) fails in the config, before any weight loads, naming
+    the id, the revision, the cache it looked in and the fix."""
+    hf_home = tmp_path / "empty-hf-home"
+    env = {**runner_env("v1"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **offline_hub_env(hf_home)}
+    with pytest.raises(EngineJobError) as error:
+        run_job_process(JOB, _job(sparrow("sparrow-tests/no-such-draft")), tmp_path, "missing", env=env,
+                        timeout=300)
+    assert ("SparrowConfigError: Sparrow draft 'sparrow-tests/no-such-draft' (revision 'main', the default) "
+            f"is not a local directory and was not found in the Hugging Face cache {hf_home / 'hub'} "
+            "(HF_HUB_OFFLINE is set, so nothing was downloaded). Download it with "
+            "`hf download sparrow-tests/no-such-draft`") in str(error.value)
+    log = (tmp_path / "missing.log").read_text()
+    assert "Loading weights" not in log and "Starting to load model" not in log
 
 
 def test_full_visual_draft_runs_under_vllm_eagle(baseline, runner, tmp_path):

@@ -14,6 +14,7 @@ import psutil
 import torch
 
 from sparrow_vllm.draft.checkpoint import DraftCheckpoint, check_draft_for_target
+from sparrow_vllm.draft.locate import locate_draft
 from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.families import TargetFamily, resolve_family
 from sparrow_vllm.serving.drafter import TextAnchoredDrafter
@@ -130,9 +131,12 @@ class SparrowDraftSetup:
     def __init__(self, vllm_config: Any) -> None:
         spec = vllm_config.speculative_config
         self.family: TargetFamily = resolve_family(vllm_config.model_config.hf_config)
-        # the engine checked the feature layer against vLLM's model class at start-up
+        # the engine resolved the draft (a hub id to its snapshot directory) and checked the
+        # feature layer against vLLM's model class at start-up
+        draft_dir = locate_draft(spec.draft_model_config.model, spec.draft_model_config.revision,
+                                 cache_dir=vllm_config.load_config.download_dir)
         self.checkpoint: DraftCheckpoint = check_draft_for_target(
-            spec.draft_model_config.model, self.family, vllm_aux_hidden_states=True
+            draft_dir, self.family, vllm_aux_hidden_states=True
         )
         self.options = SparrowServingOptions.of(spec)
         self.use_local_argmax_reduction: bool = bool(getattr(spec, "use_local_argmax_reduction", False))

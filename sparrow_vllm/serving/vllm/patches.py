@@ -12,8 +12,11 @@ Ledger (what / why / how / what upstream change removes it):
          --speculative-config or as vLLM's flags (--spec-method/--spec-model/--spec-tokens,
          which vLLM folds into the dict inside the original, so the wrapper folds them
          itself, by vLLM's rule, and hands the original a dict with the flags cleared):
-         validate the draft against the target (so a bad draft fails at start-up, before
-         any worker), take Sparrow's own keys (serving_options.py) out of the dict, then
+         resolve a hub id `model` (with `revision`) through the Hugging Face cache as vLLM
+         resolves an EAGLE draft's (draft/locate.py; a missing id fails here) and hand vLLM
+         the resolved directory, validate the draft against the target (so a bad draft
+         fails at start-up, before any worker), take Sparrow's own keys
+         (serving_options.py) out of the dict, then
          build the config as method "eagle" and attach the options to it as
          `sparrow_options` (workers refuse a Sparrow draft without them). The draft's
          architecture (SparrowDraftForCausalLM, renamed EagleSparrowDraftForCausalLM by
@@ -330,6 +333,7 @@ def _patch_arg_utils(module: ModuleType) -> None:
             _refuse_sparrow_draft_under_another_method(created)
             return created
         from sparrow_vllm.draft.checkpoint import check_draft_for_target
+        from sparrow_vllm.draft.locate import locate_draft
         from sparrow_vllm.errors import SparrowConfigError
         from sparrow_vllm.families import resolve_family
 
@@ -340,9 +344,13 @@ def _patch_arg_utils(module: ModuleType) -> None:
                 '\'{"method":"sparrow","model":"<draft dir>","num_speculative_tokens":4}\' '
                 "or --spec-method sparrow --spec-model <draft dir> --spec-tokens 4"
             )
+        # a hub id resolves through the Hugging Face cache as vLLM resolves an EAGLE
+        # draft's; vLLM and every worker then get the resolved directory
+        draft_dir = locate_draft(spec["model"], spec.get("revision"),
+                                 cache_dir=getattr(self, "download_dir", None))
         family = resolve_family(target_model_config.hf_config)
         check_draft_for_target(
-            spec["model"], family, _target_supports_aux_hidden_states(target_model_config)
+            draft_dir, family, _target_supports_aux_hidden_states(target_model_config)
         )
         logger.info("Sparrow target family: %s", family.describe())
         from sparrow_vllm.serving.serving_options import (
@@ -355,8 +363,11 @@ def _patch_arg_utils(module: ModuleType) -> None:
         saved["speculative_config"] = self.speculative_config
         for field in saved:
             setattr(self, field, None)
-        self.speculative_config = {**rest, "method": "eagle"}
-        logger.info("Sparrow speculative decoding with draft %s", spec["model"])
+        # the directory is the revision's snapshot: vLLM gets no revision to resolve again
+        rest = {k: v for k, v in rest.items() if k != "revision"}
+        self.speculative_config = {**rest, "model": str(draft_dir), "method": "eagle"}
+        logger.info("Sparrow speculative decoding with draft %s", spec["model"]
+                    + ("" if str(draft_dir) == str(spec["model"]) else f" ({draft_dir})"))
         try:
             created = original(self, target_model_config, target_parallel_config)
         finally:
