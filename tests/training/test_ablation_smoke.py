@@ -1,5 +1,5 @@
-"""benchmarks/ablation.py at its smallest size: the paper's six rows and the IVSB recipes, a
-table with intervals, a plot."""
+"""benchmarks/ablation.py at its smallest size: the paper's six rows, the IVSB recipes and the
+visual-budget drafts, a table with intervals, a plot."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def test_ablation_benchmark_smoke(tiny_world, tmp_path):
     result = json.loads((tmp_path / "ablation.json").read_text())
     assert [r["variant"] for r in result["rows"]] == [
         "VATA+MTP", "none", "VATA", "MTP", "MTP+IVSB", "all three", "all three, drop 0.5",
-        "all three, IVSB 1/3", "all three, m*=1", "all three, m*=1, drop 0.5"]
-    assert len({r["draft"] for r in result["rows"]}) == 9  # MTP+IVSB and all three share a draft
+        "all three, IVSB 1/3", "VATA+MTP, budget 64", "VATA+MTP, all rows", "all three, m*=1",
+        "all three, m*=1, drop 0.5"]
+    assert len({r["draft"] for r in result["rows"]}) == 11  # MTP+IVSB and all three share a draft
     for row in result["rows"]:
         assert set(row["lengths"]) == {"32", "64"}
         for v in row["lengths"].values():
