@@ -16,7 +16,14 @@ if _WORKERS > 1:
 import pytest  # noqa: E402
 
 from tests.model_store import models, shared_root, start_background_build  # noqa: E402
-from tests.toy_models import build_family_models, build_toy_models  # noqa: E402
+from tests.toy_models import build_family_models, build_toy_models, worker_cpu_env  # noqa: E402
+
+# ...and every vLLM engine a worker starts, directly or through a CLI, `vllm serve` or a Ray
+# actor, binds its OpenMP threads to that worker's core: vLLM's automatic binding ignores
+# OMP_NUM_THREADS and may put both workers' engines on one core (tests with several ranks
+# set their own binding).
+for _key, _value in worker_cpu_env().items():
+    os.environ.setdefault(_key, _value)
 
 # model set -> the fixture that hands it out; under pytest-xdist worker i starts building
 # set i in the background as soon as it has collected the tests (if any test needs it)
