@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sparrow_vllm.bench.server import video_serve_args
 from sparrow_vllm.errors import MissingInput, UsageError
-from sparrow_vllm.training.data import _media_paths, _parse_turns, _read_manifest
+from sparrow_vllm.training.data import media_paths, parse_turns, read_manifest
 from sparrow_vllm.training.skips import SampleError, SkipReport
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _from_manifest(out: Path, settings: BenchDatasetSettings) -> BenchDataset:
     manifest = Path(settings.manifest)
     media_root = Path(settings.media_root) if settings.media_root is not None else manifest.parent
     skips, entries, later_turns = SkipReport(), [], 0
-    for index, row in enumerate(_read_manifest(manifest)):
+    for index, row in enumerate(read_manifest(manifest)):
         if settings.num is not None and len(entries) == settings.num:
             break
         sample_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row{index}"
@@ -188,13 +188,13 @@ def _entry(row: Any, sample_id: str, media_root: Path) -> tuple[dict[str, Any], 
         raise row
     if not isinstance(row, dict):
         raise SampleError("bad_record", f"row is a {type(row).__name__}; expected an object")
-    turns = _parse_turns(row)  # visual markers removed
+    turns = parse_turns(row)  # visual markers removed
     if len(turns) < 2 or (turns[0].role, turns[1].role) != ("user", "assistant"):
         raise SampleError("bad_record", "the first two turns are not a question and its answer, which is all "
                           "vLLM's ShareGPT loader reads")
     if not turns[0].text:
         raise SampleError("bad_record", "the question is empty once <video>/<image> are removed")
-    video, images = _media_paths(row)
+    video, images = media_paths(row)
     if (video is not None) + len(images) > 1:
         raise SampleError("bad_record", f"{'a video and ' if video else ''}{len(images)} images: vLLM's "
                           "ShareGPT loader sends one image or one video per request")

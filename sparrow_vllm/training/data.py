@@ -73,7 +73,9 @@ def _bad(message: str) -> SampleError:
     return SampleError("bad_record", message)
 
 
-def _parse_turns(record: dict) -> list[Turn]:
+def parse_turns(record: dict[str, Any]) -> list[Turn]:
+    """The turns of a manifest record (``conversations`` or ``messages``), visual markers
+    removed; SampleError("bad_record") naming the expected layout when they cannot be read."""
     if "conversations" in record:
         entries, role_key, text_key = record["conversations"], "from", "value"
     elif "messages" in record:
@@ -98,7 +100,9 @@ def _parse_turns(record: dict) -> list[Turn]:
     return turns
 
 
-def _media_paths(record: dict) -> tuple[str | None, list[str]]:
+def media_paths(record: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The record's video path (None without one) and image paths, as written (unresolved);
+    SampleError("bad_record") when ``video`` or ``image`` is not a path or a list of them."""
     video = record.get("video")
     if video is not None and (not isinstance(video, str) or not video):
         raise _bad(f'"video" is {video!r:.60}; expected one path string')
@@ -116,7 +120,10 @@ def _video_seconds(record: dict) -> float | None:
     return None if seconds is None else float(seconds)
 
 
-def _read_manifest(path: Path) -> list[Any]:
+def read_manifest(path: Path) -> list[Any]:
+    """The rows of a .json (a list of records) or .jsonl (a record per line) manifest. A
+    .jsonl line that does not parse becomes a SampleError in its place, for the caller to
+    skip; a missing file, an unparsable .json or another suffix raises."""
     if not path.is_file():
         raise MissingInput(f"manifest {path} does not exist; pass a .json or .jsonl file to --data")
     suffix = path.suffix.lower()
@@ -156,7 +163,7 @@ class ConversationDataset:
         self.media_root = Path(media_root) if media_root is not None else self.manifest.parent
         self.num_frames = num_frames
         self.max_frames = max_frames
-        self._rows = _read_manifest(self.manifest)
+        self._rows = read_manifest(self.manifest)
         self.skips = SkipReport()  # the skips of the latest full pass of __iter__
         logger.info("%s: %d rows, media under %s", self.manifest, len(self._rows), self.media_root)
 
@@ -170,7 +177,7 @@ class ConversationDataset:
             if not isinstance(row, dict):
                 continue
             try:
-                video, images = _media_paths(row)
+                video, images = media_paths(row)
             except SampleError:
                 continue
             if video is not None:
@@ -195,8 +202,8 @@ class ConversationDataset:
             raise SampleError(row.reason, str(row))
         if not isinstance(row, dict):
             raise _bad(f"row is a {type(row).__name__}; expected an object with {_EXPECTED}")
-        turns = _parse_turns(row)
-        video_path, image_paths = _media_paths(row)
+        turns = parse_turns(row)
+        video_path, image_paths = media_paths(row)
         video = None
         if video_path is not None:
             video = read_frames(self._resolve(video_path), self.num_frames)
