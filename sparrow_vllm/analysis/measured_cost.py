@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparrow_vllm.analysis.trace_replay import StepSeconds, Trace, _Plan, steps_of
+from sparrow_vllm.analysis.trace_replay import ReplayPlan, StepSeconds, Trace, steps_of
 
 
 def fit_quality(traces: dict[str, Trace], theta: np.ndarray) -> dict[str, dict[str, float]]:
@@ -74,7 +74,7 @@ class MeasuredCost:
             means[k] = float(np.mean(times))
         return cls(dict(sorted(means.items())))
 
-    def bind(self, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds:
+    def bind(self, plan: ReplayPlan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds:
         if noise_theta is not None:
             raise ValueError("noise_theta is for a linear cost: MeasuredCost takes its noise from the recorded seconds")
         missing = sorted(set(range(plan.num_speculative_tokens + 1)) - set(self.means))

@@ -109,7 +109,7 @@ def steps_of(events: list[dict[str, Any]]) -> list[Step]:
 # ---- counterfactual simulation ------------------------------------------------------------
 
 @dataclass
-class _SimStep:
+class SimStep:
     """A recorded step of the workload trace, ready to simulate at other K'."""
 
     requests: list[tuple[int, int, bool]]  # recorded (query tokens, context after, samples)
@@ -139,13 +139,16 @@ class _SimStep:
 
 
 @dataclass
-class _Plan:
+class ReplayPlan:
+    """A workload trace ready to simulate at other K': its finished steps in order and the
+    order of their schedule/output events. A StepCost's `bind` reads it."""
+
     num_speculative_tokens: int
-    steps: list[_SimStep]
+    steps: list[SimStep]
     order: list[tuple[str, int]]  # ("schedule" | "output", step index) in file order
 
 
-def _plan(trace: Trace) -> _Plan:
+def _plan(trace: Trace) -> ReplayPlan:
     """The workload trace's finished steps (up to the first unfinished one), each verify
     pass tied to the step that drafted it (the request's last earlier sampling step)."""
     header, events = trace
@@ -170,17 +173,17 @@ def _plan(trace: Trace) -> _Plan:
         for req, _, _, samples in step.requests:
             if samples:
                 last_sampled[req] = i
-        plan.append(_SimStep([(q, c, bool(s)) for _, q, c, s in step.requests], verify,
-                             sum(1 for r in step.requests if r[3]), step.shape(num_speculative_tokens), step.k,
-                             float(step.seconds)))
+        plan.append(SimStep([(q, c, bool(s)) for _, q, c, s in step.requests], verify,
+                            sum(1 for r in step.requests if r[3]), step.shape(num_speculative_tokens), step.k,
+                            float(step.seconds)))
     if not plan:
         raise ValueError("the workload trace has no finished step (was the engine stopped before its first output?)")
     order = [(e["event"], index[e["step"]]) for e in events
              if e["event"] in ("schedule", "output") and e["step"] in index]
-    return _Plan(num_speculative_tokens, plan, order)
+    return ReplayPlan(num_speculative_tokens, plan, order)
 
 
-def _ratios(plan: _Plan, theta: np.ndarray, keep_noise: bool, noise_theta: np.ndarray | None) -> np.ndarray:
+def _ratios(plan: ReplayPlan, theta: np.ndarray, keep_noise: bool, noise_theta: np.ndarray | None) -> np.ndarray:
     """Per step: recorded seconds / the seconds `noise_theta` (default: theta) gives the
     recorded step; all 1 without noise."""
     if not keep_noise:
@@ -202,13 +205,13 @@ class StepCost(Protocol):
     each simulated step of `plan`; tokens and seconds must stay sums of per-decision terms
     (a step's own K' and the K' of the steps whose drafts it verifies) for `oracle`."""
 
-    def bind(self, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds: ...
+    def bind(self, plan: ReplayPlan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds: ...
 
 
 Cost = np.ndarray | StepCost  # theta [7] of the linear model, or another model
 
 
-def _bind(cost: Cost, plan: _Plan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds:
+def _bind(cost: Cost, plan: ReplayPlan, keep_noise: bool, noise_theta: np.ndarray | None) -> StepSeconds:
     """The simulated seconds of a step of `plan` under `cost` (see the module's docstring)."""
     if not isinstance(cost, np.ndarray):
         return cost.bind(plan, keep_noise, noise_theta)
@@ -309,7 +312,7 @@ def simulate(trace: Trace, cost: Cost, decide: Decider, keep_noise: bool = True,
     return SimResult(tokens, total, tokens / total, dict(sorted(counts.items())), ks)
 
 
-def _decision_tables(plan: _Plan, step_seconds: StepSeconds,
+def _decision_tables(plan: ReplayPlan, step_seconds: StepSeconds,
                      choices: tuple[int, ...]) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(tokens, seconds with every K' = 0, and per step and choice the tokens [n, C] and
     seconds [n, C] that K' of that step adds): step n's K' adds its own draft chain and
