@@ -489,12 +489,12 @@ def engine_job(job: dict[str, Any]) -> dict[str, Any]:
 def _measure(llm: Any, job: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
     from vllm import SamplingParams
 
-    from sparrow_vllm.bench.geometry_job import _install_step_timer, measure
+    from sparrow_vllm.bench.geometry_job import install_step_timer, measure
     from sparrow_vllm.bench.toy_requests import ToyQuestion
     from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens
 
     spec = job["measure"]
-    llm.collective_rpc(_install_step_timer, kwargs={"k": job["speculative_config"]["num_speculative_tokens"]})
+    llm.collective_rpc(install_step_timer, kwargs={"k": job["speculative_config"]["num_speculative_tokens"]})
     params = SamplingParams(**spec["sampling"], max_tokens=spec["max_tokens"], ignore_eos=True, detokenize=False)
     steps = spec["skip_steps"] + spec["decode_steps"]
     runs = []

@@ -7,7 +7,7 @@ models sparrow_vllm/bench/geometry.py builds).
 queues `batch` toy-world requests, steps the engine until it has recorded
 `skip_steps + decode_steps` full decode steps (every request of the batch decoding with K
 drafts, so the target verifies K+1 tokens per request), then aborts the requests. The
-worker's runner is wrapped (`_install_step_timer`): each step is `execute_model` +
+worker's runner is wrapped (`install_step_timer`): each step is `execute_model` +
 `sample_tokens`, the drafter is the runner's `propose` (V1: `drafter`, Model Runner V2:
 `speculator`), the target forward is V1's `_model_forward` or V2's model call (eager; under
 CUDA graphs on V2 it is not seen and left out). Every timed call synchronises CUDA before
@@ -73,7 +73,7 @@ def _timed(fn: Any, on_done: Any) -> Any:
     return wrapper
 
 
-def _install_step_timer(worker: Any, k: int) -> dict[str, Any]:
+def install_step_timer(worker: Any, k: int) -> dict[str, Any]:
     """Wrap the worker's runner so that every engine step leaves a record (see
     `_step_record`) with its execute_model, sample_tokens, drafter and target-forward
     seconds. Returns which runner and drafting adapter the engine uses."""
@@ -185,7 +185,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     k = job["speculative_config"]["num_speculative_tokens"]
     llm = LLM(model=job["target"], speculative_config=job["speculative_config"], load_format="dummy", seed=0,
               disable_log_stats=False, limit_mm_per_prompt={"video": 1}, **job["engine"])
-    info = llm.collective_rpc(_install_step_timer, kwargs={"k": k})[0]
+    info = llm.collective_rpc(install_step_timer, kwargs={"k": k})[0]
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True, detokenize=False)
     steps = job["skip_steps"] + job["decode_steps"]
