@@ -93,7 +93,7 @@ class DecodeCase:
         cache.sync([slot], [rows])
         start = 25000 + rows  # target index of the step's first row
         cache.layout.next_seq[slot] = start
-        drafter._last_batch = None
+        drafter.forget_batch()
         n = k + 1
         hidden = drafter.model.own_embedding.shape[1]
         vocab = drafter.model.own_embedding.shape[0]

@@ -285,6 +285,11 @@ class TextAnchoredDrafter:
     def release(self, req_id: str) -> None:
         self.cache.release(req_id)
         self.visual_rows.release(req_id)
+        self.forget_batch()
+
+    def forget_batch(self) -> None:
+        """The next step redoes its batch's host bookkeeping (slots, visual spans) even when
+        its requests are the previous step's: for a caller that changed the cache itself."""
         self._last_batch = None
 
     def on_requests_added(self, contents: dict[str, RequestContent]) -> None:
