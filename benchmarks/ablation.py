@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from sparrow_vllm.bench.intervals import bootstrap_picks, ci95
 from sparrow_vllm.bench.machine import describe_machine
+from sparrow_vllm.bench.paired import acceptance_difference, tau
 from sparrow_vllm.provenance import provenance
 from sparrow_vllm.training.evaluate import evaluate_acceptance
 from sparrow_vllm.training.pipeline import train_draft
@@ -82,23 +84,13 @@ def _length(spec: str) -> tuple[int, str]:
     return int(tokens), path
 
 
-def tau(per_sequence: np.ndarray) -> float:
-    """Acceptance length 1 + accepted / drafts of [S, 2] (drafts, accepted) rows."""
-    return 1.0 + per_sequence[:, 1].sum() / max(per_sequence[:, 0].sum(), 1)
-
-
 def bootstrap(per_sequence: np.ndarray, reference: np.ndarray | None, draws: int = 4000,
               seed: int = 0) -> dict[str, Any]:
     """95% intervals of tau and of tau - tau(reference), resampling sequences (paired)."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(per_sequence), size=(draws, len(per_sequence)))
-    taus = np.array([tau(per_sequence[p]) for p in picks])
-    out: dict[str, Any] = {"ci95": [float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))]}
-    if reference is not None:
-        diffs = taus - np.array([tau(reference[p]) for p in picks])
-        out["diff_vs_reference"] = float(tau(per_sequence) - tau(reference))
-        out["diff_ci95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
-    return out
+    if reference is None:
+        return {"ci95": ci95(tau(per_sequence[bootstrap_picks(len(per_sequence), draws, seed)]))}
+    paired = acceptance_difference(per_sequence, reference, draws, seed)
+    return {"ci95": paired["a_ci95"], "diff_vs_reference": paired["diff"], "diff_ci95": paired["diff_ci95"]}
 
 
 def train_variant(name: str, variant: Variant, args: argparse.Namespace, base: dict) -> Path:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from sparrow_vllm.bench.intervals import bootstrap_picks, ci95
+
 DRAFTS = "vllm:spec_decode_num_drafts"
 ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
 
@@ -22,17 +24,10 @@ def drafts_accepted(counters: Sequence[Mapping[str, object]]) -> np.ndarray:
     return np.array([[float(c.get(DRAFTS) or 0), float(c.get(ACCEPTED) or 0)] for c in counters], dtype=float)
 
 
-def _tau(rows: np.ndarray) -> np.ndarray:
-    """Acceptance length 1 + accepted / drafts of [..., R, 2] rows, summed over R."""
+def tau(rows: np.ndarray) -> np.ndarray:
+    """Acceptance length 1 + accepted / drafts of [..., R, 2] (drafts, accepted) rows, summed
+    over R (a scalar array for [R, 2]; one per draw for [draws, R, 2])."""
     return 1.0 + rows[..., 1].sum(-1) / np.maximum(rows[..., 0].sum(-1), 1.0)
-
-
-def _picks(n: int, draws: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
-
-
-def _ci(values: np.ndarray) -> list[float]:
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
 def acceptance_difference(a: np.ndarray, b: np.ndarray, draws: int = 4000, seed: int = 0) -> dict[str, object]:
@@ -40,10 +35,10 @@ def acceptance_difference(a: np.ndarray, b: np.ndarray, draws: int = 4000, seed:
     requests) and a - b, each with a 95% interval, requests resampled jointly."""
     if a.shape != b.shape:
         raise ValueError(f"paired acceptance needs the same requests for both methods: {a.shape} vs {b.shape}")
-    picks = _picks(len(a), draws, seed)
-    tau_a, tau_b = _tau(a[picks]), _tau(b[picks])
-    return {"a": float(_tau(a)), "b": float(_tau(b)), "a_ci95": _ci(tau_a), "b_ci95": _ci(tau_b),
-            "diff": float(_tau(a) - _tau(b)), "diff_ci95": _ci(tau_a - tau_b)}
+    picks = bootstrap_picks(len(a), draws, seed)
+    tau_a, tau_b = tau(a[picks]), tau(b[picks])
+    return {"a": float(tau(a)), "b": float(tau(b)), "a_ci95": ci95(tau_a), "b_ci95": ci95(tau_b),
+            "diff": float(tau(a) - tau(b)), "diff_ci95": ci95(tau_a - tau_b)}
 
 
 def speedup_ratio(base: Sequence[float], a: Sequence[float], b: Sequence[float], draws: int = 4000,
@@ -56,9 +51,9 @@ def speedup_ratio(base: Sequence[float], a: Sequence[float], b: Sequence[float],
     x, y, z = (np.asarray(v, dtype=float) for v in (base, a, b))
     if not len(x) == len(y) == len(z):
         raise ValueError(f"paired speedups need the same requests: {len(x)}, {len(y)}, {len(z)}")
-    picks = _picks(len(x), draws, seed)
+    picks = bootstrap_picks(len(x), draws, seed)
     dsr_a, dsr_b, ratio = x / y, x / z, z / y
     return {"dsr_a": float(np.median(dsr_a)), "dsr_b": float(np.median(dsr_b)),
-            "dsr_a_ci95": _ci(np.median(dsr_a[picks], axis=1)), "dsr_b_ci95": _ci(np.median(dsr_b[picks], axis=1)),
+            "dsr_a_ci95": ci95(np.median(dsr_a[picks], axis=1)), "dsr_b_ci95": ci95(np.median(dsr_b[picks], axis=1)),
             "dsr_a_sum": float(x.sum() / y.sum()), "dsr_b_sum": float(x.sum() / z.sum()),
-            "ratio": float(np.median(ratio)), "ratio_ci95": _ci(np.median(ratio[picks], axis=1))}
+            "ratio": float(np.median(ratio)), "ratio_ci95": ci95(np.median(ratio[picks], axis=1))}

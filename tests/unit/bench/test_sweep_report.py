@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparrow_vllm.bench.paired import acceptance_difference, drafts_accepted, speedup_ratio
+from sparrow_vllm.bench.paired import (
+    ACCEPTED,
+    DRAFTS,
+    acceptance_difference,
+    drafts_accepted,
+    speedup_ratio,
+)
 from sparrow_vllm.bench.sweep_report import (
     IMAGE_POINT,
     budget_goals,
@@ -18,8 +24,6 @@ from sparrow_vllm.bench.sweep_report import (
     video_point,
 )
 from sparrow_vllm.bench.toy_requests import IMAGE_VISUAL_TOKENS, ToyQuestion
-
-DRAFTS, ACCEPTED = "vllm:spec_decode_num_drafts", "vllm:spec_decode_num_accepted_tokens"
 
 
 def test_paired_acceptance_difference_resolves_a_shift_that_request_noise_hides():
