@@ -33,7 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sparrow_vllm.bench.server import video_serve_args
 from sparrow_vllm.errors import MissingInput, UsageError
-from sparrow_vllm.training.data import media_paths, parse_turns, read_manifest
+from sparrow_vllm.training.data import (
+    media_paths,
+    parse_turns,
+    read_manifest,
+    resolve_media,
+    row_id,
+)
 from sparrow_vllm.training.skips import SampleError, SkipReport
 
 logger = logging.getLogger(__name__)
@@ -157,7 +163,7 @@ def _from_manifest(out: Path, settings: BenchDatasetSettings) -> BenchDataset:
     for index, row in enumerate(read_manifest(manifest)):
         if settings.num is not None and len(entries) == settings.num:
             break
-        sample_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row{index}"
+        sample_id = row_id(row, index)
         try:
             entry, dropped = _entry(row, sample_id, media_root)
         except SampleError as error:
@@ -203,8 +209,7 @@ def _entry(row: Any, sample_id: str, media_root: Path) -> tuple[dict[str, Any], 
     for kind, media in (("video", video), ("image", images[0] if images else None)):
         if media is None:
             continue
-        path = Path(media).expanduser()
-        path = (path if path.is_absolute() else media_root / path).resolve()
+        path = resolve_media(media, media_root).resolve()
         if not path.is_file():
             raise SampleError("missing_file", f"{kind} {path} does not exist")
         entry[kind] = str(path)

@@ -151,6 +151,18 @@ def read_manifest(path: Path) -> list[Any]:
                      "(one record per line)")
 
 
+def row_id(row: Any, index: int) -> str:
+    """The sample id of manifest row `index`: its "id", else "row<index>"."""
+    has_id = isinstance(row, dict) and row.get("id") is not None
+    return str(row["id"]) if has_id else f"row{index}"
+
+
+def resolve_media(media: str, media_root: Path) -> Path:
+    """A media path as a manifest writes it: ``~`` expanded, a relative path under `media_root`."""
+    path = Path(media).expanduser()
+    return path if path.is_absolute() else media_root / path
+
+
 class ConversationDataset:
     """Conversation samples with decoded media, one per manifest row."""
 
@@ -186,15 +198,6 @@ class ConversationDataset:
                 limits["image"] = max(limits.get("image", 0), len(images))
         return limits
 
-    def _sample_id(self, index: int) -> str:
-        row = self._rows[index]
-        has_id = isinstance(row, dict) and row.get("id") is not None
-        return str(row["id"]) if has_id else f"row{index}"
-
-    def _resolve(self, media: str) -> Path:
-        path = Path(media).expanduser()
-        return path if path.is_absolute() else self.media_root / path
-
     def load(self, index: int) -> ConversationSample:
         """The sample of row ``index``; raises SampleError when the row cannot be used."""
         row = self._rows[index]
@@ -206,13 +209,13 @@ class ConversationDataset:
         video_path, image_paths = media_paths(row)
         video = None
         if video_path is not None:
-            video = read_frames(self._resolve(video_path), self.num_frames)
+            video = read_frames(resolve_media(video_path, self.media_root), self.num_frames)
             if self.max_frames is not None and len(video) > self.max_frames:
                 raise SampleError("too_long", f"{video_path} has {len(video)} frames, more than "
                                   f"max_frames={self.max_frames}; set num_frames <= max_frames "
                                   "to sample it down, or raise max_frames")
-        images = [read_image(self._resolve(p)) for p in image_paths]
-        return ConversationSample(self._sample_id(index), turns, video, images, _video_seconds(row))
+        images = [read_image(resolve_media(p, self.media_root)) for p in image_paths]
+        return ConversationSample(row_id(row, index), turns, video, images, _video_seconds(row))
 
     def __iter__(self) -> Iterator[ConversationSample]:
         self.skips = SkipReport()
@@ -220,7 +223,7 @@ class ConversationDataset:
             try:
                 sample = self.load(index)
             except SampleError as error:
-                sample_id = self._sample_id(index)
+                sample_id = row_id(self._rows[index], index)
                 self.skips.add(sample_id, error)
                 logger.warning("skipping %s (%s): %s", sample_id, error.reason, error)
                 continue
