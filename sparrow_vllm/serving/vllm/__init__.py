@@ -2,7 +2,9 @@
 
     plugin.py                  the `vllm.general_plugins` entry point: version check, draft
                                architecture registration, patches armed
-    patches.py                 every change made to vLLM, with its ledger
+    patches.py                 every change made to vLLM: the ledger, applied on import
+    patch_*.py                 the changes by subject (engine args, model runners,
+                               scheduler, CUDA graphs, metrics, CPU build; common)
     runners.py                 the model runners (environment, adapters); refusing an unknown one
     v1_proposer.py             adapter for the V1 runner (vllm/v1/worker/gpu_model_runner.py)
     v2_speculator.py           adapter for Model Runner V2 (vllm/v1/worker/gpu/)

@@ -13,6 +13,7 @@ import logging
 
 from sparrow_vllm.errors import UnsupportedVLLMVersion
 from sparrow_vllm.serving.vllm import logs, patches
+from sparrow_vllm.serving.vllm.patch_common import SPARROW_ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def register() -> None:
     check_vllm_version(installed_vllm_version())
     from vllm import ModelRegistry
 
-    for arch in patches.SPARROW_ARCHITECTURES:
+    for arch in SPARROW_ARCHITECTURES:
         if arch not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(arch, _DRAFT_CLASS)
     patches.apply_all()

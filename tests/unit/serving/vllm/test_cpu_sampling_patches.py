@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from sparrow_vllm.serving.vllm.patches import expand_per_request
+from sparrow_vllm.serving.vllm.patch_cpu_build import expand_per_request
 
 
 def test_expand_per_request_matches_the_kernel_rule():

@@ -50,7 +50,7 @@ def _spec(**fields) -> str:
 
 def test_every_form_resolves_a_hub_id_to_its_snapshot(engine_args_cls, hub):
     from sparrow_vllm.serving.vllm.draft_loading import SparrowDraftSetup
-    from sparrow_vllm.serving.vllm.patches import is_sparrow_draft
+    from sparrow_vllm.serving.vllm.patch_common import is_sparrow_draft
 
     config = _engine_config(engine_args_cls, "--speculative-config", _spec(revision="v1"))
     spec = config.speculative_config

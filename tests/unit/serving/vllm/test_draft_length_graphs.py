@@ -134,7 +134,7 @@ def test_only_sparrow_engines_get_the_wider_dispatch():
     ).create_engine_config()
     for config, widened in ((eagle, False), (_vllm_config(16), True)):
         manager = _graph_manager(config)
-        with mock.patch("sparrow_vllm.serving.vllm.patches._widen_full_decode_candidates") as widen:
+        with mock.patch("sparrow_vllm.serving.vllm.patch_cuda_graphs._widen_full_decode_candidates") as widen:
             manager._candidates.clear()
             type(manager)._init_candidates(manager)
         assert widen.called == widened
@@ -172,11 +172,11 @@ def test_v1_on_cuda_keeps_full_graphs_and_drafts_k_unless_adaptive_is_asked_for(
 
     config = _vllm_config(16)
     records = _Records()
-    logging.getLogger("sparrow_vllm.serving.vllm.patches").addHandler(records)
+    logging.getLogger("sparrow_vllm.serving.vllm.patch_cuda_graphs").addHandler(records)
     try:
         default = _as_on_cuda(config, v2=False)
     finally:
-        logging.getLogger("sparrow_vllm.serving.vllm.patches").removeHandler(records)
+        logging.getLogger("sparrow_vllm.serving.vllm.patch_cuda_graphs").removeHandler(records)
     assert default.compilation_config.cudagraph_mode == CUDAGraphMode.FULL_AND_PIECEWISE
     assert default.speculative_config.num_speculative_tokens_per_batch_size is None
     assert not SparrowServingOptions.of(default.speculative_config).adaptive_draft_length

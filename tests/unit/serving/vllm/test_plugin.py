@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from sparrow_vllm.errors import UnsupportedVLLMVersion
-from sparrow_vllm.serving.vllm import patches, plugin
+from sparrow_vllm.serving.vllm import plugin
+from sparrow_vllm.serving.vllm.patch_common import is_sparrow_draft
 
 
 def test_entry_point_is_installed():
@@ -62,10 +63,10 @@ def test_sparrow_draft_is_recognised_by_architecture():
     spec = SimpleNamespace(
         draft_model_config=SimpleNamespace(architectures=["EagleSparrowDraftForCausalLM"])
     )
-    assert patches.is_sparrow_draft(spec)
+    assert is_sparrow_draft(spec)
     spec.draft_model_config.architectures = ["EagleLlamaForCausalLM"]
-    assert not patches.is_sparrow_draft(spec)
-    assert not patches.is_sparrow_draft(None)
+    assert not is_sparrow_draft(spec)
+    assert not is_sparrow_draft(None)
 
 
 def test_a_runner_without_adapter_cannot_run_the_draft_as_eagle():

@@ -53,7 +53,7 @@ def json_form(engine_args_cls):
 
 
 def _same(a, b) -> None:
-    from sparrow_vllm.serving.vllm.patches import is_sparrow_draft
+    from sparrow_vllm.serving.vllm.patch_common import is_sparrow_draft
 
     assert is_sparrow_draft(a) and is_sparrow_draft(b)
     assert (a.method, a.model, a.num_speculative_tokens, a.num_speculative_tokens_per_batch_size) == (
