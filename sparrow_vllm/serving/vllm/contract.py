@@ -401,6 +401,8 @@ TOUCH_POINTS: list[TouchPoint] = [
        "entry 15: Model Runner V2's output inside its asynchronous output"),
     *(TP("vllm.v1.outputs", name, "module-name", "entry 15 finds the output to report on")
       for name in ("ModelRunnerOutput", "AsyncModelRunnerOutput", "EMPTY_MODEL_RUNNER_OUTPUT")),
+    TP("vllm.sequence", "IntermediateTensors", "module-name",
+       "entry 15: a non-last pipeline stage's sample_tokens output, which carries no report"),
     TP("vllm.v1.engine", "EngineCoreOutputs.scheduler_stats", "attribute",
        "entry 15 puts the report on the step's SchedulerStats"),
     TP("vllm.v1.metrics.stats", "SchedulerStats", "class",

@@ -137,8 +137,10 @@ class SparrowPrometheus:
 
 def model_runner_output_of(result: Any) -> Any:
     """The ModelRunnerOutput a runner's sample_tokens returned (itself, or inside the
-    asynchronous output of the V1 runner or of Model Runner V2); None for no output or
-    vLLM's shared empty output."""
+    asynchronous output of the V1 runner or of Model Runner V2); None for no output, a
+    non-last pipeline stage's IntermediateTensors or vLLM's shared empty output; TypeError
+    for anything else (a vLLM whose runner returns another type is not supported)."""
+    from vllm.sequence import IntermediateTensors
     from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, AsyncModelRunnerOutput, ModelRunnerOutput
 
     if isinstance(result, ModelRunnerOutput):
@@ -150,8 +152,12 @@ def model_runner_output_of(result: Any) -> Any:
         if output is None:
             raise TypeError(f"Sparrow metrics: {type(result).__qualname__} holds no ModelRunnerOutput "
                             "where sparrow-vllm looks for it; this vLLM version is not supported")
-    else:  # None, or a non-last pipeline stage's IntermediateTensors
+    elif result is None or isinstance(result, IntermediateTensors):  # a non-last pipeline stage's
         return None
+    else:
+        raise TypeError(f"Sparrow metrics: sample_tokens returned a {type(result).__qualname__}, which is "
+                        "none of the outputs sparrow-vllm knows (ModelRunnerOutput, AsyncModelRunnerOutput, "
+                        "IntermediateTensors, None); this vLLM version is not supported")
     return None if output is EMPTY_MODEL_RUNNER_OUTPUT else output
 
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -109,6 +110,15 @@ def test_the_report_goes_on_the_first_scheduler_stats():
     sparrow_metrics.carry_to_scheduler_stats(outputs, _report())
     assert getattr(outputs[1].scheduler_stats, REPORT_ATTRIBUTE) == _report()
     sparrow_metrics.carry_to_scheduler_stats({0: _FakeScheduledOutputs(None)}, _report())  # stats off: dropped
+
+
+def test_an_output_of_an_unknown_type_is_refused_not_skipped():
+    import torch
+    from vllm.sequence import IntermediateTensors
+
+    assert sparrow_metrics.model_runner_output_of(IntermediateTensors({"h": torch.zeros(1)})) is None
+    with pytest.raises(TypeError, match="sample_tokens returned a dict, which is none of the outputs"):
+        sparrow_metrics.model_runner_output_of({"sampled_token_ids": []})
 
 
 def _run_after_registration(code: str) -> str:
