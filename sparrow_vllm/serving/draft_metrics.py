@@ -41,6 +41,31 @@ class DraftMetricsReport(TypedDict):
     draft_step_seconds: list[float]  # time of each step whose time is known since then
 
 
+class Pending:
+    """Observations waiting for the next report (oldest first), at most MAX_PENDING: past
+    that the oldest are dropped, with one WARNING naming the metric that loses them."""
+
+    def __init__(self, metric: str) -> None:
+        self.items: deque[Any] = deque()
+        self.metric = metric
+        self.dropped = 0
+
+    def append(self, item: Any) -> None:
+        self.items.append(item)
+        if len(self.items) > MAX_PENDING:
+            self.items.popleft()
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.warning("Sparrow metrics: %s observations pile up unreported (over %d steps); the "
+                               "oldest are dropped from it", self.metric, MAX_PENDING)
+
+    def take(self) -> list[Any]:
+        """Every pending observation, oldest first; none pending after."""
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+
 class StepTimer(Protocol):
     def start(self) -> Any: ...
 
@@ -53,18 +78,16 @@ class HostStepTimer:
     """Wall-clock time of each step (the step's time where the host runs it: a CPU)."""
 
     def __init__(self) -> None:
-        self._done: list[float] = []
+        self._done = Pending("vllm:sparrow_draft_step_seconds")
 
     def start(self) -> float:
         return time.perf_counter()
 
     def stop(self, started: float) -> None:
         self._done.append(time.perf_counter() - started)
-        del self._done[:-MAX_PENDING]
 
     def finished(self) -> list[float]:
-        done, self._done = self._done, []
-        return done
+        return self._done.take()
 
 
 class CudaEventStepTimer:
@@ -73,8 +96,7 @@ class CudaEventStepTimer:
 
     def __init__(self, make_event: Callable[[], Any] | None = None) -> None:
         self._make_event = make_event or (lambda: torch.cuda.Event(enable_timing=True))
-        self._pending: deque[tuple[Any, Any]] = deque()
-        self._dropped = 0
+        self._pending = Pending("vllm:sparrow_draft_step_seconds")  # (start, end) event pairs
 
     def start(self) -> Any:
         event = self._make_event()
@@ -85,19 +107,26 @@ class CudaEventStepTimer:
         end = self._make_event()
         end.record()
         self._pending.append((started, end))
-        if len(self._pending) > MAX_PENDING:
-            self._pending.popleft()
-            self._dropped += 1
-            if self._dropped == 1:
-                logger.warning("Sparrow metrics: draft step times pile up unread (over %d steps); "
-                               "the oldest are dropped from vllm:sparrow_draft_step_seconds", MAX_PENDING)
 
     def finished(self) -> list[float]:
         done = []
-        while self._pending and self._pending[0][1].query():
-            started, end = self._pending.popleft()
+        pending = self._pending.items
+        while pending and pending[0][1].query():
+            started, end = pending.popleft()
             done.append(started.elapsed_time(end) / 1000.0)  # milliseconds -> seconds
         return done
+
+
+def device_step_timer(device: torch.device) -> StepTimer:
+    """CUDA events on a CUDA device, the host's clock on a CPU (where the host runs the step).
+    Another device gets the host's clock with a WARNING: it times the step's launch there."""
+    if device.type == "cuda":
+        return CudaEventStepTimer()
+    if device.type != "cpu":
+        logger.warning("Sparrow metrics: no device timer for %s devices; vllm:sparrow_draft_step_seconds "
+                       "records the host's time to launch each draft step, not its time on the device",
+                       device.type)
+    return HostStepTimer()
 
 
 class DraftStepMetrics:
@@ -108,8 +137,8 @@ class DraftStepMetrics:
                  timer: StepTimer | None = None) -> None:
         self.cache = cache
         self.runner, self.adapter = runner, adapter
-        self.timer: StepTimer = timer or (CudaEventStepTimer() if device.type == "cuda" else HostStepTimer())
-        self._drafts: list[int] = []
+        self.timer: StepTimer = timer or device_step_timer(device)
+        self._drafts = Pending("vllm:sparrow_drafts_per_step")
 
     def start(self) -> Any:
         return self.timer.start()
@@ -117,11 +146,10 @@ class DraftStepMetrics:
     def stop(self, started: Any, num_draft_tokens: int) -> None:
         self.timer.stop(started)
         self._drafts.append(num_draft_tokens)
-        del self._drafts[:-MAX_PENDING]
 
     def report(self) -> DraftMetricsReport:
         """The cache's counts now and the steps since the previous report (then cleared)."""
-        drafts, self._drafts = self._drafts, []
+        drafts = self._drafts.take()
         cache = self.cache
         return DraftMetricsReport(
             runner=self.runner, adapter=self.adapter,

@@ -4,8 +4,11 @@ step times come from events read only once they have completed."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from sparrow_vllm.serving import draft_metrics
 from sparrow_vllm.serving.draft_metrics import (
     MAX_PENDING,
     CudaEventStepTimer,
@@ -13,6 +16,7 @@ from sparrow_vllm.serving.draft_metrics import (
     HostStepTimer,
 )
 from sparrow_vllm.serving.text_kv_cache import TextKVCache
+from tests.unit.helpers import LoggerRecords
 
 
 def _cache(blocks: int = 8) -> TextKVCache:
@@ -42,12 +46,17 @@ def test_report_gives_the_cache_counts_and_the_steps_since_the_last_report():
     assert metrics.report()["blocks_in_use"] == 0
 
 
-def test_observations_between_reports_are_bounded():
+def test_observations_between_reports_are_bounded_and_dropping_them_is_said_once():
     metrics = DraftStepMetrics(_cache(), "v1", "x", torch.device("cpu"))
-    for _ in range(MAX_PENDING + 10):
-        metrics.stop(metrics.start(), 1)
+    with LoggerRecords(draft_metrics.__name__, logging.WARNING) as records:
+        for k in range(MAX_PENDING + 10):
+            metrics.stop(metrics.start(), k)
     report = metrics.report()
     assert len(report["drafts_per_step"]) == len(report["draft_step_seconds"]) == MAX_PENDING
+    assert report["drafts_per_step"][0] == 10  # the oldest went
+    assert sorted(records.messages) == sorted(
+        f"Sparrow metrics: {name} observations pile up unreported (over {MAX_PENDING} steps); the oldest are "
+        "dropped from it" for name in ("vllm:sparrow_draft_step_seconds", "vllm:sparrow_drafts_per_step"))
 
 
 class _Event:
@@ -94,3 +103,11 @@ def test_a_cuda_device_gets_the_event_timer():
     # the timer is chosen by device type; no event is made before the first step
     metrics = DraftStepMetrics(_cache(), "v2", "x", torch.device("cuda"))
     assert isinstance(metrics.timer, CudaEventStepTimer)
+
+
+def test_a_device_without_a_timer_gets_the_host_clock_with_a_warning():
+    with LoggerRecords(draft_metrics.__name__, logging.WARNING) as records:
+        metrics = DraftStepMetrics(_cache(), "v2", "x", torch.device("xpu"))
+    assert isinstance(metrics.timer, HostStepTimer)
+    assert records.messages == ["Sparrow metrics: no device timer for xpu devices; vllm:sparrow_draft_step_seconds "
+                                "records the host's time to launch each draft step, not its time on the device"]
