@@ -24,6 +24,7 @@ from sparrow_vllm.toy_world.dataset import frames_for_visual_tokens
 
 STEP_RATIO_GOAL = 1.1
 COLOURS = {"sparrow": "tab:red", "sparrow-budget": "tab:green", "sparrow-all": "tab:purple", "eagle": "tab:blue"}
+SPARE_COLOURS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")  # for other methods
 
 
 def video_point(visual_tokens: int) -> dict[str, Any]:
@@ -228,6 +229,16 @@ def draft_step_goals_markdown(goals: dict, settings: dict, method: str = "sparro
     return "\n".join(lines)
 
 
+def method_colours(rows: list[dict]) -> dict[str, str]:
+    """The colour of every speculative method in `rows` (all but `none`): COLOURS' own,
+    then a spare colour each for methods COLOURS does not name, in the order they come."""
+    others = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in COLOURS and m != "none"]
+    if len(others) > len(SPARE_COLOURS):
+        raise ValueError(f"{len(others)} methods without a colour of their own ({', '.join(others)}); the "
+                         f"figure has {len(SPARE_COLOURS)} spare colours: plot fewer, or add to COLOURS")
+    return {**COLOURS, **dict(zip(others, SPARE_COLOURS, strict=False))}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Speedup, acceptance length and draft step against visual length, one line per
     method; the image point is a separate marker at its own visual length."""
@@ -237,7 +248,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-    for method, colour in COLOURS.items():
+    for method, colour in method_colours(rows).items():
         mine = [r for r in rows if r["method"] == method]
         if not mine:
             continue

@@ -18,6 +18,7 @@ from sparrow_vllm.bench.sweep_report import (
     budget_goals_markdown,
     draft_step_goals,
     markdown,
+    method_colours,
     of_point,
     plot,
     summarise,
@@ -145,3 +146,12 @@ def test_image_question_is_one_frame_with_an_image_placeholder():
         ToyQuestion(3, 0, 8, "describe", kind="image")
     with pytest.raises(ValueError, match="video, image"):
         ToyQuestion(3, 0, 8, "describe", kind="audio")
+
+
+def test_every_method_gets_a_colour_in_the_plot():
+    rows = [{"method": m} for m in ("none", "eagle", "sparrow-x", "sparrow", "sparrow-y")]
+    colours = method_colours(rows)
+    assert "none" not in colours and {"eagle", "sparrow", "sparrow-x", "sparrow-y"} <= set(colours)
+    assert len(set(colours.values())) == len(colours)
+    with pytest.raises(ValueError, match="7 methods without a colour"):
+        method_colours([{"method": f"m{i}"} for i in range(7)])
