@@ -127,9 +127,13 @@ def budget_goals(rows: list[dict], runs: dict[str, dict], videos: Sequence[dict]
                  method: str = "sparrow-budget") -> dict:
     """Issue 31's goals for the visual-budget draft `method`, with paired intervals:
     acceptance >= eagle's at the shortest video and >= Sparrow-none's at the longest; draft
-    step longest/shortest <= 1.1; DSR >= eagle's at every video length and on the image."""
+    step longest/shortest <= 1.1; DSR >= eagle's at every video length and on the image.
+    A goal whose comparison method did not run is listed in `not_judged`, with why."""
     short, long = videos[0], videos[-1]
-    out: dict[str, Any] = {"method": method}
+    out: dict[str, Any] = {"method": method, "not_judged": {
+        goal: f"{needed} did not run" for goal, needed in (
+            ("acceptance_short_vs_eagle", "eagle"), ("acceptance_long_vs_sparrow", "sparrow"),
+            ("dsr_vs_eagle", "eagle")) if needed not in runs}}
     if "eagle" in runs:
         out["acceptance_short_vs_eagle"] = _paired_acceptance(runs, method, "eagle", short)
     if "sparrow" in runs:
@@ -202,6 +206,8 @@ def budget_goals_markdown(goals: dict) -> str:
             lines.append(f"| {label.format(point=g['point'])} | {g['a']:.2f} vs {g['b']:.2f}, difference "
                          f"{g['diff']:+.2f} {_interval(g['diff_ci95'], True)} | {_met(g['met'])} "
                          f"| {_decided(g['diff_ci95'], 0.0)} |")
+    for key, why in goals.get("not_judged", {}).items():
+        lines.append(f"| {key} | - | not judged: {why} | - |")
     step = goals["draft_step_long_over_short"]
     lines.append(f"| draft step longest / shortest video <= {STEP_RATIO_GOAL} | {step['ratio']:.2f} "
                  f"{_interval(step['ci95'])} | {_met(step['met'])} | {_decided(step['ci95'], STEP_RATIO_GOAL)} |")

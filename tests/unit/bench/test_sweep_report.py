@@ -105,6 +105,7 @@ def test_budget_goals_judge_every_goal_with_paired_intervals(tmp_path):
     text = budget_goals_markdown(goals)
     assert "acceptance >= eagle's at 512 visual tokens" in text and "on one image" in text
     assert "NOT met" not in text
+    assert goals["not_judged"] == {} and "not judged" not in text
     assert all(line.count("|") == 5 for line in text.splitlines() if line.startswith("| "))
     assert "| sparrow-budget | image | 16 |" in markdown(rows)
     plot(rows, tmp_path / "sweep.png")
@@ -155,3 +156,13 @@ def test_every_method_gets_a_colour_in_the_plot():
     assert len(set(colours.values())) == len(colours)
     with pytest.raises(ValueError, match="7 methods without a colour"):
         method_colours([{"method": f"m{i}"} for i in range(7)])
+
+
+def test_budget_goals_say_which_goals_were_not_judged():
+    videos = [video_point(512), video_point(25000)]
+    runs = _runs(videos)
+    del runs["eagle"]
+    goals = budget_goals(summarise(runs, videos), runs, videos, None)
+    assert goals["not_judged"] == {"acceptance_short_vs_eagle": "eagle did not run",
+                                   "dsr_vs_eagle": "eagle did not run"}
+    assert "| dsr_vs_eagle | - | not judged: eagle did not run | - |" in budget_goals_markdown(goals)
