@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sparrow_vllm.serving.draft_metrics import DraftMetricsReport
 from sparrow_vllm.serving.vllm import metrics as sparrow_metrics
 from sparrow_vllm.serving.vllm.metrics import METRICS, REPORT_ATTRIBUTE, SparrowPrometheus
 
@@ -32,7 +33,8 @@ def test_names_follow_vllms_conventions():
         assert metric.name.startswith("vllm:sparrow_"), metric
         # prometheus_client adds _total to counters; vLLM names them without it
         assert not metric.name.endswith("_total"), metric
-    report_keys = set(_report())
+    report_keys = set(DraftMetricsReport.__required_keys__)
+    assert set(_report()) == report_keys  # the reports below are whole ones
     assert {m.report_key for m in METRICS} <= report_keys
     assert sparrow_metrics.exposed_metric_names() >= {
         "vllm:sparrow_draft_cache_blocks", "vllm:sparrow_starved_requests_total",
@@ -130,7 +132,7 @@ def _run_after_registration(code: str) -> str:
 
 def test_the_report_crosses_every_process_boundary_once_registered():
     """Worker -> engine core: the report on a ModelRunnerOutput (pickled by the multiprocess
-    executor, or inside V1's / V2's asynchronous output); engine core -> API server: on
+    executor, or inside V1's and V2's asynchronous outputs); engine core -> API server: on
     SchedulerStats inside EngineCoreOutputs, through vLLM's own msgspec encoder."""
     code = f"""
 import json, pickle
@@ -139,13 +141,16 @@ from vllm.v1.metrics.stats import SchedulerStats
 from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 from vllm.v1.worker.gpu.async_utils import AsyncOutput
+from vllm.v1.worker.gpu_model_runner import AsyncGPUModelRunnerOutput
 from sparrow_vllm.serving.vllm.metrics import REPORT_ATTRIBUTE, model_runner_output_of
 report = {_report(drafts_per_step=[3, 1], draft_step_seconds=[0.01])!r}
 output = ModelRunnerOutput(req_ids=["a"], req_id_to_index={{"a": 0}})
 setattr(output, REPORT_ATTRIBUTE, report)
 pickled = getattr(pickle.loads(pickle.dumps(output)), REPORT_ATTRIBUTE)
 v2 = AsyncOutput.__new__(AsyncOutput); v2.model_runner_output = output
+v1 = AsyncGPUModelRunnerOutput.__new__(AsyncGPUModelRunnerOutput); v1._model_runner_output = output
 found = [model_runner_output_of(output) is output, model_runner_output_of(v2) is output,
+         model_runner_output_of(v1) is output,
          model_runner_output_of(None) is None, model_runner_output_of(EMPTY_MODEL_RUNNER_OUTPUT) is None]
 stats = SchedulerStats(num_running_reqs=1)
 setattr(stats, REPORT_ATTRIBUTE, report)
@@ -157,5 +162,5 @@ print(json.dumps({{"pickled": pickled, "found": found, "decoded": getattr(decode
 """
     result = json.loads(_run_after_registration(code))
     expected = _report(drafts_per_step=[3, 1], draft_step_seconds=[0.01])
-    assert result == {"pickled": expected, "found": [True] * 4, "decoded": expected, "running": 1, "plain": None}
+    assert result == {"pickled": expected, "found": [True] * 5, "decoded": expected, "running": 1, "plain": None}
 
