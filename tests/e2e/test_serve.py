@@ -63,10 +63,11 @@ def _check_sparrow_metrics(metrics: str, in_flight: str, model: str, runner: str
     assert value("vllm:sparrow_draft_cache_blocks") == 8
     assert value("vllm:sparrow_draft_cache_blocks_in_use", in_flight) > 0
     assert value("vllm:sparrow_starved_requests_total") > 0
-    # none here: vLLM's CPU blocks (128 tokens) are longer than these prompts, and this
-    # draft's 24-row window has dropped a request's first rows by its end
-    # (tests/integration/test_tensor_parallel.py counts reused rows)
-    assert value("vllm:sparrow_reused_rows_total") >= 0
+    # shown with vLLM's labels (value() checks them); its count is not checked: none are
+    # expected here (vLLM's CPU blocks, 128 tokens, are longer than these prompts, and this
+    # draft's 24-row window has dropped a request's first rows by its end), and
+    # tests/integration/test_tensor_parallel.py counts reused rows
+    value("vllm:sparrow_reused_rows_total")
     steps = value("vllm:sparrow_drafts_per_step_count")
     assert steps > 0
     at_most_k = [v for labels, v in _samples(metrics, "vllm:sparrow_drafts_per_step_bucket") if labels["le"] == "3.0"]
