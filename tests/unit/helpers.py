@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from types import SimpleNamespace
 
 from sparrow_vllm.draft.config import DraftLayerConfig, SparrowConfig
@@ -120,3 +122,12 @@ class LoggerRecords(logging.Handler):
 
     def __exit__(self, *exc: object) -> None:
         self.logger.removeHandler(self)
+
+
+def last_line_after_registration(code: str) -> str:
+    """Run `code` in a fresh interpreter after the plugin registered (as vLLM loads it:
+    `load_general_plugins()`, torch imported); return the last line it printed."""
+    setup = "from vllm.plugins import load_general_plugins\nload_general_plugins()\nimport torch\n"
+    out = subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]

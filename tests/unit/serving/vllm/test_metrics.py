@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sparrow_vllm.serving.draft_metrics import DraftMetricsReport
 from sparrow_vllm.serving.vllm import metrics as sparrow_metrics
 from sparrow_vllm.serving.vllm.metrics import METRICS, REPORT_ATTRIBUTE, SparrowPrometheus
+from tests.unit.helpers import last_line_after_registration
 
 
 def _report(**overrides) -> dict:
@@ -123,13 +122,6 @@ def test_an_output_of_an_unknown_type_is_refused_not_skipped():
         sparrow_metrics.model_runner_output_of({"sampled_token_ids": []})
 
 
-def _run_after_registration(code: str) -> str:
-    setup = "from vllm.plugins import load_general_plugins\nload_general_plugins()\n"
-    out = subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
-
-
 def test_the_report_crosses_every_process_boundary_once_registered():
     """Worker -> engine core: the report on a ModelRunnerOutput (pickled by the multiprocess
     executor, or inside V1's and V2's asynchronous outputs); engine core -> API server: on
@@ -160,7 +152,7 @@ print(json.dumps({{"pickled": pickled, "found": found, "decoded": getattr(decode
                   "running": decoded.scheduler_stats.num_running_reqs,
                   "plain": getattr(plain.scheduler_stats, REPORT_ATTRIBUTE)}}))
 """
-    result = json.loads(_run_after_registration(code))
+    result = json.loads(last_line_after_registration(code))
     expected = _report(drafts_per_step=[3, 1], draft_step_seconds=[0.01])
     assert result == {"pickled": expected, "found": [True] * 5, "decoded": expected, "running": 1, "plain": None}
 
