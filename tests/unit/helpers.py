@@ -131,3 +131,15 @@ def last_line_after_registration(code: str) -> str:
     out = subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
+
+
+def engine_config(engine_args_cls, target: str, *argv: str):
+    """The VllmConfig `engine_args_cls` (EngineArgs or AsyncEngineArgs) builds from a
+    command line for `target` (float32, max_model_len 1024) plus `argv`, as `vllm serve`
+    parses it."""
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    engine_args_cls.add_cli_args(parser)
+    args = parser.parse_args(["--model", target, "--dtype", "float32", "--max-model-len", "1024", *argv])
+    return engine_args_cls.from_cli_args(args).create_engine_config()

@@ -1,12 +1,11 @@
 """Ledger entries 8 and 9: the CPU build's rejection sampler gets right per-token values,
 and top-k on a step without draft tokens does not kill the engine."""
 
-import subprocess
-import sys
 
 import torch
 
 from sparrow_vllm.serving.vllm.patch_cpu_build import expand_per_request
+from tests.unit.helpers import last_line_after_registration
 
 
 def test_expand_per_request_matches_the_kernel_rule():
@@ -19,15 +18,6 @@ def test_expand_per_request_matches_the_kernel_rule():
     assert ints.tolist() == [3, 3, -1, 7, 7]
 
 
-def _last_line_after_registration(code: str) -> str:
-    """Run `code` in a fresh interpreter after the plugin registered (as vLLM loads it);
-    return the last line it printed."""
-    setup = "from vllm.plugins import load_general_plugins\nload_general_plugins()\nimport torch\n"
-    out = subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
-
-
 def test_rejection_sampler_expansion_is_right_after_registration():
     """In vLLM's own path: the plugin registered, then the CPU platform's kernel overrides
     (as a worker does), then `expand_batch_to_tokens` with float temperatures."""
@@ -38,7 +28,7 @@ def test_rejection_sampler_expansion_is_right_after_registration():
         "cu = torch.tensor([4, 8, 12], dtype=torch.int32)\n"
         "print(expand_batch_to_tokens(torch.tensor([1.0, 0.5, 2.0]), cu, 12).tolist())\n"
     )
-    assert _last_line_after_registration(code) == str([1.0] * 4 + [0.5] * 4 + [2.0] * 4)
+    assert last_line_after_registration(code) == str([1.0] * 4 + [0.5] * 4 + [2.0] * 4)
 
 
 def test_top_k_on_zero_draft_rows_after_registration():
@@ -52,4 +42,4 @@ def test_top_k_on_zero_draft_rows_after_registration():
         "print(list(empty.shape), rows.tolist())\n"
     )
     inf = float("-inf")
-    assert _last_line_after_registration(code) == f"{[0, 7]} {[[inf, 3.0, inf], [5.0, 4.0, 6.0]]}"
+    assert last_line_after_registration(code) == f"{[0, 7]} {[[inf, 3.0, inf], [5.0, 4.0, 6.0]]}"

@@ -13,19 +13,11 @@ import pytest
 
 from sparrow_vllm.errors import SparrowConfigError
 from tests.hub_cache import COMMIT, lay_out_hub_cache, use_offline_hub
+from tests.unit.helpers import engine_config
 
 TOY_WORLD = Path(__file__).resolve().parents[4] / "models" / "toy-world"
 TARGET = str(TOY_WORLD / "target")
 REPO = "sparrow-tests/toy-world-draft"
-
-
-@pytest.fixture(scope="module", params=["EngineArgs", "AsyncEngineArgs"])
-def engine_args_cls(request):
-    from vllm.engine import arg_utils
-    from vllm.plugins import load_general_plugins
-
-    load_general_plugins()  # as `vllm serve` does before it builds its parser
-    return getattr(arg_utils, request.param)
 
 
 @pytest.fixture
@@ -36,12 +28,7 @@ def hub(tmp_path, monkeypatch) -> dict:
 
 
 def _engine_config(engine_args_cls, *argv: str):
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser()
-    engine_args_cls.add_cli_args(parser)
-    args = parser.parse_args(["--model", TARGET, "--dtype", "float32", "--max-model-len", "1024", *argv])
-    return engine_args_cls.from_cli_args(args).create_engine_config()
+    return engine_config(engine_args_cls, TARGET, *argv)
 
 
 def _spec(**fields) -> str:

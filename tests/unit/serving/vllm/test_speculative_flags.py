@@ -13,6 +13,7 @@ import pytest
 from sparrow_vllm.errors import SparrowConfigError
 from sparrow_vllm.serving.serving_options import SparrowServingOptions
 from sparrow_vllm.serving.vllm.scheduler_draft_length import dynamic_table
+from tests.unit.helpers import engine_config
 
 TOY_WORLD = Path(__file__).resolve().parents[4] / "models" / "toy-world"
 TARGET = str(TOY_WORLD / "target")
@@ -20,23 +21,8 @@ DRAFT = str(TOY_WORLD / "sparrow-draft")
 FLAGS = ["--spec-method", "sparrow", "--spec-model", DRAFT, "--spec-tokens", "4"]
 
 
-@pytest.fixture(scope="module", params=["EngineArgs", "AsyncEngineArgs"])
-def engine_args_cls(request):
-    """EngineArgs (LLM, offline) and AsyncEngineArgs (`vllm serve`'s parser)."""
-    from vllm.engine import arg_utils
-    from vllm.plugins import load_general_plugins
-
-    load_general_plugins()  # as `vllm serve` does before it builds its parser
-    return getattr(arg_utils, request.param)
-
-
 def _engine_config(engine_args_cls, *argv: str):
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser()
-    engine_args_cls.add_cli_args(parser)
-    args = parser.parse_args(["--model", TARGET, "--dtype", "float32", "--max-model-len", "1024", *argv])
-    return engine_args_cls.from_cli_args(args).create_engine_config()
+    return engine_config(engine_args_cls, TARGET, *argv)
 
 
 def _speculative_config(engine_args_cls, *argv: str):
