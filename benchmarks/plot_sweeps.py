@@ -20,6 +20,7 @@ def merged_rows(paths: list[Path]) -> list[dict]:
     rows: dict[tuple[str, str], dict] = {}
     for path in paths:
         for row in json.loads(path.read_text())["rows"]:
+            # results written before the image point was added have no "point": all video
             rows.setdefault((row["method"], row.get("point", str(row["visual_tokens"]))), row)
     return list(rows.values())
 

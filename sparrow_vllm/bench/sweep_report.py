@@ -225,9 +225,12 @@ def draft_step_goals_markdown(goals: dict, settings: dict, method: str = "sparro
     lines = [f"\nMode: {mode}; batch {settings['batch']}.\n",
              f"| visual tokens | {method} / eagle median draft step [95% CI] | goal <= eagle | {method} DSR | eagle DSR |",
              "|---|---|---|---|---|"]
-    for n, v in goals.get("per_length", {}).items():
+    per_length = goals.get("per_length", {})
+    for n, v in per_length.items():
         lines.append(f"| {n} | {v['over_eagle_draft_step']:.2f} {_interval(v['ratio_ci95'])} "
                      f"| {_met(v['draft_step_le_eagle'])} | {v['dsr']:.2f} | {v['eagle_dsr']:.2f} |")
+    if not per_length:
+        lines.append("| - | not judged: eagle did not run | - | - | - |")
     ratio = goals["draft_step_ratio_long_over_short"]
     lines.append(f"\n{method} draft step longest/shortest length: {ratio:.2f} "
                  f"{_interval(goals['draft_step_ratio_long_over_short_ci95'])} (goal <= {STEP_RATIO_GOAL}: "

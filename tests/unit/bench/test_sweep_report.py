@@ -17,6 +17,7 @@ from sparrow_vllm.bench.sweep_report import (
     budget_goals,
     budget_goals_markdown,
     draft_step_goals,
+    draft_step_goals_markdown,
     markdown,
     method_colours,
     of_point,
@@ -128,6 +129,11 @@ def test_draft_step_goals_compare_with_eagle_per_length():
     goals = draft_step_goals(summarise(runs, videos), runs, videos, "sparrow")
     assert goals["per_length"]["512"]["over_eagle_draft_step"] == pytest.approx(1.5)
     assert not goals["draft_step_le_eagle_at_every_length"]
+    settings = {"enforce_eager": False, "batch": 1}
+    assert "| 512 | 1.50" in draft_step_goals_markdown(goals, settings)
+    without_eagle = {m: r for m, r in runs.items() if m != "eagle"}
+    goals = draft_step_goals(summarise(without_eagle, videos), without_eagle, videos, "sparrow")
+    assert "not judged: eagle did not run" in draft_step_goals_markdown(goals, settings)
 
 
 def test_records_before_images_count_as_videos():
