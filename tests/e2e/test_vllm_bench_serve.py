@@ -1,7 +1,10 @@
 """vLLM's own load benchmark against a Sparrow server: `sparrow-vllm bench-dataset` writes
 4 toy-world video requests and prints the `vllm serve` and `vllm bench serve` commands;
 both run as printed (the server with the CPU flags added, the benchmark against its port),
-and vLLM's summary reports Sparrow's acceptance from the server's /metrics."""
+and vLLM's summary reports Sparrow's acceptance from the server's /metrics.
+
+One runner (V1): what this test adds is vLLM's benchmark client and the dataset it reads;
+the server's path, /metrics included, runs on both runners in test_serve.py."""
 
 from __future__ import annotations
 
