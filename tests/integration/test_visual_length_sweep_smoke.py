@@ -45,5 +45,7 @@ def test_visual_length_sweep_smoke(tmp_path):
     prompts = {m: [r["prompt_tokens"] for r in reqs] for m, reqs in result["requests"].items()}
     assert all(p == prompts["none"] for p in prompts.values())
     # the image request's prompt holds its 16 image tokens, not a video's
+    # ...and is asked first (points in increasing visual length: long prefills slow later steps)
+    assert [r["kind"] for r in result["requests"]["none"]] == ["image", "video", "video"]
     image = next(r for r in result["requests"]["none"] if r["kind"] == "image")
     assert image["frames"] == 1 and image["prompt_tokens"] < rows[("none", "64")]["prompt_tokens"]
